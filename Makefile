@@ -1,0 +1,51 @@
+# kaapana_fhir developer commands. Everything runs in .venv; the local stack binds to 127.0.0.1 only.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STATE ?= .stack
+DEMO_DIR ?= .demo-data
+
+.PHONY: help install install-system install-python build-hapi stack-up stack-down test test-unit bench demo demo-down clean
+
+help:
+	@echo "make demo        # install what is missing, start the stack, run every flow, print the summary"
+	@echo "make test        # install what is missing, run unit + integration tests against real servers"
+	@echo "make bench       # benchmarks with same-run ratios"
+	@echo "make stack-up / stack-down, make demo-down"
+
+install: install-system install-python build-hapi
+
+install-system:
+	@bash .ci/install-system.sh
+
+install-python:
+	@bash .ci/install-python.sh $(VENV)
+
+build-hapi:
+	@cd tests/stack/hapi && if [ ! -f target/fhir-test-server.jar ] || [ -n "$$(find . -newer target/fhir-test-server.jar -type f -not -path './target/*')" ]; then \
+	  echo "== building HAPI FHIR test server (Maven)"; mvn -B -q package -DskipTests; else echo "== HAPI jar up to date"; fi
+
+stack-up: install
+	$(VENV)/bin/kaapana-fhir stack up --state-dir $(STATE)
+
+stack-down:
+	-$(VENV)/bin/kaapana-fhir stack down --state-dir $(STATE)
+
+test: install
+	KAAPANA_FHIR_REQUIRE_STACK=1 $(PY) -m pytest tests -q -p no:cacheprovider
+
+test-unit:
+	$(PY) -m pytest tests -q -m "not integration and not airflow and not browser and not reliability"
+
+bench: install
+	$(PY) tests/bench/run.py
+
+demo: install
+	$(PY) -m kaapana_fhir.demo --state-dir $(DEMO_DIR)
+
+demo-down:
+	-$(PY) -m kaapana_fhir.demo --state-dir $(DEMO_DIR) --down
+
+clean: stack-down demo-down
+	rm -rf $(STATE) $(DEMO_DIR) test-artifacts tests/stack/hapi/target
