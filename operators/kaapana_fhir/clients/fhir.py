@@ -102,8 +102,12 @@ class FhirClient:
         parts = urlsplit(base_url.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"Malformed FHIR base URL: {redact_url(base_url)!r} (rule: http(s)://host[:port]/path)")
-        self.base_url = base_url.strip().rstrip("/")
         self.session = session or requests.Session()
+        if parts.username:  # credentials in the URL move into the session, never into logs or errors
+            from urllib.parse import unquote
+
+            self.session.auth = (unquote(parts.username), unquote(parts.password or ""))
+        self.base_url = redact_url(base_url.strip()).rstrip("/")
         self.session.verify = verify
         self.session.headers.setdefault("Accept", FHIR_JSON)
         if token:
