@@ -12,7 +12,7 @@ if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && "$VENV/bin/python" -c "
 fi
 echo "== pip install (venv $VENV)"
 "$PIP" install -q --upgrade "pip>=24" >/dev/null
-"$PIP" install -q "numpy==2.4.6" "wheel==0.48.0" "setuptools>=69" "versioneer==0.29" "SimpleITK==2.5.7" "PyWavelets>=1.6" "pykwalify>=1.8" "six>=1.16"
+"$PIP" install -q "numpy==2.4.6" "wheel==0.48.0" "setuptools>=77" "versioneer==0.29" "SimpleITK==2.5.7" "PyWavelets>=1.6" "pykwalify>=1.8" "six>=1.16"
 "$VENV/bin/python" -c "import radiomics" 2>/dev/null || "$PIP" install -q --no-build-isolation "pyradiomics==3.0.1"
 "$PIP" install -q -e ".[airflow,radiomics,test]"
 touch "$stamp"

@@ -1,0 +1,229 @@
+"""Reading clinical tables as streams of rows: CSV, Excel ``.xlsx`` and REDCap record exports.
+
+* CSV: encoding detected from a BOM (UTF-8, UTF-16) or by trying UTF-8 then Windows-1252/Latin-1 on a
+  sample; delimiter detected from the header line among ``, ; TAB |`` unless the mapping fixes it;
+  quoted fields may contain delimiters and newlines (the :mod:`csv` module parses them). Rows stream:
+  memory does not grow with the file.
+* ``.xlsx``: openpyxl in read-only mode, the mapping's sheet (default: first); formulas are read as
+  their text and never evaluated.
+* REDCap: CSV exports are CSV; JSON exports are a list of record objects (all values strings).
+
+Row numbers in errors are 1-based record numbers with the header as row 1 (for CSV with quoted
+newlines, the record number, not the physical line).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kaapana_fhir.exceptions import MappingError
+
+#: Largest accepted cell (characters); longer fields are rejected with a clear error.
+MAX_FIELD_CHARS = 1_000_000
+DELIMITERS = (",", ";", "\t", "|")
+_SAMPLE = 256 * 1024
+
+if csv.field_size_limit() < MAX_FIELD_CHARS:
+    csv.field_size_limit(MAX_FIELD_CHARS)
+
+Source = "bytes | str | os.PathLike[str]"
+
+
+@dataclass
+class Table:
+    """A re-iterable table: ``header`` and a factory of ``(row_number, {column: raw value})`` iterators."""
+
+    name: str
+    header: list[str]
+    open_rows: Callable[[], Iterator[tuple[int, dict[str, Any]]]]
+    encoding: str | None = None
+    delimiter: str | None = None
+
+    def rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        return self.open_rows()
+
+
+def _head(source: Any, n: int = _SAMPLE) -> bytes:
+    if isinstance(source, bytes):
+        return source[:n]
+    with open(source, "rb") as fh:
+        return fh.read(n)
+
+
+def _size(source: Any) -> int:
+    return len(source) if isinstance(source, bytes) else os.path.getsize(source)
+
+
+def detect_encoding(sample: bytes) -> str:
+    """``utf-8-sig`` / ``utf-16`` by BOM, else ``utf-8`` if the sample decodes, else ``cp1252``/``latin-1``."""
+    if sample.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
+        return "utf-8"
+    except UnicodeDecodeError:
+        pass
+    try:
+        sample.decode("cp1252")
+        return "cp1252"
+    except UnicodeDecodeError:
+        return "latin-1"
+
+
+def detect_delimiter(header_line: str) -> str:
+    """The candidate delimiter occurring most often in the header line outside quotes (``,`` if none)."""
+    counts = dict.fromkeys(DELIMITERS, 0)
+    quoted = False
+    for ch in header_line:
+        if ch == '"':
+            quoted = not quoted
+        elif not quoted and ch in counts:
+            counts[ch] += 1
+    best = max(DELIMITERS, key=lambda d: counts[d])
+    return best if counts[best] else ","
+
+
+def _text_stream(source: Any, encoding: str) -> io.TextIOBase:
+    raw = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+    return io.TextIOWrapper(raw, encoding=encoding, newline="")
+
+
+def read_csv(source: Any, *, name: str = "table", delimiter: str | None = None,
+             encoding: str | None = None) -> Table:
+    """Open a CSV (bytes or path) as a streaming :class:`Table`; header cells are stripped."""
+    if _size(source) == 0:
+        raise MappingError(f"{name}: file is empty (0 bytes) (rule: a table needs a header and data rows)")
+    enc = encoding or detect_encoding(_head(source))
+    with _text_stream(source, enc) as fh:
+        try:
+            first = fh.readline()
+        except UnicodeDecodeError as exc:
+            raise MappingError(f"{name}: cannot decode as {enc}: {exc.reason} (rule: encoding)") from None
+    first = first.lstrip("\ufeff")
+    delim = delimiter or detect_delimiter(first)
+    header = [h.strip().lstrip("\ufeff") for h in next(csv.reader([first], delimiter=delim), [])]
+    if not any(header):
+        raise MappingError(f"{name}: row 1: header is empty (rule: first row holds the column names)")
+
+    def rows() -> Iterator[tuple[int, dict[str, Any]]]:
+        with _text_stream(source, enc) as fh:
+            reader = csv.reader(fh, delimiter=delim)
+            n = 0
+            try:
+                for n, rec in enumerate(reader, start=1):
+                    if n == 1:
+                        continue
+                    yield n, dict(zip(header, rec, strict=False)) | ({"__extra__": rec[len(header):]}
+                                                                      if len(rec) > len(header) else {})
+            except csv.Error as exc:
+                raise MappingError(f"{name}: row {n + 1}: unreadable CSV record: {exc} "
+                                   f"(rule: fields <= {MAX_FIELD_CHARS} characters, balanced quotes)") from None
+            except UnicodeDecodeError as exc:
+                raise MappingError(f"{name}: row {n + 1}: cannot decode as {enc}: {exc.reason} "
+                                   "(rule: one encoding per file)") from None
+
+    return Table(name, header, rows, encoding=enc, delimiter=delim)
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value  # str, None, datetime/date (parsed by values.parse_date)
+
+
+def read_xlsx(source: Any, *, name: str = "table", sheet: str | None = None) -> Table:
+    """Open an ``.xlsx`` sheet (openpyxl read-only; formulas kept as text, never evaluated)."""
+    import openpyxl
+
+    if _size(source) == 0:
+        raise MappingError(f"{name}: file is empty (0 bytes) (rule: a table needs a header and data rows)")
+
+    def _open() -> Any:
+        fh = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
+        try:
+            wb = openpyxl.load_workbook(fh, read_only=True, data_only=False)
+        except Exception as exc:  # openpyxl raises zipfile/KeyError/InvalidFileException for non-xlsx input
+            raise MappingError(f"{name}: not a readable .xlsx workbook ({type(exc).__name__}) "
+                               "(rule: Excel 2007+ format)") from None
+        if sheet and sheet not in wb.sheetnames:
+            raise MappingError(f"{name}: sheet {sheet!r} not found (sheets: {wb.sheetnames}) (rule: source.sheet)")
+        return wb, wb[sheet] if sheet else wb.worksheets[0]
+
+    wb, ws = _open()
+    first = next(ws.iter_rows(values_only=True), None)
+    wb.close()
+    if not first:
+        raise MappingError(f"{name}: sheet is empty (rule: first row holds the column names)")
+    header = [str(h).strip() if h is not None else "" for h in first]
+
+    def rows() -> Iterator[tuple[int, dict[str, Any]]]:
+        wb2, ws2 = _open()
+        try:
+            for n, rec in enumerate(ws2.iter_rows(values_only=True), start=1):
+                if n > 1:
+                    yield n, {h: _cell(v) for h, v in zip(header, rec, strict=False)}
+        finally:
+            wb2.close()
+
+    return Table(name, header, rows)
+
+
+def read_json_records(source: Any, *, name: str = "table") -> Table:
+    """A REDCap JSON export (a list of flat record objects) as a :class:`Table`."""
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    if not data.strip():
+        raise MappingError(f"{name}: file is empty (0 bytes) (rule: a table needs a header and data rows)")
+    try:
+        records = json.loads(data.decode(detect_encoding(data[:_SAMPLE])))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MappingError(f"{name}: not valid JSON: {exc} (rule: REDCap JSON export)") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise MappingError(f"{name}: JSON must be a list of record objects (rule: REDCap JSON export, type=flat)")
+    header: list[str] = []
+    for r in records:
+        for k in r:
+            if k not in header:
+                header.append(k)
+
+    def rows() -> Iterator[tuple[int, dict[str, Any]]]:
+        for n, r in enumerate(records, start=2):
+            yield n, {k: (v if v is None or isinstance(v, str) else _cell(v)) for k, v in r.items()}
+
+    return Table(name, header, rows)
+
+
+def guess_format(name: str, head: bytes = b"") -> str:
+    """``csv`` / ``xlsx`` / ``json`` from the file name or its first bytes."""
+    low = name.lower()
+    if low.endswith((".xlsx", ".xlsm")) or head.startswith(b"PK\x03\x04"):
+        return "xlsx"
+    if low.endswith(".json") or head.lstrip()[:1] == b"[":
+        return "json"
+    return "csv"
+
+
+def open_table(source: Any, *, name: str, fmt: str = "auto", delimiter: str | None = None,
+               encoding: str | None = None, sheet: str | None = None) -> Table:
+    """Open ``source`` (bytes or a path) in the given or guessed format."""
+    if fmt in ("auto", None):
+        fmt = guess_format(name, _head(source, 8) if _size(source) else b"")
+    if fmt in ("csv", "redcap-csv"):
+        return read_csv(source, name=name, delimiter=delimiter, encoding=encoding)
+    if fmt == "xlsx":
+        return read_xlsx(source, name=name, sheet=sheet)
+    if fmt in ("json", "redcap-json"):
+        return read_json_records(source, name=name)
+    raise MappingError(f"{name}: unknown source format {fmt!r} (rule: source.format in csv, xlsx, redcap-csv, "
+                       "redcap-json)")
