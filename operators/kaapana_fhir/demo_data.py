@@ -101,8 +101,8 @@ def _tumour_bbox(lbl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return idx.min(axis=0), idx.max(axis=0)
 
 
-def demo_case(index: int, seed: int = 0) -> DemoCase:
-    """The volumes of patient ``index`` (0-based); same arguments → same arrays."""
+def demo_case(index: int, seed: int = 0, patient_prefix: str = "LUNG1") -> DemoCase:
+    """The volumes of patient ``index`` (0-based); same arguments → same arrays (the prefix only names it)."""
     img, lbl = _load_crop()
     arr = sitk.GetArrayFromImage(img).astype(np.int32)
     lab = sitk.GetArrayFromImage(lbl).astype(np.uint8)
@@ -156,7 +156,7 @@ def demo_case(index: int, seed: int = 0) -> DemoCase:
         variant.append("slice normal -z, files in shuffled order")
     image = _to_image(np.ascontiguousarray(a), spacing, origin, direction)
     mask_images = {k: _to_image(np.ascontiguousarray(v), spacing, origin, direction) for k, v in masks.items()}
-    return DemoCase(index, f"LUNG1-{index + 1:03d}", image, mask_images, labels, variant, flip)
+    return DemoCase(index, f"{patient_prefix}-{index + 1:03d}", image, mask_images, labels, variant, flip)
 
 
 def _morph(m: np.ndarray, *, dilate: bool) -> np.ndarray:
@@ -174,10 +174,12 @@ def _to_image(a: np.ndarray, spacing: tuple[float, ...], origin: np.ndarray, dir
     return im
 
 
-def make_demo_dataset(out_dir: str | Path, n_patients: int = 5, seed: int = 0) -> dict[str, Any]:
+def make_demo_dataset(out_dir: str | Path, n_patients: int = 5, seed: int = 0,
+                      patient_prefix: str = "LUNG1") -> dict[str, Any]:
     """Write ``<out_dir>/<PatientID>/ct/*.dcm`` and ``<PatientID>/seg.dcm`` per patient + ``manifest.json``.
 
-    Returns the manifest: ``{"source": ..., "patients": [{patient_id, study_uid, ct_series_uid,
+    ``patient_prefix`` names the patients (``<prefix>-001``...; tests use unique prefixes on shared servers);
+    UIDs depend on seed and PatientID. Returns the manifest: ``{"source": ..., "patients": [{patient_id, study_uid, ct_series_uid,
     seg_series_uid, seg_sop_uid, ct_dir, seg_file, segments: [{number, label, voxels, slices}], variant}]}``.
     """
     from kaapana_fhir.demo_dicom import write_case
@@ -188,7 +190,7 @@ def make_demo_dataset(out_dir: str | Path, n_patients: int = 5, seed: int = 0) -
     out.mkdir(parents=True, exist_ok=True)
     patients = []
     for i in range(n_patients):
-        case = demo_case(i, seed)
+        case = demo_case(i, seed, patient_prefix)
         entry = write_case(case, out / case.patient_id, seed=seed)
         entry["variant"] = case.variant
         patients.append(entry)
@@ -201,3 +203,37 @@ def make_demo_dataset(out_dir: str | Path, n_patients: int = 5, seed: int = 0) -
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def fetch_pyradiomics_sdist(dest: str | Path, version: str = "3.0.1") -> Path:
+    """Download the pyradiomics sdist (34 MB, holds ``data/lung1_*.nrrd``) from PyPI with pip; returns its path."""
+    import subprocess
+    import sys
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    found = sorted(dest.glob(f"pyradiomics-{version}.tar.gz"))
+    if found:
+        return found[0]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation", "--no-binary", ":all:",
+           "-d", str(dest), f"pyradiomics=={version}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    found = sorted(dest.glob(f"pyradiomics-{version}.tar.gz"))
+    if res.returncode != 0 or not found:
+        raise ConfigError(f"pip download pyradiomics=={version} failed: {res.stderr[-500:]}")
+    return found[0]
+
+
+def lung1_full_case(sdist: str | Path, patient_id: str = "LUNG1-FULL") -> DemoCase:
+    """The whole lung1 case (512 x 512 x 48) from the sdist, for benchmarks (not shipped)."""
+    sdist = Path(sdist)
+    with tarfile.open(sdist) as tar:
+        members = {Path(m.name).name: m for m in tar.getmembers()
+                   if m.name.endswith(("data/lung1_image.nrrd", "data/lung1_label.nrrd"))}
+        if len(members) != 2:
+            raise ConfigError(f"{sdist}: no data/lung1_image.nrrd + lung1_label.nrrd")
+        tar.extractall(sdist.parent / "_lung1", members=list(members.values()), filter="data")
+    data = sdist.parent / "_lung1" / Path(members["lung1_image.nrrd"].name).parent
+    img = sitk.ReadImage(str(data / "lung1_image.nrrd"))
+    lbl = sitk.Cast(sitk.ReadImage(str(data / "lung1_label.nrrd")), sitk.sitkUInt8)
+    return DemoCase(0, patient_id, img, {1: lbl}, {1: "GTV-1"}, ["full lung1"])

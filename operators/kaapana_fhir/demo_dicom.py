@@ -107,6 +107,9 @@ def seg_dataset(case: DemoCase, cts: list[Dataset], seed: int = 0) -> hd.seg.Seg
         content_label="TUMOUR", content_description="Demo tumour segmentation")
     seg.ContentDate, seg.ContentTime = STUDY_DATE, "120000"
     seg.SeriesDate, seg.SeriesTime = STUDY_DATE, "120000"
+    seg.InstanceCreationDate, seg.InstanceCreationTime = STUDY_DATE, "120000"
+    for item in getattr(seg, "ContributingEquipmentSequence", []):
+        item.ContributionDateTime = f"{STUDY_DATE}120000"
     dim_uid = det_uid(seed, pid, "seg-dim")
     for item in seg.DimensionOrganizationSequence:
         item.DimensionOrganizationUID = dim_uid

@@ -35,6 +35,28 @@ EXIT_NOTHING_TO_DO = 126
 DEFAULT_FHIR_URL = "http://hapi-fhir-service.{ns}.svc:8080/fhir"
 DEFAULT_DICOMWEB_URL = "http://dicom-web-filter-service.{ns}.svc:8080"
 RESULT_FILE = "kaapana-fhir-result.json"
+#: written next to the DAG files by the workflow chart (helm/kaapana-fhir-workflow, values ``kaapanaFhir``)
+SETTINGS_FILE = "kaapana_fhir_settings.json"
+SETTINGS_ENV = "KAAPANA_FHIR_SETTINGS"
+
+
+def site_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Site settings from the workflow chart: ``$KAAPANA_FHIR_SETTINGS`` or ``<dags folder>/kaapana_fhir_settings.json``
+    (the folder that holds the ``kaapana_fhir`` package in Kaapana). Keys: ``fhir_base_url``, ``dicomweb_url``,
+    ``import_watcher_prefix``, ``import_watcher_schedule``. Empty dict when there is no file (plain Airflow).
+    A local file read only: safe at DAG-parse time.
+    """
+    env = os.environ if environ is None else environ
+    path = Path(env[SETTINGS_ENV]) if env.get(SETTINGS_ENV) else Path(__file__).resolve().parents[1] / SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc}); it is written by the kaapana-fhir-workflow chart") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must hold a JSON object of settings, got {type(data).__name__}")
+    return data
 
 
 def parse_env_value(raw: str | None) -> Any:

@@ -43,8 +43,8 @@ def test_dagbag_has_no_import_errors() -> None:
 
 
 def test_one_dag_runs_with_dag_test() -> None:
-    """``dag.test()`` of a DAG on Airflow 3; FHIR_BASE_URL points at a closed port unless a stack is given,
-    so the run may fail inside a task but the DAG must be *runnable* (a DagRun with task instances)."""
+    """``dag.test()`` of a DAG on Airflow 3 (FHIR_BASE_URL points at a closed port unless a stack is given):
+    the DAG must be runnable (a DagRun whose task instances all reached a state)."""
     bag = _dagbag()
     dag = next((bag.dags[d] for d in SMOKE_DAGS if d in bag.dags), None)
     if dag is None:
@@ -56,3 +56,5 @@ def test_one_dag_runs_with_dag_test() -> None:
     assert tis, f"dag.test() of {dag.dag_id} created no task instances"
     states = {ti.task_id: str(ti.state) for ti in tis}
     assert all(s not in ("None", "none") for s in states.values()), states
+    if dag.dag_id == "dicom-to-fhir":  # empty conf: nothing to resolve → the run succeeds, the mapped step skips
+        assert dr.state == "success", states

@@ -49,7 +49,8 @@ def patient_resources(system: str, pid_value: str, *, seed: int = 0, n_clinical:
     stage = ov.get("stage") or rnd.choice(STAGES)
     hist = rnd.choice(HISTOLOGY)
     if ov.get("histology"):
-        hist = (hist[0], ov["histology"])
+        known = {d: c for c, d in HISTOLOGY}
+        hist = (known.get(ov["histology"], "255052006"), ov["histology"])
 
     def obs(var: str, value: dict[str, Any], coding: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         return {"resourceType": "Observation", "id": stable_id("Observation", pid, var), "meta": _tag("clinical-table"),
@@ -101,7 +102,7 @@ def patient_resources(system: str, pid_value: str, *, seed: int = 0, n_clinical:
         group_id = stable_id("Observation", seg_key, "original")
         feats = []
         for j, fname in enumerate(feature_names(n_features)):
-            base = 100 * (1 + STAGES.index(stage)) if fname == "shape_MeshVolume" else 1 + j
+            base = 100 * (1 + (STAGES.index(stage) if stage in STAGES else 0)) if fname == "shape_MeshVolume" else 1 + j
             feats.append({
                 "resourceType": "Observation", "id": stable_id("Observation", group_id, fname), "meta": _tag("radiomics"),
                 "status": "final", "subject": pref, "focus": [{"reference": f"BodyStructure/{bs_id}"}],

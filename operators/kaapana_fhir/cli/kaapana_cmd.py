@@ -48,7 +48,12 @@ def run(args: argparse.Namespace) -> int:
         k.write_result({**base, "status": "failed", "error": str(exc), "error_type": type(exc).__name__,
                         "seconds": round(time.monotonic() - started, 3)})
         raise
-    path = k.write_result({**base, "status": "ok", "result": summary,
+    failed = summary.get("failed") or []
+    path = k.write_result({**base, "status": "failed" if failed else "ok", "result": summary,
                            "seconds": round(time.monotonic() - started, 3)})
+    if failed:
+        log.error("kaapana-run %s: %d item(s) failed, first: %s; details in %s", args.task, len(failed),
+                  failed[0], path)
+        return 1
     log.info("kaapana-run %s done; result in %s", args.task, path)
     return 0

@@ -19,6 +19,11 @@ from kaapana_fhir.exceptions import KaapanaFhirError
 
 SUBCOMMAND_MODULES = (
     "kaapana_fhir.cli.stack_cmd",
+    "kaapana_fhir.cli.dicom_cmd",
+    "kaapana_fhir.cli.tables_cmd",
+    "kaapana_fhir.cli.radiomics_cmd",
+    "kaapana_fhir.cli.kaapana_cmd",
+    "kaapana_fhir.cli.cohort_cmd",
 )
 
 log = logging.getLogger("kaapana_fhir.cli")

@@ -260,7 +260,7 @@ def parse_filter(expr: str) -> Condition:
 
 def filter_patients(df: pd.DataFrame, filters: list[str] | tuple[str, ...] | None) -> pd.DataFrame:
     """Rows matching every filter (AND); case-insensitive text comparison."""
-    if not filters:
+    if not filters or df.empty:
         return df
     mask = pd.Series(True, index=df.index)
     for f in filters:
@@ -308,8 +308,9 @@ def spreadsheet_safe(value: Any) -> Any:
 def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
     out = df.copy()
     for c in out.columns:
-        if out[c].dtype == object:
-            out[c] = out[c].map(lambda v: spreadsheet_safe(json.dumps(v) if isinstance(v, (list, dict)) else v))
+        if not pd.api.types.is_numeric_dtype(out[c]) and not pd.api.types.is_bool_dtype(out[c]):
+            out[c] = out[c].map(lambda v: spreadsheet_safe(json.dumps(v) if isinstance(v, (list, dict)) else v),
+                                na_action="ignore").astype(object)
     out.columns = [spreadsheet_safe(str(c)) for c in out.columns]
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

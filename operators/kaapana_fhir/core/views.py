@@ -30,6 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import fhirpathpy
+from antlr4 import CommonTokenStream, InputStream, Token
+from antlr4.error.ErrorListener import ErrorListener
+from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
+from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 from fhirpathpy.models import models as _fhirpath_models
 
 from kaapana_fhir.exceptions import MappingError
@@ -42,6 +46,26 @@ _MODEL = _fhirpath_models["r4"]
 
 class ViewError(MappingError):
     """A ViewDefinition is malformed or a resource breaks one of its rules."""
+
+
+class _RaiseOnError(ErrorListener):
+    def syntaxError(self, recognizer: Any, offendingSymbol: Any, line: int, column: int, msg: str, e: Any) -> None:  # noqa: N802,N803
+        raise SyntaxError(f"column {column}: {msg}")
+
+
+def check_syntax(path: str) -> None:
+    """Parse ``path`` with fhirpathpy's generated ANTLR parser and raise ``SyntaxError`` on any error
+    (fhirpathpy itself recovers silently from syntax errors)."""
+    lexer = FHIRPathLexer(InputStream(path))
+    lexer.removeErrorListeners()
+    lexer.addErrorListener(_RaiseOnError())
+    tokens = CommonTokenStream(lexer)
+    parser = FHIRPathParser(tokens)
+    parser.removeErrorListeners()
+    parser.addErrorListener(_RaiseOnError())
+    parser.expression()
+    if tokens.LA(1) != Token.EOF:
+        raise SyntaxError(f"unexpected {tokens.LT(1).text!r} after the expression")
 
 
 def _resource_key(inputs: list[Any]) -> list[Any]:
@@ -145,7 +169,13 @@ class CompiledView:
             raise ViewError(f"ViewDefinition {self.name!r}: duplicate column names {sorted(dupes)}")
 
     def _compile(self, path: str, where: str) -> Callable[..., list[Any]]:
+        path = path.strip()
+        if path == "$this":  # fhirpathpy defines $this only inside functions; the focus itself is meant
+            return lambda node, _ctx=None: [] if node is None else (list(node) if isinstance(node, list) else [node])
+        if path.startswith("$this."):
+            path = path[len("$this."):]
         try:
+            check_syntax(path)
             return fhirpathpy.compile(path, _MODEL, _OPTIONS)
         except Exception as exc:  # the parser raises several exception types
             raise ViewError(f"ViewDefinition {self.name!r}: cannot compile FHIRPath {path!r} in {where}: {exc}") from exc

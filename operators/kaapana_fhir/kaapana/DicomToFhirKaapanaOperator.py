@@ -21,6 +21,7 @@ class DicomToFhirKaapanaOperator(KaapanaBaseOperator):
     """
 
     def __init__(self, dag: Any, name: str = "dicom-to-fhir", *, env_vars: dict[str, str] | None = None,
+                 ram_mem_mb: int = 1000, ram_mem_mb_lmt: int = 4000,
                  execution_timeout: timedelta = timedelta(minutes=60), **kwargs: Any) -> None:
         flow_params = kwargs.pop("flow_params", None) or {}
         super().__init__(
@@ -31,8 +32,8 @@ class DicomToFhirKaapanaOperator(KaapanaBaseOperator):
             cmds=["kaapana-fhir"],
             arguments=["kaapana-run", "dicom-to-fhir"],
             env_vars=container_env("dicom-to-fhir", flow_params, env_vars),
-            ram_mem_mb=1000,
-            ram_mem_mb_lmt=4000,
+            ram_mem_mb=ram_mem_mb,
+            ram_mem_mb_lmt=ram_mem_mb_lmt,
             execution_timeout=execution_timeout,
             **kwargs,
         )

@@ -20,6 +20,7 @@ class FhirQueryKaapanaOperator(KaapanaBaseOperator):
     """
 
     def __init__(self, dag: Any, name: str = "fhir-cohort", *, env_vars: dict[str, str] | None = None,
+                 ram_mem_mb: int = 1000, ram_mem_mb_lmt: int = 4000,
                  execution_timeout: timedelta = timedelta(minutes=30), **kwargs: Any) -> None:
         flow_params = kwargs.pop("flow_params", None) or {}
         super().__init__(
@@ -30,8 +31,8 @@ class FhirQueryKaapanaOperator(KaapanaBaseOperator):
             cmds=["kaapana-fhir"],
             arguments=["kaapana-run", "cohort"],
             env_vars=container_env("cohort", flow_params, env_vars),
-            ram_mem_mb=1000,
-            ram_mem_mb_lmt=4000,
+            ram_mem_mb=ram_mem_mb,
+            ram_mem_mb_lmt=ram_mem_mb_lmt,
             execution_timeout=execution_timeout,
             **kwargs,
         )

@@ -20,6 +20,7 @@ class RadiomicsToFhirKaapanaOperator(KaapanaBaseOperator):
     """
 
     def __init__(self, dag: Any, name: str = "radiomics-to-fhir", *, env_vars: dict[str, str] | None = None,
+                 ram_mem_mb: int = 3000, ram_mem_mb_lmt: int = 8000,
                  execution_timeout: timedelta = timedelta(minutes=120), **kwargs: Any) -> None:
         flow_params = kwargs.pop("flow_params", None) or {}
         super().__init__(
@@ -30,8 +31,8 @@ class RadiomicsToFhirKaapanaOperator(KaapanaBaseOperator):
             cmds=["kaapana-fhir"],
             arguments=["kaapana-run", "radiomics"],
             env_vars=container_env("radiomics", flow_params, env_vars),
-            ram_mem_mb=3000,
-            ram_mem_mb_lmt=8000,
+            ram_mem_mb=ram_mem_mb,
+            ram_mem_mb_lmt=ram_mem_mb_lmt,
             execution_timeout=execution_timeout,
             **kwargs,
         )

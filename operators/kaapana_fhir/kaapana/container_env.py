@@ -2,7 +2,8 @@
 
 Kaapana passes parameters as env vars; the container reads them back with
 :meth:`kaapana_fhir.kaapana_env.KaapanaRun.param` (``NAME`` upper-cased; lists/dicts as JSON).
-Airflow-only parameters (``*_conn_id``) and Jinja templates (``{{ ... }}``: the container reads
+Endpoints from the chart's site settings (:func:`kaapana_fhir.kaapana_env.site_settings`) come first;
+flow parameters and ``env_vars`` override them. Airflow-only parameters (``*_conn_id``) and Jinja templates (``{{ ... }}``: the container reads
 ``conf.json`` itself) are not passed.
 """
 
@@ -13,6 +14,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from kaapana_fhir.kaapana_env import site_settings
+
 log = logging.getLogger(__name__)
 
 #: image name of the processing container (LABEL IMAGE of docker/processing-container/Dockerfile)
@@ -22,6 +25,10 @@ IMAGE_NAME = "kaapana-fhir"
 def container_env(task: str, params: Mapping[str, Any], env_vars: Mapping[str, str] | None = None) -> dict[str, str]:
     """Env for ``kaapana-fhir kaapana-run <task>``: ``KAAPANA_FHIR_TASK`` plus one var per parameter."""
     env: dict[str, str] = {"KAAPANA_FHIR_TASK": task}
+    settings = site_settings()
+    for key in ("fhir_base_url", "dicomweb_url"):
+        if settings.get(key):
+            env[key.upper()] = str(settings[key])
     for key, value in params.items():
         if value is None or key.endswith("_conn_id"):
             continue

@@ -1,0 +1,99 @@
+"""``fhir-cohort``: FHIR search + SQL-on-FHIR views → cohort table → Kaapana dataset → HTML dashboard.
+
+Tasks: ``fhir-query`` (:class:`~kaapana_fhir.operators.fhir_query.FhirQueryOperator`: cohort.parquet/.csv,
+patients/radiomics/series tables and ``dataset.json`` into the workflow dir and the project bucket under
+``fhir-cohort/<run_id>/``) → ``cohort-report`` (``report.html`` beside them) → ``has-trigger`` →
+``trigger-downstream`` (triggers ``trigger_dag_id`` with ``{"data_form": {"dataset_name", "identifiers"}}``,
+the SeriesInstanceUIDs of the selected cohort; skipped when no DAG is named).
+
+Conf / ``workflow_form`` keys: ``fhir_search`` (FHIR searches, one per line; default: all Patients and their
+Observations, Conditions, ImagingStudies, BodyStructures), ``patient_search`` (a ``Patient?...`` search that
+selects the patients), ``filters`` (``Histology=adenocarcinoma; Overall.Stage=IIIa``), ``modality``,
+``dataset_name``, ``group_by``, ``trigger_dag_id``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from kaapana_fhir.airflow_compat import DAG, Param, ShortCircuitOperator, TriggerDagRunOperator
+from kaapana_fhir.operators.runtime import flow_operator, in_kaapana, kaapana_cleaner
+
+ui_forms: dict[str, Any] = {
+    "documentation_form": {"path": "/user_guide/extensions.html#fhir-cohort"},
+    "data_form": {},
+    "workflow_form": {
+        "type": "object",
+        "properties": {
+            "fhir_search": {
+                "title": "FHIR search(es)",
+                "description": "One per line, e.g. Patient?_has:Condition:subject:code=http://snomed.info/sct|35917007"
+                               "&_revinclude=Observation:subject. Empty: all patients with their data.",
+                "type": "string", "default": "",
+            },
+            "patient_search": {
+                "title": "Patient search", "type": "string", "default": "",
+                "description": "Instead of full searches: a Patient?... search selecting the patients "
+                               "(their Observations, Conditions, ImagingStudies and segments are fetched).",
+            },
+            "filters": {
+                "title": "Filter", "type": "string", "default": "",
+                "description": "Conditions on the cohort table, ';'-separated: Histology=adenocarcinoma; "
+                               "Overall.Stage=IIIa; age>=60; Overall.Stage in IIIa,IIIb",
+            },
+            "modality": {"title": "Series modality of the dataset", "type": "string", "default": "CT"},
+            "dataset_name": {"title": "Dataset name", "type": "string", "default": "fhir-cohort"},
+            "group_by": {"title": "Group radiomics by (dashboard)", "type": "string", "default": "",
+                         "description": "A clinical variable, e.g. Overall.Stage; empty: chosen automatically"},
+            "trigger_dag_id": {"title": "Then run workflow", "type": "string", "default": "",
+                               "description": "DAG id to trigger with the cohort's series (data_form.identifiers)"},
+        },
+    },
+}
+
+default_args = {
+    "owner": "kaapana",
+    "ui_visible": True,
+    "ui_forms": ui_forms,
+    "retries": 1,
+    "retry_delay": timedelta(seconds=30),
+}
+
+with DAG(
+    dag_id="fhir-cohort",
+    description="FHIR searches + ViewDefinitions → cohort table, series dataset and dashboard",
+    default_args=default_args,
+    schedule=None,
+    start_date=datetime(2024, 1, 1),
+    catchup=False,
+    max_active_runs=4,
+    tags=["fhir", "cohort"],
+    render_template_as_native_obj=True,
+    params={"fhir_search": Param("", type="string"), "patient_search": Param("", type="string"),
+            "filters": Param("", type="string"), "modality": Param("CT", type="string"),
+            "dataset_name": Param("fhir-cohort", type="string"), "group_by": Param("", type="string"),
+            "trigger_dag_id": Param("", type="string")},
+    doc_md=__doc__,
+) as dag:
+    query = flow_operator("cohort", dag=dag, task_id="fhir-query")
+    has_trigger = ShortCircuitOperator(
+        task_id="has-trigger",
+        python_callable=lambda **ctx: bool((ctx["ti"].xcom_pull(task_ids="fhir-query") or {}).get("trigger_dag_id")),
+        ignore_downstream_trigger_rules=False,
+    )
+    trigger = TriggerDagRunOperator(
+        task_id="trigger-downstream",
+        trigger_dag_id="{{ ti.xcom_pull(task_ids='fhir-query')['trigger_dag_id'] }}",
+        conf="{{ ti.xcom_pull(task_ids='fhir-query')['trigger_conf'] }}",
+        wait_for_completion=False,
+    )
+    if in_kaapana():
+        query >> has_trigger >> trigger
+        cleaner = kaapana_cleaner(dag)
+        trigger >> cleaner
+    else:
+        from kaapana_fhir.operators.report import CohortReportOperator
+
+        report = CohortReportOperator(task_id="cohort-report", query_task_id="fhir-query")
+        query >> report >> has_trigger >> trigger

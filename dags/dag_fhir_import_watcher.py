@@ -1,0 +1,39 @@
+"""``fhir-import-watcher``: the missing MinIO trigger. Every 2 minutes, list new or changed table objects
+under ``fhir-import/`` (by ETag, state in ``.kaapana-fhir-state/``) and trigger ``fhir-table-import``
+once per object (dynamic task mapping over ``TriggerDagRunOperator``).
+
+Params / conf: ``bucket`` (default env ``KAAPANA_FHIR_IMPORT_BUCKET`` or ``project-admin``), ``prefix``,
+``default_preset``, ``skip_invalid_rows``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+from kaapana_fhir.airflow_compat import DAG, Param, TriggerDagRunOperator
+from kaapana_fhir.operators.csv_import import FhirImportWatcherOperator
+
+IMPORT_DAG_ID = "fhir-table-import"
+
+ui_forms = {"workflow_form": {"type": "object", "properties": {
+    "prefix": {"type": "string", "title": "Prefix to watch", "default": "fhir-import/"},
+    "default_preset": {"type": "string", "title": "Default preset", "enum": ["", "lung1", "redcap"], "default": ""},
+}}}
+
+with DAG(
+    dag_id="fhir-import-watcher",
+    description="Trigger fhir-table-import for new/changed objects under a MinIO prefix",
+    schedule=dt.timedelta(minutes=2),
+    start_date=dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    tags=["service", "fhir"],
+    default_args={"owner": "system", "ui_visible": False, "retries": 0},
+    params={"bucket": Param(os.environ.get("KAAPANA_FHIR_IMPORT_BUCKET", "project-admin"), type="string"),
+            "prefix": Param("fhir-import/", type="string"), "default_preset": Param("", type="string"),
+            "skip_invalid_rows": Param(False, type="boolean")},
+) as dag:
+    watch = FhirImportWatcherOperator(task_id="find-new-objects")
+    TriggerDagRunOperator.partial(task_id="trigger-import", trigger_dag_id=IMPORT_DAG_ID,
+                                  wait_for_completion=False).expand(conf=watch.output)

@@ -1,0 +1,95 @@
+"""``kaapana-fhir cohort`` (FHIR → cohort table) and ``kaapana-fhir report`` (cohort → HTML dashboard)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from kaapana_fhir.exceptions import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cohort", help="FHIR searches + ViewDefinitions → cohort table (.parquet or .csv)")
+    p.add_argument("--fhir", default=os.environ.get("FHIR_BASE_URL"), help="FHIR base URL (default $FHIR_BASE_URL)")
+    p.add_argument("--search", action="append", default=[], metavar="'Type?params'",
+                   help="a FHIR search (repeatable; _include/_revinclude, chained and _has pass through)")
+    p.add_argument("--patients", default=None, metavar="'Patient?params'",
+                   help="select patients with this search and fetch their data (default: all patients)")
+    p.add_argument("--view", action="append", default=[], metavar="V.json",
+                   help="extra ViewDefinition file (repeatable); its table is written beside the output")
+    p.add_argument("--where", action="append", default=[], metavar="COND",
+                   help="filter, e.g. 'Histology=adenocarcinoma' 'Overall.Stage in IIIa,IIIb' 'age>=60' (AND)")
+    p.add_argument("--modality", default="CT", help="series modality of the dataset (default CT; '' = all)")
+    p.add_argument("--dataset", default=None, metavar="dataset.json",
+                   help="write the Kaapana dataset {data_form: {identifiers}} here")
+    p.add_argument("--out", required=True, help="cohort table: cohort.parquet or cohort.csv")
+    p.set_defaults(func=run_cohort_cmd)
+
+    r = sub.add_parser("report", help="self-contained HTML cohort dashboard")
+    src = r.add_mutually_exclusive_group(required=True)
+    src.add_argument("--fhir", help="FHIR base URL (fetch and join the cohort first)")
+    src.add_argument("--cohort", help="a cohort.parquet / cohort.csv (series/studies tables beside it are used)")
+    r.add_argument("--patients", default=None, help="with --fhir: a Patient?... search selecting the patients")
+    r.add_argument("--where", action="append", default=[], help="with --fhir: filters as for `cohort`")
+    r.add_argument("--group-by", default=None, help="clinical variable to group radiomics by (e.g. Overall.Stage)")
+    r.add_argument("--title", default="Cohort overview")
+    r.add_argument("--out", required=True, help="report.html")
+    r.set_defaults(func=run_report_cmd)
+
+
+def _client(url: str | None):  # noqa: ANN202
+    from kaapana_fhir.clients.fhir import FhirClient
+
+    if not url:
+        raise ConfigError("--fhir URL (or FHIR_BASE_URL) is required")
+    try:
+        return FhirClient(url, token=os.environ.get("FHIR_TOKEN") or None)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def run_cohort_cmd(args: argparse.Namespace) -> int:
+    from kaapana_fhir.core import cohort as C
+    from kaapana_fhir.flows.cohort import run_cohort
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".parquet", ".csv"):
+        raise ConfigError(f"--out {args.out!r}: use a .parquet or .csv file name")
+    work = Path(tempfile.mkdtemp(prefix="kaapana-fhir-cohort-"))
+    summary = run_cohort(_client(args.fhir), work, searches=args.search, patient_search=args.patients,
+                         view_files=args.view, filters=args.where, modality=args.modality or None,
+                         formats=("parquet",))
+    table = C.read_table(work / "cohort.parquet")
+    C.write_table(table, out)
+    for name in summary["rows"]:
+        if name not in C.VIEW_NAMES and (work / f"{name}.parquet").is_file():
+            C.write_table(C.read_table(work / f"{name}.parquet"), out.with_name(f"{out.stem}.{name}{out.suffix}"))
+    for name in ("series", "studies"):
+        C.write_table(C.read_table(work / f"{name}.parquet"), out.with_name(f"{name}{out.suffix}"))
+    (out.with_name("cohort_meta.json")).write_text((work / "cohort_meta.json").read_text())
+    if args.dataset:
+        Path(args.dataset).write_text(json.dumps(summary["dataset"], indent=1), encoding="utf-8")
+    log.info("wrote %s: %d rows (%d of %d patients), %d series UIDs", out, len(table), summary["selected_patients"],
+             summary["patients"], summary["series_uids"])
+    sys.stdout.write(json.dumps({k: summary[k] for k in ("patients", "selected_patients", "series_uids", "rows")})
+                     + "\n")
+    return 0
+
+
+def run_report_cmd(args: argparse.Namespace) -> int:
+    from kaapana_fhir.flows.report import data_from_fhir, data_from_table, write_report
+
+    if args.cohort:
+        data = data_from_table(args.cohort, title=args.title)
+    else:
+        data = data_from_fhir(_client(args.fhir), patient_search=args.patients, filters=args.where, title=args.title)
+    info = write_report(data, args.out, group_by=args.group_by)
+    sys.stdout.write(json.dumps(info) + "\n")
+    return 0

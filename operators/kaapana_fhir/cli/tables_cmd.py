@@ -1,0 +1,117 @@
+"""``kaapana-fhir mapping init FILE`` and ``kaapana-fhir import-table FILE``: clinical tables → FHIR.
+
+``import-table FILE (--mapping M.yaml | --preset lung1|redcap [--dictionary DD.csv]) (--fhir URL | --out
+bundle.json) [--skip-invalid-rows] [--report R.json] [--rejected-csv R.csv]``. The whole file is validated
+first; invalid cells reject it (exit 1, report lists row/column/value/rule) unless --skip-invalid-rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from kaapana_fhir.exceptions import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("mapping", help="table mapping tools (init)")
+    p.add_argument("action", choices=["init"])
+    p.add_argument("file", help="CSV / xlsx / REDCap export to derive a starting mapping from")
+    p.add_argument("-o", "--output", help="write the YAML here (default: stdout)")
+    p.set_defaults(func=run_mapping)
+
+    q = sub.add_parser("import-table", help="import a clinical table (CSV, xlsx, REDCap) into FHIR")
+    q.add_argument("file")
+    src = q.add_mutually_exclusive_group(required=True)
+    src.add_argument("--mapping", help="mapping YAML")
+    src.add_argument("--preset", help="shipped preset: lung1 or redcap (needs --dictionary)")
+    q.add_argument("--dictionary", help="REDCap data dictionary CSV (with --preset redcap)")
+    dst = q.add_mutually_exclusive_group(required=True)
+    dst.add_argument("--fhir", help="FHIR base URL to write to")
+    dst.add_argument("--out", help="write one transaction Bundle JSON instead")
+    q.add_argument("--skip-invalid-rows", action="store_true", help="import valid rows, report the rest")
+    q.add_argument("--report", help="write the import report JSON here")
+    q.add_argument("--rejected-csv", help="write rejected cells as CSV (formula-like cells escaped)")
+    q.add_argument("--chunk-size", type=int, default=500, help="entries per transaction (default 500)")
+    q.set_defaults(func=run_import)
+
+
+def _read(path: str) -> bytes:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: file not found (rule: FILE must be a readable file)")
+    return p.read_bytes()
+
+
+def run_mapping(args: argparse.Namespace) -> int:
+    from kaapana_fhir.core.tables import open_table
+    from kaapana_fhir.core.tables.suggest import suggest_mapping, to_yaml
+
+    table = open_table(_read(args.file), name=Path(args.file).name)
+    text = to_yaml(suggest_mapping(table))
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        log.info("wrote %s; edit the TODO codes, then run import-table --mapping %s", args.output, args.output)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def write_rejected_csv(path: str, rejected: list[dict[str, Any]]) -> None:
+    from kaapana_fhir.core.tables.values import escape_csv_cell
+
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["row", "column", "value", "rule"])
+        for r in rejected:
+            w.writerow([r["row"], escape_csv_cell(str(r["column"])), escape_csv_cell(str(r["value"])),
+                        escape_csv_cell(str(r["rule"]))])
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from kaapana_fhir.clients.fhir import FhirClient
+    from kaapana_fhir.core.tables import TableRejected, load_mapping, open_table
+    from kaapana_fhir.flows.table_import import import_table, resolve_mapping
+
+    data = _read(args.file)
+    mapping_text = None
+    src: dict[str, Any] = {}
+    if args.mapping:
+        mapping_text = _read(args.mapping).decode("utf-8-sig")
+        base = Path(args.mapping).parent
+        src = load_mapping(mapping_text, source=args.mapping,
+                           read_file=lambda rel: (base / rel).read_text("utf-8")).get("source", {})
+    dictionary = _read(args.dictionary).decode("utf-8-sig", errors="replace") if args.dictionary else None
+    table = open_table(data, name=Path(args.file).name, fmt=src.get("format", "auto"), delimiter=src.get("delimiter"),
+                       encoding=src.get("encoding"), sheet=src.get("sheet"))
+    base = Path(args.mapping).parent if args.mapping else Path(".")
+    mapping = resolve_mapping(header=table.header, mapping_text=mapping_text, mapping_name=args.mapping or "",
+                              preset=args.preset, dictionary_text=dictionary,
+                              read_file=lambda rel: (base / rel).read_text("utf-8"))
+    client = FhirClient(args.fhir) if args.fhir else None
+    try:
+        rep = import_table(table, mapping, client=client, out_path=args.out, skip_invalid_rows=args.skip_invalid_rows,
+                           chunk_size=args.chunk_size)
+    except TableRejected as exc:
+        _outputs(args, exc.report)
+        raise
+    _outputs(args, rep)
+    log.info("%s: %d rows read, %d rejected, written %s", args.file, rep["rows_read"], rep["rows_rejected"],
+             rep["resources_written"])
+    return 0
+
+
+def _outputs(args: argparse.Namespace, rep: dict[str, Any]) -> None:
+    if args.report:
+        Path(args.report).write_text(json.dumps(rep, indent=1), encoding="utf-8")
+    if args.rejected_csv:
+        write_rejected_csv(args.rejected_csv, rep.get("rejected", []))
+    for r in rep.get("rejected", [])[:10]:
+        log.warning("row %s, column %r, value %r: %s", r["row"], r["column"], r["value"][:60], r["rule"])

@@ -1,0 +1,146 @@
+"""Two-pass table import (pure): validate the whole file, then stream transaction entries.
+
+Pass 1 (:func:`scan`) maps every row, collects cell issues (row, column, value, rule) and detects
+duplicate patient rows with conflicting values; nothing is written. Pass 2 (:func:`iter_entries`) maps
+the rows again and yields ``PUT`` entries (Patient first, then its Observations/Conditions) so memory is
+bounded by the write chunk plus a small per-patient record (key → merged Patient fields).
+
+Policy: by default any invalid cell rejects the whole file (:class:`TableRejected` with the report);
+with ``skip_invalid_rows`` the valid rows are imported and the rejected rows are reported. Rows that
+disappear from a later version of a file are **not** deleted from the server (see :mod:`.build`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from kaapana_fhir.core.bundle import put_entry
+from kaapana_fhir.core.tables.build import RowIssue, TableMapper, is_empty_row
+from kaapana_fhir.core.tables.reader import Table
+from kaapana_fhir.core.validate import validate_resource
+from kaapana_fhir.exceptions import MappingError
+
+#: At most this many issues are kept in a report (the count is always exact).
+MAX_REPORTED_ISSUES = 1000
+
+
+@dataclass
+class ScanResult:
+    rows_read: int = 0
+    empty_rows: int = 0
+    issue_count: int = 0
+    issues: list[RowIssue] = field(default_factory=list)
+    bad_rows: set[int] = field(default_factory=set)
+    patients: dict[str, dict[str, Any]] = field(default_factory=dict)
+    resources: Counter = field(default_factory=Counter)
+
+    @property
+    def rows_rejected(self) -> int:
+        return len(self.bad_rows)
+
+    def add(self, issue: RowIssue) -> None:
+        self.issue_count += 1
+        self.bad_rows.add(issue.row)
+        if len(self.issues) < MAX_REPORTED_ISSUES:
+            self.issues.append(issue)
+
+
+class TableRejected(MappingError):
+    """The file has invalid cells and ``skip_invalid_rows`` is off; ``report`` lists them."""
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def scan(table: Table, mapper: TableMapper, *, validate_kinds: bool = True) -> ScanResult:
+    """Validate every row of ``table`` (pass 1). Structural problems raise :class:`MappingError`."""
+    mapper.bind(table.header, delimiter=table.delimiter)
+    res = ScanResult()
+    seen_rows: dict[bytes, tuple[int, bytes]] = {}
+    kinds: set[tuple[str, str]] = set()
+    for n, row in table.rows():
+        if is_empty_row(row):
+            res.empty_rows += 1
+            continue
+        res.rows_read += 1
+        mapped, issues = mapper.map_row(n, row)
+        for i in issues:
+            res.add(i)
+        if mapped is None:
+            continue
+        # duplicate rows for one patient (and instance) must agree
+        k = hashlib.blake2b(f"{mapped.patient_id}|{mapped.instance}".encode(), digest_size=8).digest()
+        prev = seen_rows.get(k)
+        if prev and prev[1] != mapped.digest:
+            res.add(RowIssue(n, mapper.m["patient"]["key"], mapped.patient_key,
+                             f"duplicate patient row with conflicting values (first at row {prev[0]})"))
+            continue
+        seen_rows.setdefault(k, (n, mapped.digest))
+        merged = res.patients.setdefault(mapped.patient_key, {"_row": n})
+        conflict = [f for f, v in mapped.patient_fields.items() if f in merged and merged[f] != v]
+        if conflict:
+            res.add(RowIssue(n, mapper.m["patient"]["key"], mapped.patient_key,
+                             f"duplicate patient row with conflicting {', '.join(conflict)} "
+                             f"(first at row {merged['_row']})"))
+            continue
+        merged.update(mapped.patient_fields)
+        for r in mapped.resources:
+            res.resources[r["resourceType"]] += 1
+            kind = (r["resourceType"], r["code"].get("text", ""))
+            if validate_kinds and kind not in kinds:
+                kinds.add(kind)
+                try:
+                    validate_resource(r)
+                except MappingError as exc:
+                    res.add(RowIssue(n, kind[1], "", f"mapped resource is not valid FHIR R4: {exc}"))
+    if res.rows_read == 0:
+        raise MappingError(f"{table.name}: no data rows (header only or only empty rows) "
+                           "(rule: a table needs at least one data row)")
+    res.resources["Patient"] = len(res.patients)
+    return res
+
+
+def iter_entries(table: Table, mapper: TableMapper, scanned: ScanResult, *,
+                 skip_invalid_rows: bool = False) -> Iterator[dict[str, Any]]:
+    """Transaction ``PUT`` entries of all valid rows (pass 2); Patient before its resources."""
+    if scanned.issue_count and not skip_invalid_rows:
+        raise MappingError("refusing to write a file with invalid rows (rule: skip_invalid_rows is off)")
+    emitted: set[str] = set()
+    for n, row in table.rows():
+        if n in scanned.bad_rows or is_empty_row(row):
+            continue
+        mapped, issues = mapper.map_row(n, row)
+        if mapped is None or issues:
+            continue
+        if mapped.patient_key not in emitted:
+            emitted.add(mapped.patient_key)
+            fields = {k: v for k, v in scanned.patients.get(mapped.patient_key, {}).items() if k != "_row"}
+            yield put_entry(mapper.patient(mapped.patient_key, fields))
+        for r in mapped.resources:
+            yield put_entry(r)
+
+
+def report_of(table_name: str, mapping_name: str, scanned: ScanResult | None, *, status: str,
+              written: dict[str, int] | None = None, duration_s: float = 0.0, error: str | None = None,
+              skip_invalid_rows: bool = False) -> dict[str, Any]:
+    """The import report (``<name>.import-report.json``)."""
+    rep: dict[str, Any] = {
+        "file": table_name, "mapping": mapping_name, "status": status, "skip_invalid_rows": skip_invalid_rows,
+        "rows_read": scanned.rows_read if scanned else 0, "empty_rows": scanned.empty_rows if scanned else 0,
+        "rows_rejected": scanned.rows_rejected if scanned else 0,
+        "resources_written": {k: v for k, v in (written or {}).items() if k[:1].isupper()},
+        "rejected": [i.as_dict() for i in scanned.issues] if scanned else [],
+        "issue_count": scanned.issue_count if scanned else 0,
+        "duration_s": round(duration_s, 3),
+        "policy": "rows that disappear from a later version of the file are not deleted from the server",
+    }
+    if scanned and scanned.issue_count > len(scanned.issues):
+        rep["rejected_truncated"] = True
+    if error:
+        rep["error"] = error
+    return rep

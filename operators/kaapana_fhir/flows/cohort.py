@@ -1,0 +1,231 @@
+"""FHIR → cohort tables: fetch with FHIR searches, flatten with ViewDefinitions, join, write (no Airflow).
+
+Fetching (:func:`fetch`):
+
+* explicit searches (``"Observation?code=http://loinc.org|30525-0&_include=Observation:subject"``): any
+  type and parameters, ``_include`` / ``_revinclude``, chained (``subject:Patient.gender=female``) and
+  ``_has`` (``Patient?_has:Condition:subject:code=35917007``) parameters are passed through; requests
+  encodes them; every page is followed (``link[relation=next]``); included resources are kept;
+* or a patient search (default: all Patients) followed by the related resources of the selected
+  patients: ``Observation`` / ``Condition`` / ``ImagingStudy`` by ``subject``, ``BodyStructure`` by
+  ``patient``, in batches of patient references (``subject=Patient/a,Patient/b,...``).
+
+Searches run on a small thread pool; pages are flattened as they arrive, so flattening overlaps the
+server's response time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from kaapana_fhir.clients.fhir import FhirClient
+from kaapana_fhir.core import cohort as C
+from kaapana_fhir.core.views import CompiledView, compile_view, load_view, shipped_views
+from kaapana_fhir.exceptions import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: related resource type → search parameter that points at the Patient
+RELATED = (("Observation", "subject"), ("Condition", "subject"), ("ImagingStudy", "subject"),
+           ("BodyStructure", "patient"))
+
+
+@dataclass
+class Search:
+    resource_type: str
+    params: list[tuple[str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return self.resource_type + ("?" + "&".join(f"{k}={v}" for k, v in self.params) if self.params else "")
+
+
+def parse_search(text: str) -> Search:
+    """``Type?a=1&b=2`` (values may be URL-encoded) → :class:`Search`; the type must be a FHIR type name."""
+    text = (text or "").strip().lstrip("/")
+    if not text:
+        raise ConfigError("empty FHIR search (rule: '<ResourceType>?param=value&...')")
+    rtype, _, query = text.partition("?")
+    if not rtype.isalpha() or not rtype[0].isupper():
+        raise ConfigError(f"FHIR search {text!r}: {rtype!r} is not a resource type (rule: '<ResourceType>?...')")
+    return Search(rtype, parse_qsl(query, keep_blank_values=True))
+
+
+@dataclass
+class FetchResult:
+    resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # type → id → resource
+    requests: int = 0
+    seconds: float = 0.0
+
+    def add(self, res: dict[str, Any]) -> bool:
+        rtype, rid = res.get("resourceType"), res.get("id")
+        if not rtype or not rid:
+            return False
+        bucket = self.resources.setdefault(rtype, {})
+        new = rid not in bucket
+        bucket[rid] = res
+        return new
+
+    def count(self) -> dict[str, int]:
+        return {k: len(v) for k, v in sorted(self.resources.items())}
+
+
+def _with_count(params: Sequence[tuple[str, str]], count: int) -> list[tuple[str, str]]:
+    p = list(params)
+    if not any(k == "_count" for k, _ in p):
+        p.append(("_count", str(count)))
+    return p
+
+
+class _Flattener:
+    """Runs the compiled views over resources as they arrive (one row list per view)."""
+
+    def __init__(self, views: dict[str, CompiledView]) -> None:
+        self.views = views
+        self.by_type: dict[str, list[tuple[str, CompiledView]]] = {}
+        for name, v in views.items():
+            self.by_type.setdefault(str(v.resource), []).append((name, v))
+        self.rows: dict[str, list[dict[str, Any]]] = {name: [] for name in views}
+        self.seconds = 0.0
+
+    def feed(self, resources: Iterable[dict[str, Any]]) -> None:
+        t = time.perf_counter()
+        for res in resources:
+            for name, v in self.by_type.get(res.get("resourceType", ""), ()):
+                self.rows[name].extend(v.rows(res))
+        self.seconds += time.perf_counter() - t
+
+
+def load_views(extra: Sequence[str | Path] = (), *, only: Sequence[str] | None = None) -> dict[str, CompiledView]:
+    """The shipped views (or ``only`` those) plus extra ViewDefinition files (same name replaces)."""
+    out = {n: compile_view(load_view(n)) for n in (only or shipped_views())}
+    for p in extra:
+        v = compile_view(load_view(p))
+        out[v.name] = v
+    return out
+
+
+def _pages(client: FhirClient, search: Search, count: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for res in client.search(search.resource_type, _with_count(search.params, count), include_mode="all"):
+        out.append(res)
+    return out
+
+
+def fetch_and_flatten(client: FhirClient, views: dict[str, CompiledView], *, searches: Sequence[str] = (),
+                      patient_search: str | None = None, count: int = 1000, batch: int = 100,
+                      workers: int = 3) -> tuple[FetchResult, dict[str, list[dict[str, Any]]]]:
+    """Fetch (see module doc) and flatten; resources seen twice (includes) are flattened once."""
+    result = FetchResult()
+    flat = _Flattener(views)
+    t0 = time.perf_counter()
+    req0 = client.stats.requests
+
+    def consume(resources: list[dict[str, Any]]) -> None:
+        fresh = [r for r in resources if result.add(r)]
+        flat.feed(fresh)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        if searches:
+            futures = [pool.submit(_pages, client, parse_search(s), count) for s in searches]
+            for fut in as_completed(futures):
+                consume(fut.result())
+        else:
+            ps = parse_search(patient_search or "Patient")
+            if ps.resource_type != "Patient":
+                raise ConfigError(f"patient search {patient_search!r} must search Patient")
+            patients = [r for r in _pages(client, ps, count) if r.get("resourceType") == "Patient"]
+            consume(patients)
+            refs = [f"Patient/{p['id']}" for p in patients]
+            futures = []
+            for rtype, param in RELATED:
+                if not any(v.resource == rtype for v in views.values()):
+                    continue
+                for i in range(0, len(refs), batch):
+                    futures.append(pool.submit(_pages, client, Search(rtype, [(param, ",".join(refs[i:i + batch]))]),
+                                               count))
+            for fut in as_completed(futures):
+                consume(fut.result())
+    result.seconds = time.perf_counter() - t0
+    result.requests = client.stats.requests - req0
+    log.info("fetched %s in %.1fs (%d requests); flattening took %.1fs", result.count(), result.seconds,
+             result.requests, flat.seconds)
+    return result, flat.rows
+
+
+def write_outputs(cohort: C.Cohort, out_dir: str | Path, *, extra_tables: dict[str, list[dict[str, Any]]] | None = None,
+                  dataset: dict[str, Any] | None = None, formats: Sequence[str] = ("parquet", "csv")) -> list[Path]:
+    """Write ``cohort.*``, ``patients.*``, ``radiomics_long.*``, ``radiomics_wide.*``, ``series.*``, ``studies.*``
+    (+ extra view tables) and ``dataset.json`` into ``out_dir``."""
+    import pandas as pd
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frames = {"cohort": cohort.table, "patients": cohort.patients, "radiomics_long": cohort.radiomics_long,
+              "radiomics_wide": cohort.radiomics_wide, "series": cohort.series, "studies": cohort.studies}
+    for name, rows in (extra_tables or {}).items():
+        frames.setdefault(name, pd.DataFrame(rows))
+    frames["cohort"].attrs = {"clinical_variables": cohort.clinical_variables,
+                              "feature_columns": cohort.feature_columns}
+    written = []
+    for name, df in frames.items():
+        for fmt in formats:
+            written.append(C.write_table(df, out / f"{name}.{fmt}"))
+    meta = out / "cohort_meta.json"
+    meta.write_text(json.dumps({"clinical_variables": cohort.clinical_variables,
+                                "feature_columns": cohort.feature_columns}, indent=1), encoding="utf-8")
+    written.append(meta)
+    if dataset is not None:
+        p = out / "dataset.json"
+        p.write_text(json.dumps(dataset, indent=1), encoding="utf-8")
+        written.append(p)
+    return written
+
+
+def upload(store: Any, bucket: str, prefix: str, paths: Sequence[Path]) -> list[str]:
+    """Put the files into ``bucket`` under ``prefix/``; returns the object keys."""
+    store.ensure_bucket(bucket)
+    keys = []
+    for p in paths:
+        key = f"{prefix.strip('/')}/{p.name}" if prefix.strip("/") else p.name
+        store.put_file(bucket, key, p)
+        keys.append(key)
+    return keys
+
+
+def run_cohort(client: FhirClient, out_dir: str | Path, *, searches: Sequence[str] = (),
+               patient_search: str | None = None, view_files: Sequence[str | Path] = (),
+               filters: Sequence[str] = (), modality: str | None = "CT", dataset_name: str = "fhir-cohort",
+               store: Any = None, bucket: str | None = None, prefix: str = "fhir-cohort",
+               formats: Sequence[str] = ("parquet", "csv"), count: int = 1000) -> dict[str, Any]:
+    """The whole job; returns a small JSON-able summary (counts, paths, object keys, timings)."""
+    views = load_views(view_files)
+    fetched, rows = fetch_and_flatten(client, views, searches=searches, patient_search=patient_search, count=count)
+    t = time.perf_counter()
+    cohort = C.build_cohort(rows)
+    selected = C.apply_filters(cohort, list(filters))
+    dataset = C.series_dataset(selected, modality=modality, dataset_name=dataset_name)
+    extra = {k: v for k, v in rows.items() if k not in C.VIEW_NAMES}
+    paths = write_outputs(selected, out_dir, extra_tables=extra, dataset=dataset, formats=formats)
+    keys: list[str] = []
+    if store is not None and bucket:
+        keys = upload(store, bucket, prefix, paths)
+    summary = {
+        "resources": fetched.count(), "requests": fetched.requests, "fetch_seconds": round(fetched.seconds, 3),
+        "join_seconds": round(time.perf_counter() - t, 3),
+        "rows": {k: len(v) for k, v in rows.items()},
+        "patients": int(len(cohort.patients)), "selected_patients": int(len(selected.patients)),
+        "filters": list(filters), "series_uids": len(dataset["data_form"]["identifiers"]),
+        "out_dir": str(out_dir), "files": [p.name for p in paths], "bucket": bucket if keys else None,
+        "object_keys": keys, "dataset": dataset,
+    }
+    log.info("cohort: %d of %d patients selected, %d series for the dataset", summary["selected_patients"],
+             summary["patients"], summary["series_uids"])
+    return summary

@@ -1,0 +1,219 @@
+"""Import a clinical table (file or S3 object) into FHIR: read → validate all → write in chunks.
+
+* :func:`resolve_mapping` picks the mapping: a YAML text, a shipped preset (``lung1``) or ``redcap``
+  derived from a data dictionary.
+* :func:`import_table` validates the whole file first (:func:`kaapana_fhir.core.tables.scan`); with invalid
+  cells it raises :class:`~kaapana_fhir.core.tables.TableRejected` unless ``skip_invalid_rows``; then it
+  streams ``PUT`` entries in transaction chunks (each chunk atomic; a failure mid-file leaves complete
+  chunks only, and a retry finishes the file without duplicates because ids are deterministic).
+  Patients that already exist (e.g. written by the DICOM flow) are merged, not replaced: the table sets
+  identifier, gender, birthDate and deceased and keeps the other elements.
+* :func:`import_object` does the same for an S3 object and writes ``<name>.import-report.json`` beside it
+  and the watcher state (see :mod:`kaapana_fhir.flows.table_watch`).
+
+Policy: rows that disappear from a later version of a file (and cells that become NA) are **not**
+deleted from the FHIR server; delete such resources explicitly if needed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from kaapana_fhir.clients.fhir import FhirClient
+from kaapana_fhir.clients.s3 import ObjectStore
+from kaapana_fhir.core.bundle import DEFAULT_CHUNK_SIZE, chunked, transaction
+from kaapana_fhir.core.tables import (
+    TableMapper,
+    TableRejected,
+    derive_mapping,
+    iter_entries,
+    load_mapping,
+    load_preset,
+    open_table,
+    report_of,
+    scan,
+)
+from kaapana_fhir.core.tables.mapping import _with_defaults, validate_mapping
+from kaapana_fhir.core.tables.reader import Table
+from kaapana_fhir.exceptions import ConfigError, MappingError, ObjectStoreError
+from kaapana_fhir.flows import table_watch as W
+from kaapana_fhir.flows.table_synthetic import synthetic_lung1_csv  # noqa: F401  (re-export for the demo)
+
+log = logging.getLogger(__name__)
+
+
+def resolve_mapping(*, header: list[str], mapping_text: str | None = None, mapping_name: str = "mapping",
+                    preset: str | None = None, dictionary_text: str | None = None,
+                    read_file: Any = None) -> dict[str, Any]:
+    """The mapping for a table with ``header``: YAML text, preset ``lung1``, or ``redcap`` + dictionary."""
+    if mapping_text is not None:
+        return load_mapping(mapping_text, source=mapping_name, read_file=read_file)
+    if not preset:
+        raise ConfigError("no mapping: give a mapping YAML or a preset (rule: mapping or preset required)")
+    preset = preset.strip().lower()
+    if preset == "redcap":
+        if not dictionary_text:
+            raise ConfigError("preset 'redcap' needs the project's data dictionary (rule: --dictionary / "
+                              "<name>.dictionary.csv beside the export)")
+        data = derive_mapping(dictionary_text, header=header)
+        errors = validate_mapping(data, source="preset:redcap")
+        if errors:
+            raise ConfigError("; ".join(errors))
+        return _with_defaults(data, "preset:redcap", None)
+    return load_preset(preset)
+
+
+def _merge_patients(client: FhirClient, chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep elements of Patients that already exist (one search per chunk); table fields win."""
+    ids = [e["resource"]["id"] for e in chunk if e["resource"]["resourceType"] == "Patient"]
+    if not ids:
+        return chunk
+    existing = {r["id"]: r for r in client.search("Patient", {"_id": ",".join(ids), "_count": str(len(ids))})}
+    if not existing:
+        return chunk
+    out = []
+    for e in chunk:
+        r = e["resource"]
+        old = existing.get(r["id"]) if r["resourceType"] == "Patient" else None
+        if old:
+            merged = {k: v for k, v in old.items() if k not in ("meta", "text")}
+            merged.update({k: v for k, v in r.items() if k not in ("identifier", "meta")})
+            idents = list(old.get("identifier", []))
+            for ident in r.get("identifier", []):
+                if ident not in idents:
+                    idents.append(ident)
+            merged["identifier"] = idents
+            tags = list((old.get("meta") or {}).get("tag", []))
+            for t in r["meta"]["tag"]:
+                if not any(t.get("system") == x.get("system") and t.get("code") == x.get("code") for x in tags):
+                    tags.append(t)
+            merged["meta"] = {"tag": tags}
+            e = {**e, "resource": merged}
+        out.append(e)
+    return out
+
+
+def write_chunks(client: FhirClient, entries: Iterable[dict[str, Any]], *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 merge_patients: bool = True) -> dict[str, int]:
+    """Write entries as transaction chunks; returns counts per resource type and response status."""
+    counts: dict[str, int] = {"chunks": 0}
+    for chunk in chunked(entries, chunk_size):
+        if merge_patients:
+            chunk = _merge_patients(client, chunk)
+        for k, v in client.write_entries(chunk, chunk_size=len(chunk)).items():
+            counts[k] = counts.get(k, 0) + v
+        counts["chunks"] += 1
+        log.info("wrote chunk %d (%d entries)", counts["chunks"], len(chunk))
+    return counts
+
+
+def import_table(table: Table, mapping: dict[str, Any], *, client: FhirClient | None = None,
+                 out_path: str | Path | None = None, skip_invalid_rows: bool = False,
+                 chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, Any]:
+    """Validate the whole table, then write it to ``client`` (or a Bundle file ``out_path``); the report.
+
+    Raises :class:`TableRejected` (report attached) when cells are invalid and ``skip_invalid_rows`` is
+    off, :class:`MappingError` for structural problems (missing key column, empty file).
+    """
+    t0 = time.perf_counter()
+    mapper = TableMapper(mapping, table_name=table.name)
+    scanned = scan(table, mapper)
+    name = mapping.get("name", "mapping")
+    if scanned.issue_count and not skip_invalid_rows:
+        rep = report_of(table.name, name, scanned, status="rejected", duration_s=time.perf_counter() - t0)
+        first = scanned.issues[0]
+        raise TableRejected(f"{table.name}: {scanned.issue_count} invalid cell(s) in {scanned.rows_rejected} row(s); "
+                            f"first: row {first.row}, column {first.column!r}, value {first.value[:60]!r}: "
+                            f"{first.rule} (nothing written; use skip-invalid-rows to import the valid rows)", rep)
+    entries: Iterator[dict[str, Any]] = iter_entries(table, mapper, scanned, skip_invalid_rows=True)
+    if out_path is not None:
+        items = list(entries)
+        Path(out_path).write_text(json.dumps(transaction(items, sort=False), indent=1), encoding="utf-8")
+        written: dict[str, int] = {}
+        for e in items:
+            written[e["resource"]["resourceType"]] = written.get(e["resource"]["resourceType"], 0) + 1
+    elif client is not None:
+        written = write_chunks(client, entries, chunk_size=chunk_size)
+    else:
+        raise ConfigError("import_table needs a FHIR client or an output path (rule: --fhir or --out)")
+    status = "imported" if not scanned.issue_count else "imported-with-rejections"
+    rep = report_of(table.name, name, scanned, status=status, written=written, duration_s=time.perf_counter() - t0,
+                    skip_invalid_rows=skip_invalid_rows)
+    rep["chunks"] = written.get("chunks", 1 if out_path else 0)
+    log.info("imported %s: %d rows, %s", table.name, scanned.rows_read, rep["resources_written"])
+    return rep
+
+
+def import_object(store: ObjectStore, client: FhirClient, bucket: str, key: str, *, mapping_key: str | None = None,
+                  preset: str | None = None, skip_invalid_rows: bool = False, signature: str | None = None,
+                  chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, Any]:
+    """Import one S3 object; writes ``<name>.import-report.json`` and the watcher state, returns the report.
+
+    The mapping comes from ``mapping_key``, else ``<name>.mapping.yaml`` beside the object, else
+    ``preset``, else the preset named in ``<name>.preset``. Outcomes recorded in the state: ``imported``,
+    ``rejected`` (invalid data: not retried for the same ETag), ``gone`` (deleted before reading),
+    ``failed`` (server or store error: the watcher retries it on its next run; the error is re-raised).
+    """
+    t0 = time.perf_counter()
+    side = W.sidecars(key)
+    sig = signature or W.signature_of(store, bucket, key)
+    try:
+        data = store.get_bytes(bucket, key)
+    except ObjectStoreError as exc:
+        if store.head(bucket, key) is None:
+            log.warning("object %s was deleted before it could be read; nothing imported", key)
+            rep = {"file": key, "status": "gone", "error": str(exc), "duration_s": round(time.perf_counter() - t0, 3)}
+            W.write_state(store, bucket, key, sig, "gone")
+            return rep
+        W.write_state(store, bucket, key, sig, "failed", error=str(exc))
+        raise
+    status, error = "failed", None
+    try:
+        mapping_text, mapping_name, dictionary_text = _fetch_mapping(store, bucket, side, mapping_key, preset)
+        if mapping_text is None and not preset:
+            preset = W.preset_name(W.read_text(store, bucket, side["preset"])) if store.head(bucket, side["preset"]) else None
+        src = load_mapping(mapping_text, source=mapping_name).get("source", {}) if mapping_text else {}
+        table = open_table(data, name=key, fmt=src.get("format", "auto"), delimiter=src.get("delimiter"),
+                           encoding=src.get("encoding"), sheet=src.get("sheet"))
+        mapping = resolve_mapping(header=table.header, mapping_text=mapping_text, mapping_name=mapping_name,
+                                  preset=preset, dictionary_text=dictionary_text)
+        rep = import_table(table, mapping, client=client, skip_invalid_rows=skip_invalid_rows, chunk_size=chunk_size)
+        status = "imported"
+    except TableRejected as exc:
+        rep, status, error = exc.report, "rejected", str(exc)
+    except (MappingError, ConfigError) as exc:
+        rep = {"file": key, "status": "rejected", "rows_read": 0, "resources_written": {}, "rejected": []}
+        status, error = "rejected", str(exc)
+    except Exception as exc:  # server/store failure: record it for the watcher's retry, then re-raise
+        rep = {"file": key, "status": "failed", "error": str(exc)}
+        rep["duration_s"] = round(time.perf_counter() - t0, 3)
+        _safe_put_report(store, bucket, side["report"], rep)
+        W.write_state(store, bucket, key, sig, "failed", error=str(exc))
+        raise
+    rep["status"] = status if status != "imported" else rep.get("status", "imported")
+    rep["duration_s"] = round(time.perf_counter() - t0, 3)
+    rep.update(object_key=key, bucket=bucket, etag_signature=sig)
+    if error:
+        rep["error"] = error
+    _safe_put_report(store, bucket, side["report"], rep)
+    W.write_state(store, bucket, key, sig, status, error=error)
+    return rep
+
+
+def _fetch_mapping(store: ObjectStore, bucket: str, side: dict[str, str], mapping_key: str | None,
+                   preset: str | None) -> tuple[str | None, str, str | None]:
+    mkey = mapping_key
+    if not mkey and not preset:
+        mkey = next((k for k in (side["mapping"], side["mapping_yml"]) if store.head(bucket, k)), None)
+    text = W.read_text(store, bucket, mkey) if mkey else None
+    dictionary = W.read_text(store, bucket, side["dictionary"]) if store.head(bucket, side["dictionary"]) else None
+    return text, (mkey or f"preset:{preset}"), dictionary
+
+
+def _safe_put_report(store: ObjectStore, bucket: str, key: str, rep: dict[str, Any]) -> None:
+    store.put_bytes(bucket, key, json.dumps(rep, indent=1, default=str).encode("utf-8"), "application/json")

@@ -1,0 +1,150 @@
+"""The bucket watcher: which table objects under a prefix are new or changed (by ETag) and need an import.
+
+Kaapana has no bucket trigger, so a scheduled DAG calls :func:`find_new_objects`. Layout beside a data
+object ``<name>.<csv|tsv|txt|xlsx|json>``:
+
+* ``<name>.mapping.yaml`` (or ``.mapping.yml``): the mapping; or ``<name>.preset`` holding a preset name
+  (``lung1``, ``redcap``); ``<name>.dictionary.csv``: the REDCap data dictionary;
+* ``<name>.import-report.json``: written after each import;
+* ``<dir>/.kaapana-fhir-state/<sha256(key)>.json``: one state object per data object (``signature`` =
+  ETags of the object and its sidecars, ``status``, ``updated``). One object per key means concurrent
+  imports never overwrite each other's state.
+
+Decisions: a signature already ``imported``/``rejected``/``gone`` is never triggered again (a file is
+not imported twice for the same ETag); ``failed`` is retried on the next run; ``pending`` (triggered,
+not finished) is left alone until ``pending_timeout_s`` passes; an object without a mapping, preset or
+default preset waits (not triggered, no state) until one is uploaded.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import posixpath
+from typing import Any
+
+from kaapana_fhir.clients.s3 import ObjectInfo, ObjectStore
+from kaapana_fhir.exceptions import ObjectStoreError
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = ".kaapana-fhir-state"
+DATA_EXTENSIONS = (".csv", ".tsv", ".txt", ".xlsx", ".json")
+SIDECAR_SUFFIXES = (".mapping.yaml", ".mapping.yml", ".preset", ".dictionary.csv", ".import-report.json")
+DONE = ("imported", "rejected", "gone")
+
+
+def is_data_key(key: str) -> bool:
+    low = key.lower()
+    if f"/{STATE_DIR}/" in f"/{low}" or low.endswith("/") or posixpath.basename(low).startswith("."):
+        return False
+    return not low.endswith(SIDECAR_SUFFIXES) and low.endswith(DATA_EXTENSIONS)
+
+
+def sidecars(key: str) -> dict[str, str]:
+    """Sidecar keys of a data object (``<name>`` = key without its extension)."""
+    stem = key.rsplit(".", 1)[0] if "." in posixpath.basename(key) else key
+    return {"mapping": f"{stem}.mapping.yaml", "mapping_yml": f"{stem}.mapping.yml", "preset": f"{stem}.preset",
+            "dictionary": f"{stem}.dictionary.csv", "report": f"{stem}.import-report.json"}
+
+
+def state_key(key: str) -> str:
+    d = posixpath.dirname(key)
+    return posixpath.join(d, STATE_DIR, hashlib.sha256(key.encode("utf-8")).hexdigest()[:32] + ".json")
+
+
+def read_text(store: ObjectStore, bucket: str, key: str) -> str:
+    return store.get_bytes(bucket, key).decode("utf-8-sig")
+
+
+def preset_name(text: str) -> str:
+    """The preset named in a ``<name>.preset`` object (its first word; empty if none)."""
+    words = text.split()
+    return words[0].lower() if words else ""
+
+
+def _sig(etags: dict[str, str], key: str) -> str:
+    side = sidecars(key)
+    parts = [etags.get(key, "")] + [etags.get(side[k], "") for k in ("mapping", "mapping_yml", "preset", "dictionary")]
+    return "|".join(parts)
+
+
+def signature_of(store: ObjectStore, bucket: str, key: str) -> str:
+    """ETags of the object and its sidecars (``|``-joined; empty for a missing sidecar)."""
+    etags = {}
+    for k in [key, *sidecars(key).values()]:
+        info = store.head(bucket, k)
+        if info:
+            etags[k] = info.etag
+    return _sig(etags, key)
+
+
+def write_state(store: ObjectStore, bucket: str, key: str, signature: str, status: str, *,
+                error: str | None = None) -> None:
+    doc = {"key": key, "signature": signature, "status": status,
+           "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    if error:
+        doc["error"] = error[:2000]
+    store.put_bytes(bucket, state_key(key), json.dumps(doc).encode("utf-8"), "application/json")
+
+
+def _states(store: ObjectStore, bucket: str, infos: list[ObjectInfo]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for info in infos:
+        if f"/{STATE_DIR}/" not in f"/{info.key}" or not info.key.endswith(".json"):
+            continue
+        try:
+            doc = json.loads(store.get_bytes(bucket, info.key))
+        except (ObjectStoreError, ValueError) as exc:
+            log.warning("ignoring unreadable state object %s: %s", info.key, exc)
+            continue
+        if isinstance(doc, dict) and doc.get("key"):
+            out[doc["key"]] = doc
+    return out
+
+
+def find_new_objects(store: ObjectStore, bucket: str, prefix: str = "fhir-import/", *,
+                     default_preset: str | None = None, skip_invalid_rows: bool = False,
+                     pending_timeout_s: float = 3600.0, mark_pending: bool = True,
+                     max_objects: int = 100) -> list[dict[str, Any]]:
+    """Confs for the import DAG, one per new/changed/failed object; marks them ``pending``."""
+    infos = list(store.list(bucket, prefix))
+    etags = {i.key: i.etag for i in infos}
+    states = _states(store, bucket, infos)
+    now = _dt.datetime.now(_dt.timezone.utc)
+    confs: list[dict[str, Any]] = []
+    for info in sorted(infos, key=lambda i: i.key):
+        if not is_data_key(info.key):
+            continue
+        side = sidecars(info.key)
+        sig = _sig(etags, info.key)
+        st = states.get(info.key)
+        if st and st.get("signature") == sig:
+            if st.get("status") in DONE:
+                continue
+            if st.get("status") == "pending":
+                age = (now - _dt.datetime.fromisoformat(st["updated"])).total_seconds()
+                if age < pending_timeout_s:
+                    continue
+                log.warning("import of %s pending for %.0fs; triggering again", info.key, age)
+        conf: dict[str, Any] = {"bucket": bucket, "object_key": info.key, "signature": sig,
+                                "skip_invalid_rows": skip_invalid_rows}
+        if side["mapping"] in etags or side["mapping_yml"] in etags:
+            conf["mapping_key"] = side["mapping"] if side["mapping"] in etags else side["mapping_yml"]
+        elif side["preset"] in etags:
+            conf["preset"] = preset_name(read_text(store, bucket, side["preset"]))
+        elif default_preset:
+            conf["preset"] = default_preset
+        else:
+            log.info("%s has no %s, %s or default preset yet; waiting", info.key, side["mapping"], side["preset"])
+            continue
+        if len(confs) >= max_objects:
+            log.info("more than %d objects to import; the rest follow on the next run", max_objects)
+            break
+        if mark_pending:
+            write_state(store, bucket, info.key, sig, "pending")
+        confs.append(conf)
+    log.info("watcher: %d object(s) to import under s3://%s/%s", len(confs), bucket, prefix)
+    return confs

@@ -1,0 +1,120 @@
+"""Operators of the clinical-table import: :class:`CsvImportOperator` and :class:`FhirImportWatcherOperator`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from kaapana_fhir.airflow_compat import BaseOperator
+
+
+def _conf(context: Any) -> dict[str, Any]:
+    """``dag_run.conf`` merged with its Kaapana ``workflow_form`` (UI runs) and the DAG params."""
+    dag_run = context.get("dag_run")
+    conf = dict(getattr(dag_run, "conf", None) or {})
+    merged = dict(context.get("params") or {})
+    merged.update({k: v for k, v in conf.items() if k != "workflow_form"})
+    merged.update(conf.get("workflow_form") or {})
+    return merged
+
+
+class CsvImportOperator(BaseOperator):
+    """Import one clinical table object (CSV, xlsx, REDCap CSV/JSON) from S3/MinIO into FHIR.
+
+    Inputs from ``dag_run.conf`` (or its ``workflow_form``) override the constructor values:
+    ``object_key``, ``bucket`` (default: ``project_form.s3_bucket``), ``mapping_key``, ``preset``,
+    ``skip_invalid_rows``, ``signature`` (set by the watcher). Writes ``<name>.import-report.json`` beside
+    the object and returns a small summary (status, rows, resources per type, rejected rows).
+
+    :param object_key: object key of the table (templated).
+    :param bucket: bucket name (templated).
+    :param mapping_key: key of a mapping YAML (templated); default ``<name>.mapping.yaml`` beside the object.
+    :param preset: preset name ``lung1`` / ``redcap`` (templated).
+    :param skip_invalid_rows: import valid rows and report the rest instead of rejecting the file.
+    :param fail_on_rejected: raise (task fails) when the file is rejected; default False (report only).
+
+    ``template_fields``: ``object_key``, ``bucket``, ``mapping_key``, ``preset``.
+    """
+
+    template_fields: Sequence[str] = ("object_key", "bucket", "mapping_key", "preset")
+
+    def __init__(self, *, object_key: str = "", bucket: str = "", mapping_key: str = "", preset: str = "",
+                 skip_invalid_rows: bool = False, fail_on_rejected: bool = False, fhir_conn_id: str = "fhir_default",
+                 s3_conn_id: str = "s3_default", chunk_size: int = 500, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.object_key = object_key
+        self.bucket = bucket
+        self.mapping_key = mapping_key
+        self.preset = preset
+        self.skip_invalid_rows = skip_invalid_rows
+        self.fail_on_rejected = fail_on_rejected
+        self.fhir_conn_id = fhir_conn_id
+        self.s3_conn_id = s3_conn_id
+        self.chunk_size = chunk_size
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from kaapana_fhir.exceptions import ConfigError, MappingError
+        from kaapana_fhir.flows.table_import import import_object
+        from kaapana_fhir.hooks.fhir import FhirHook, ObjectStoreHook
+
+        conf = _conf(context)
+        key = conf.get("object_key") or self.object_key
+        bucket = conf.get("bucket") or (conf.get("project_form") or {}).get("s3_bucket") or self.bucket
+        if not key or not bucket:
+            raise ConfigError("object_key and bucket are required (conf object_key/bucket or workflow_form)")
+        mapping = conf.get("mapping_key") or conf.get("mapping") or self.mapping_key or None
+        preset = conf.get("preset") or self.preset or None
+        skip = bool(conf.get("skip_invalid_rows", self.skip_invalid_rows))
+        rep = import_object(ObjectStoreHook(self.s3_conn_id).get_conn(), FhirHook(self.fhir_conn_id).get_conn(),
+                            bucket, key, mapping_key=mapping, preset=preset, skip_invalid_rows=skip,
+                            signature=conf.get("signature"), chunk_size=self.chunk_size)
+        self.log.info("import of %s: %s, rows %s, resources %s", key, rep.get("status"), rep.get("rows_read"),
+                      rep.get("resources_written"))
+        if rep.get("status") == "rejected" and self.fail_on_rejected:
+            raise MappingError(rep.get("error") or f"{key} was rejected")
+        return {"object_key": key, "status": rep.get("status"), "rows_read": rep.get("rows_read", 0),
+                "rows_rejected": rep.get("rows_rejected", 0), "resources": rep.get("resources_written", {}),
+                "issues": rep.get("rejected", [])[:20], "error": rep.get("error")}
+
+
+class FhirImportWatcherOperator(BaseOperator):
+    """List new or changed table objects under a prefix (by ETag) and return one import conf per object.
+
+    The returned list feeds ``TriggerDagRunOperator.partial(...).expand(conf=...)``. Objects returned
+    are marked ``pending`` in the bucket's ``.kaapana-fhir-state/`` so the next run does not trigger them
+    again (see :mod:`kaapana_fhir.flows.table_watch`).
+
+    :param bucket: bucket to watch (templated; conf ``bucket`` overrides).
+    :param prefix: key prefix to watch (templated), default ``fhir-import/``.
+    :param default_preset: preset for objects without a mapping or ``.preset`` sidecar (templated).
+    :param skip_invalid_rows: passed on to every import.
+
+    ``template_fields``: ``bucket``, ``prefix``, ``default_preset``.
+    """
+
+    template_fields: Sequence[str] = ("bucket", "prefix", "default_preset")
+
+    def __init__(self, *, bucket: str = "", prefix: str = "fhir-import/", default_preset: str = "",
+                 skip_invalid_rows: bool = False, s3_conn_id: str = "s3_default", max_objects: int = 100,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.bucket = bucket
+        self.prefix = prefix
+        self.default_preset = default_preset
+        self.skip_invalid_rows = skip_invalid_rows
+        self.s3_conn_id = s3_conn_id
+        self.max_objects = max_objects
+
+    def execute(self, context: Any) -> list[dict[str, Any]]:
+        from kaapana_fhir.exceptions import ConfigError
+        from kaapana_fhir.flows.table_watch import find_new_objects
+        from kaapana_fhir.hooks.fhir import ObjectStoreHook
+
+        conf = _conf(context)
+        bucket = conf.get("bucket") or self.bucket
+        if not bucket:
+            raise ConfigError("the watcher needs a bucket (param/conf 'bucket' or env KAAPANA_FHIR_IMPORT_BUCKET)")
+        return find_new_objects(ObjectStoreHook(self.s3_conn_id).get_conn(), bucket, conf.get("prefix") or self.prefix,
+                                default_preset=conf.get("default_preset") or self.default_preset or None,
+                                skip_invalid_rows=bool(conf.get("skip_invalid_rows", self.skip_invalid_rows)),
+                                max_objects=self.max_objects)

@@ -1,0 +1,187 @@
+"""FHIR → cohort against the real stack: the fhir-cohort DAG, HL7 R4 examples, the analysis notebook."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import tarfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from kaapana_fhir.clients.fhir import FhirClient
+from kaapana_fhir.clients.s3 import ObjectStore
+from kaapana_fhir.core import bundle
+from kaapana_fhir.core import cohort as C
+from kaapana_fhir.core import report as R
+from kaapana_fhir.core.validate import validate_resource
+from kaapana_fhir.flows.cohort import fetch_and_flatten, load_views, run_cohort
+from tests.support.cohort_data import patient_resources
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES_TGZ = "hl7.fhir.r4.examples-4.0.1.tgz"
+EXAMPLE_TYPES = ("Patient", "Observation", "Condition", "ImagingStudy", "BodyStructure")
+
+
+@pytest.fixture(scope="module")
+def lung_cohort(stack: Any) -> dict[str, Any]:
+    """12 synthetic patients following core/codes.py; 3 forced to adenocarcinoma + IIIa."""
+    fhir = FhirClient(stack.fhir_url)
+    system = f"urn:test:cohort:{uuid.uuid4().hex[:10]}"
+    res: list[dict[str, Any]] = []
+    for i in range(12):
+        ov = {"histology": "adenocarcinoma", "stage": "IIIa"} if i < 3 else \
+            ({"histology": "squamous cell carcinoma"} if i < 8 else {"stage": "I"})
+        res.extend(patient_resources(system, f"L{i:03d}", n_clinical=6, n_features=8, n_segments=2,
+                                     text_overrides=ov))
+    for r in res[:40]:
+        validate_resource(r)
+    fhir.write_entries([bundle.put_entry(r) for r in res], chunk_size=400)
+    adeno_iiia = {r["id"] for r in res if r["resourceType"] == "Patient"
+                  and int(r["identifier"][0]["value"][1:]) < 3}
+    ct_series = sorted(s["uid"] for r in res if r["resourceType"] == "ImagingStudy"
+                       and r["subject"]["reference"].split("/")[1] in adeno_iiia
+                       for s in r["series"] if s["modality"]["code"] == "CT")
+    return {"system": system, "resources": res, "adeno_iiia": adeno_iiia, "ct_series": ct_series}
+
+
+def test_flow_with_patient_search_and_chained_has_search(fhir: FhirClient, lung_cohort: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    system = lung_cohort["system"]
+    s = run_cohort(fhir, tmp_path / "a", patient_search=f"Patient?identifier={system}|",
+                   filters=["Histology=adenocarcinoma", "Overall.Stage=IIIa"], count=50)
+    assert s["patients"] == 12 and s["selected_patients"] == 3
+    assert s["dataset"]["data_form"]["identifiers"] == lung_cohort["ct_series"]
+    # explicit searches: _has (reverse chain) selects patients, _revinclude brings their data
+    searches = [f"Patient?identifier={system}|&_has:Condition:subject:code=http://snomed.info/sct|35917007"
+                "&_revinclude=ImagingStudy:subject",
+                f"Observation?subject.identifier={system}|&_count=200",
+                f"Condition?subject:Patient.identifier={system}|&_include=Condition:subject"]
+    s2 = run_cohort(fhir, tmp_path / "b", searches=searches, filters=["Histology=adenocarcinoma"], count=5)
+    assert s2["resources"]["Patient"] >= 3 and s2["resources"]["ImagingStudy"] == s2["resources"]["Patient"]
+    assert s2["requests"] > 3, "paging with _count=5 needs several pages"
+    t = C.read_table(tmp_path / "b" / "cohort.parquet")
+    assert set(t["Histology"].dropna()) == {"adenocarcinoma"} and t["patient_key"].nunique() >= 3
+
+
+@pytest.mark.airflow
+def test_fhir_cohort_dag_writes_table_dataset_report_and_triggers(
+        airflow_home: Path, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, s3: ObjectStore,
+        lung_cohort: dict[str, Any], tmp_path: Path) -> None:
+    from airflow.models import DagBag, DagRun
+
+    for k, v in stack_env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("KAAPANA_FHIR_RUNTIME", "airflow")
+    monkeypatch.setenv("AIRFLOW_WORKFLOW_DIR", str(tmp_path / "workflows"))
+    bag = DagBag(dag_folder=str(REPO / "dags" / "dag_fhir_cohort.py"), include_examples=False)
+    assert bag.import_errors == {}
+    dag = bag.get_dag("fhir-cohort")
+    assert dag.default_args["ui_forms"]["workflow_form"]["properties"]["filters"]
+    bucket = f"project-cohort-{uuid.uuid4().hex[:8]}"
+    conf = {"workflow_form": {"patient_search": f"Patient?identifier={lung_cohort['system']}|",
+                              "filters": "Histology=adenocarcinoma; Overall.Stage=IIIa", "modality": "CT",
+                              "dataset_name": "adeno-iiia", "trigger_dag_id": "fhir-cohort"},
+            "project_form": {"s3_bucket": bucket, "name": "test"}}
+    dr = dag.test(run_conf=conf)
+    assert str(dr.state).endswith("success"), dr.state
+    tis = {ti.task_id: ti for ti in dr.get_task_instances()}
+    assert all(str(tis[t].state).endswith("success") for t in ("fhir-query", "cohort-report", "trigger-downstream"))
+    q = tis["fhir-query"].xcom_pull(task_ids="fhir-query")
+    json.dumps(q)
+    assert q["patients"] == 12 and q["selected_patients"] == 3
+    assert q["trigger_conf"]["data_form"] == {"dataset_name": "adeno-iiia", "identifiers": lung_cohort["ct_series"]}
+    out = Path(q["out_dir"])
+    assert out.is_relative_to(tmp_path / "workflows")
+    table = pd.read_parquet(out / "cohort.parquet")
+    assert set(table["patient_key"]) == lung_cohort["adeno_iiia"]
+    assert len(table) == 6 and table["segment_key"].notna().all(), "one row per patient and segment"
+    assert json.loads((out / "dataset.json").read_text())["data_form"]["identifiers"] == lung_cohort["ct_series"]
+    keys = {o.key for o in s3.list(bucket)}
+    assert {f"{q['prefix']}/cohort.parquet", f"{q['prefix']}/cohort.csv", f"{q['prefix']}/dataset.json",
+            f"{q['prefix']}/report.html"} <= keys
+    html = s3.get_bytes(bucket, f"{q['prefix']}/report.html").decode()
+    assert "DICOM data completeness" in html and "Overall.Stage" in html
+    triggered = [r for r in DagRun.find(dag_id="fhir-cohort") if r.run_id != dr.run_id
+                 and (r.conf or {}).get("data_form", {}).get("dataset_name") == "adeno-iiia"]
+    assert triggered and triggered[-1].conf["data_form"]["identifiers"] == lung_cohort["ct_series"]
+    assert triggered[-1].conf["project_form"]["s3_bucket"] == bucket
+
+
+def _examples_dir(tmp: Path) -> Path:
+    tgz = Path("/tmp") / EXAMPLES_TGZ
+    if not tgz.is_file():
+        res = subprocess.run(["npm", "pack", "hl7.fhir.r4.examples@4.0.1", "--silent"], cwd="/tmp",
+                             capture_output=True, text=True, timeout=600)
+        if res.returncode != 0 or not tgz.is_file():
+            pytest.fail(f"npm pack hl7.fhir.r4.examples failed: {res.stderr[-500:]}")
+    out = tmp / "examples"
+    out.mkdir(exist_ok=True)
+    with tarfile.open(tgz) as tf:
+        for m in tf.getmembers():
+            name = Path(m.name).name
+            if m.isfile() and name.endswith(".json") and name.split("-")[0] in EXAMPLE_TYPES:
+                (out / name).write_bytes(tf.extractfile(m).read())  # type: ignore[union-attr]
+    return out
+
+
+def test_hl7_r4_examples_flatten_without_error(fhir: FhirClient, tmp_path: Path) -> None:
+    files = sorted(_examples_dir(tmp_path).glob("*.json"))
+    resources = [json.loads(f.read_text()) for f in files]
+    resources = [r for r in resources if r.get("resourceType") in EXAMPLE_TYPES]
+    by_type = pd.Series([r["resourceType"] for r in resources]).value_counts().to_dict()
+    assert by_type.get("Patient", 0) >= 10 and by_type.get("Observation", 0) >= 40 and by_type.get("ImagingStudy")
+    views = load_views()
+    # 1) the files themselves (all of them, also those a server may reject)
+    rows = {n: list(v.run(resources)) for n, v in views.items()}
+    assert len(rows["patient"]) == by_type["Patient"]
+    assert len(rows["imaging_series"]) >= 2 and rows["clinical_observation"]
+    cohort = C.build_cohort(rows)
+    assert len(cohort.patients) >= by_type["Patient"]
+    R.render_cohort(cohort)
+    # 2) loaded into HAPI as one batch (tagged), fetched back with paging and flattened
+    tag = f"hl7-examples-{uuid.uuid4().hex[:8]}"
+    entries = []
+    for r in resources:
+        r = json.loads(json.dumps(r))
+        r.setdefault("meta", {}).setdefault("tag", []).append({"system": "urn:test", "code": tag})
+        r.get("meta", {}).pop("versionId", None)
+        entries.append({"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}})
+    result = fhir.transaction({"resourceType": "Bundle", "type": "batch", "entry": entries})
+    ok = sum(1 for e in result["entry"] if e["response"]["status"][:1] == "2")
+    assert ok >= len(entries) * 0.5, f"only {ok} of {len(entries)} examples were accepted by HAPI"
+    searches = [f"{t}?_tag=urn:test|{tag}" for t in EXAMPLE_TYPES]
+    fetched, flat = fetch_and_flatten(fhir, views, searches=searches, count=20)
+    assert sum(fetched.count().values()) == ok
+    assert len(flat["patient"]) == fetched.count().get("Patient", 0) > 0
+    c2 = C.build_cohort(flat)
+    assert len(c2.patients) >= len(flat["patient"])
+    study = next(r for r in flat["imaging_study"] if r["study_key"] == "example")
+    assert study["study_uid"] and study["patient_key"]
+
+
+def test_notebook_runs_against_the_stack(stack: Any, lung_cohort: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+                                         artifacts_dir: Path) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("FHIR_BASE_URL", stack.fhir_url)
+    monkeypatch.setenv("COHORT_PATIENT_SEARCH", f"Patient?identifier={lung_cohort['system']}|")
+    monkeypatch.delenv("COHORT_TABLE", raising=False)
+    nb = nbformat.read(REPO / "operators" / "kaapana_fhir" / "notebooks" / "cohort_analysis.ipynb", as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3").execute()
+    text = io.StringIO()
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            assert o.get("output_type") != "error", o
+            text.write(json.dumps(o.get("data", {}).get("text/plain", "")) + str(o.get("text", "")))
+    out = text.getvalue()
+    assert "24 rows, 12 patients" in out and "log-rank" in json.dumps([c.get("outputs") for c in nb.cells])
+    nbformat.write(nb, artifacts_dir / "cohort_analysis.executed.ipynb")
+

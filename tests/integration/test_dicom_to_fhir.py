@@ -1,0 +1,186 @@
+"""dicom-to-fhir against the real stack: Orthanc (STOW/QIDO/WADO) → HAPI FHIR, the flow and the real DAG."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+from kaapana_fhir.clients.dicomweb import DicomWeb
+from kaapana_fhir.clients.fhir import FhirClient
+from kaapana_fhir.core.codes import SYSTEM_DICOM_UID
+from kaapana_fhir.core.dicom import MappingOptions
+from kaapana_fhir.core.identifiers import stable_id
+from kaapana_fhir.exceptions import DicomWebError, ResourceNotFound
+from kaapana_fhir.flows.dicom_to_fhir import sync_studies
+from tests.support.dicom_json import ct_series
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _versions(fhir: FhirClient, ids: dict[str, list[str]]) -> dict[str, str]:
+    return {f"{t}/{i}": fhir.read(t, i)["meta"]["versionId"] for t, lst in ids.items() for i in lst}
+
+
+def _no_errors(fhir: FhirClient, resource: dict[str, Any]) -> list[dict[str, Any]]:
+    outcome = fhir.validate(resource)
+    return [i for i in outcome.get("issue", []) if i.get("severity") in ("error", "fatal")]
+
+
+@pytest.fixture()
+def two_studies(dicomweb: DicomWeb) -> dict[str, Any]:
+    """Study A (2 series) and study B (1 series) of one new patient, stored via STOW-RS."""
+    pid = f"KF-DICOM-{uuid.uuid4().hex[:10]}"
+    a, b = generate_uid(), generate_uid()
+    a1, a2, b1 = generate_uid(), generate_uid(), generate_uid()
+    dicomweb.store(ct_series(a, a1, pid, series_number=1) + ct_series(a, a2, pid, series_number=2, n=2,
+                                                                         body_part="ABDOMEN")
+                   + ct_series(b, b1, pid, series_number=1, tz=None, body_part="Thorax"))
+    return {"patient": pid, "studies": [a, b], "series": {a: [a1, a2], b: [b1]}}
+
+
+def test_flow_writes_patient_study_endpoint_idempotently(dicomweb: DicomWeb, fhir: FhirClient,
+                                                         two_studies: dict[str, Any]) -> None:
+    a, b = two_studies["studies"]
+    # triggered by one series of A and the series of B: A must still hold both its series
+    r1 = sync_studies(dicomweb, fhir, series_uids=[two_studies["series"][a][1], two_studies["series"][b][0]])
+    assert r1["studies"] == 2 and r1["series"] == 3 and not r1["failed"], r1
+    study_a = fhir.read("ImagingStudy", stable_id("ImagingStudy", a))
+    assert [s["uid"] for s in study_a["series"]] == two_studies["series"][a]
+    assert study_a["numberOfSeries"] == 2 and study_a["numberOfInstances"] == 5
+    assert study_a["started"] == "2024-03-05T10:15:00+01:00"
+    assert study_a["series"][0]["bodySite"]["code"] == "816094009"
+    assert study_a["series"][1]["bodySite"]["code"] == "818981001"
+    patient = fhir.read("Patient", study_a["subject"]["reference"].split("/")[1])
+    assert patient["identifier"][0]["value"] == two_studies["patient"]
+    endpoint = fhir.read("Endpoint", study_a["endpoint"][0]["reference"].split("/")[1])
+    assert endpoint["address"] == dicomweb.wado_rs_base and endpoint["connectionType"]["code"] == "dicom-wado-rs"
+    study_b = fhir.read("ImagingStudy", stable_id("ImagingStudy", b))
+    assert study_b["started"] == "2024-03-05"  # no offset, no zone → date only, with an issue
+    assert study_b["series"][0]["bodySite"]["code"] == "816094009"  # "Thorax" via alias
+    assert any(i["tag"] == "(0008,0030)" and i["study"] == b for i in r1["issues"])
+    assert patient["id"] == study_b["subject"]["reference"].split("/")[1]  # one Patient for both studies
+
+    ids = {"ImagingStudy": r1["imaging_study_ids"], "Patient": r1["patient_ids"],
+           "Endpoint": [endpoint["id"]], "Device": [study_a["series"][0]["performer"][0]["actor"]["reference"][7:]]}
+    before = _versions(fhir, ids)
+    r2 = sync_studies(dicomweb, fhir, study_uids=[a, b])
+    assert r2["resources"]["created"] == 0 and r2["resources"]["updated"] == 0
+    assert _versions(fhir, ids) == before, "a re-run must not create new versions"
+    assert fhir.count("ImagingStudy", {"identifier": f"{SYSTEM_DICOM_UID}|urn:oid:{a}"}) == 1
+    assert fhir.count("Patient", {"identifier": f"{patient['identifier'][0]['system']}|{two_studies['patient']}"}) == 1
+
+    for res in (study_a, study_b, patient, endpoint, fhir.read("Device", ids["Device"][0])):
+        assert _no_errors(fhir, res) == [], f"$validate of {res['resourceType']}/{res['id']}"
+
+
+def test_pydicom_test_files(dicomweb: DicomWeb, fhir: FhirClient) -> None:
+    files = [dcmread(get_testdata_file(n)) for n in ("CT_small.dcm", "MR_small.dcm")]
+    dicomweb.store(files)
+    r = sync_studies(dicomweb, fhir, series_uids=[f.SeriesInstanceUID for f in files],
+                     options=MappingOptions(timezone="Europe/Berlin"))
+    assert r["studies"] == 2 and not r["failed"]
+    for f in files:
+        study = fhir.read("ImagingStudy", stable_id("ImagingStudy", f.StudyInstanceUID))
+        assert study["series"][0]["modality"]["code"] == f.Modality
+        assert _no_errors(fhir, study) == []
+
+
+class _PartialPacs(DicomWeb):
+    """A PACS view that (like a run triggered before the second series arrived) sees only some series."""
+
+    def __init__(self, url: str, visible: set[str]) -> None:
+        super().__init__(url)
+        self.visible = visible
+
+    def search_series(self, study_uid: str | None = None, filters: dict | None = None, **kw: Any) -> list[dict]:
+        res = super().search_series(study_uid, filters, **kw)
+        return [r for r in res if r["0020000E"]["Value"][0] in self.visible]
+
+
+def test_two_series_concurrently_end_in_one_study(dicomweb: DicomWeb, dicomweb_url: str, fhir_url: str) -> None:
+    for _ in range(3):  # repeat: the interleaving differs per round
+        pid = f"KF-CONC-{uuid.uuid4().hex[:10]}"
+        study, s1, s2 = generate_uid(), generate_uid(), generate_uid()
+        dicomweb.store(ct_series(study, s1, pid, series_number=1, n=1) + ct_series(study, s2, pid, series_number=2, n=1))
+        barrier = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def run(series_uid: str) -> None:
+            try:
+                pacs = _PartialPacs(dicomweb_url, {series_uid})
+                barrier.wait()
+                sync_studies(pacs, FhirClient(fhir_url), series_uids=[series_uid])
+            except BaseException as exc:  # collected and re-raised in the main thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(s,)) for s in (s1, s2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        fhir = FhirClient(fhir_url)
+        found = list(fhir.search("ImagingStudy", {"identifier": f"{SYSTEM_DICOM_UID}|urn:oid:{study}"}))
+        assert len(found) == 1
+        assert {s["uid"] for s in found[0]["series"]} == {s1, s2}
+        assert found[0]["numberOfSeries"] == 2
+
+
+def test_pacs_unreachable_names_url_and_writes_nothing(fhir: FhirClient) -> None:
+    from kaapana_fhir.devstack import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/dicom-web"
+    study = generate_uid()
+    with pytest.raises(DicomWebError) as exc:
+        sync_studies(DicomWeb(url, timeout=5), fhir, study_uids=[study])
+    assert url in str(exc.value)
+    with pytest.raises(ResourceNotFound):
+        fhir.read("ImagingStudy", stable_id("ImagingStudy", study))
+
+
+@pytest.mark.airflow
+def test_dag_as_kaapana_triggers_it(airflow_home: Path, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                                    dicomweb: DicomWeb, fhir: FhirClient, two_studies: dict[str, Any]) -> None:
+    from airflow.models import DagBag
+
+    from kaapana_fhir.core.trigger_rules import build_confs, load_rules
+
+    for k, v in stack_env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("KAAPANA_FHIR_RUNTIME", "airflow")
+    bag = DagBag(dag_folder=str(REPO / "dags" / "dag_dicom_to_fhir.py"), include_examples=False)
+    assert bag.import_errors == {}
+    dag = bag.get_dag("dicom-to-fhir")
+    a, b = two_studies["studies"]
+    rules = load_rules(sorted((REPO / "dags").glob("*dicom_to_fhir*trigger_rule.json")))
+    incoming = [dicomweb.find_series(s) for s in two_studies["series"][a][:1] + two_studies["series"][b]]
+    confs = build_confs(rules, incoming)["dicom-to-fhir"]
+    assert confs and all("identifiers" in c["data_form"] for c in confs)
+
+    dr = dag.test(run_conf=confs[0])
+    assert str(dr.state).endswith("success"), dr.state
+    mapped = [ti for ti in dr.get_task_instances() if ti.task_id == "dicom-to-fhir"]
+    assert len(mapped) == 2 and all(str(ti.state).endswith("success") for ti in mapped)  # one task per study
+    study_a = fhir.read("ImagingStudy", stable_id("ImagingStudy", a))
+    assert {s["uid"] for s in study_a["series"]} == set(two_studies["series"][a])
+    version = study_a["meta"]["versionId"]
+
+    # the incoming-DICOM service conf (CTP) for the same study: no new version
+    dr2 = dag.test(run_conf={"studyInstanceUID": a, "seriesInstanceUID": two_studies["series"][a][1],
+                             "callingAET": "test", "calledAET": "kp-admin", "dicom_path": "x"})
+    assert str(dr2.state).endswith("success")
+    assert fhir.read("ImagingStudy", stable_id("ImagingStudy", a))["meta"]["versionId"] == version
+    summary = next(ti for ti in dr2.get_task_instances() if ti.task_id == "summary")
+    value = summary.xcom_pull(task_ids="summary")
+    assert value["studies"] == 1 and value["resources"]["created"] == 0
+    json.dumps(value)

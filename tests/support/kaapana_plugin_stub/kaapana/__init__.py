@@ -1,0 +1,1 @@
+"""Test stand-in for Kaapana's Airflow plugin package ``kaapana``."""

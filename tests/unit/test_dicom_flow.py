@@ -1,0 +1,289 @@
+"""dicom-to-fhir flow, operator and CLI against in-memory fakes (no servers): idempotence, If-Match conflicts,
+create races, Patient merging, PACS failures, conf shapes, files mode."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from kaapana_fhir.core.dicom import MappingOptions
+from kaapana_fhir.core.dicom_merge import same_content
+from kaapana_fhir.exceptions import DicomWebError, FhirServerError, ResourceNotFound
+from kaapana_fhir.flows import dicom_to_fhir as flow
+from tests.support.dicom_json import STUDY, series_json
+
+
+class FakeFhir:
+    """Versioned in-memory FHIR server: PUT upserts, unchanged PUT keeps the version, ifMatch → 409."""
+
+    def __init__(self) -> None:
+        self.store: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.before_transaction: list[Callable[[], None]] = []
+        self.transactions = 0
+
+    def put(self, res: dict[str, Any], if_match: str | None = None) -> tuple[str, str]:
+        key = (res["resourceType"], res["id"])
+        versions = self.store.setdefault(key, [])
+        if if_match is not None and (not versions or if_match != f'W/"{len(versions)}"'):
+            raise FhirServerError("version conflict", status_code=409)
+        if versions and same_content(versions[-1], res):
+            return "200 OK", "NO_CHANGE"
+        stored = copy.deepcopy(res)
+        stored["meta"] = {**stored.get("meta", {}), "versionId": str(len(versions) + 1)}
+        versions.append(stored)
+        return ("201 Created" if len(versions) == 1 else "200 OK"), "UPDATE"
+
+    def read_with_etag(self, rtype: str, rid: str) -> tuple[dict[str, Any], str]:
+        versions = self.store.get((rtype, rid))
+        if not versions:
+            raise ResourceNotFound("gone", status_code=404)
+        return copy.deepcopy(versions[-1]), f'W/"{len(versions)}"'
+
+    def current(self, rtype: str, rid: str) -> dict[str, Any]:
+        return self.store[(rtype, rid)][-1]
+
+    def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        self.transactions += 1
+        while self.before_transaction:
+            self.before_transaction.pop(0)()
+        for e in bundle["entry"]:  # all-or-nothing: check preconditions first
+            m = e["request"].get("ifMatch")
+            key = (e["resource"]["resourceType"], e["resource"]["id"])
+            if m is not None and m != f'W/"{len(self.store.get(key, []))}"':
+                raise FhirServerError("HAPI-0989: not the current version", status_code=409)
+        out = []
+        for e in bundle["entry"]:
+            status, what = self.put(e["resource"])
+            r = e["resource"]
+            code = "SUCCESSFUL_UPDATE_NO_CHANGE" if what == "NO_CHANGE" else "SUCCESSFUL_UPDATE"
+            out.append({"response": {"status": status,
+                                     "location": f"{r['resourceType']}/{r['id']}/_history/"
+                                                 f"{len(self.store[(r['resourceType'], r['id'])])}",
+                                     "outcome": {"issue": [{"details": {"coding": [{"code": code}]}}]}}})
+        return {"resourceType": "Bundle", "type": "transaction-response", "entry": out}
+
+    def request(self, method: str, path: str) -> Any:
+        rtype, rid, _, version = path.split("/")
+        return SimpleNamespace(json=lambda: copy.deepcopy(self.store[(rtype, rid)][int(version) - 1]))
+
+
+class FakePacs:
+    def __init__(self, *records: dict[str, Any], down: bool = False) -> None:
+        self.url = "http://pacs.example/dicom-web"
+        self.wado_rs_base = self.url
+        self.records = list(records)
+        self.down = down
+
+    def _check(self) -> None:
+        if self.down:
+            raise DicomWebError(f"DICOMweb server at {self.url} is unreachable during QIDO-RS series")
+
+    def find_series(self, uid: str) -> dict[str, Any] | None:
+        self._check()
+        return next((r for r in self.records if r["0020000E"]["Value"][0] == uid), None)
+
+    def search_series(self, study: str) -> list[dict[str, Any]]:
+        self._check()
+        return [r for r in self.records if r.get("0020000D", {}).get("Value", [None])[0] == study]
+
+    def search_instances(self, study: str, series: str) -> list[dict[str, Any]]:
+        return [{"00080018": {"vr": "UI", "Value": [series + ".1"]},
+                 "00080016": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.2"]}}]
+
+    def instance_metadata(self, study: str, series: str, sop: str) -> dict[str, Any]:
+        return {"00200060": {"vr": "CS", "Value": ["R"]}}
+
+
+S1 = series_json(series=STUDY + ".1", SeriesNumber="1")
+S2 = series_json(series=STUDY + ".2", SeriesNumber="2", Modality="PT")
+
+
+def _study_id() -> str:
+    from kaapana_fhir.core.identifiers import stable_id
+
+    return stable_id("ImagingStudy", STUDY)
+
+
+def test_sync_twice_no_duplicates_no_new_versions() -> None:
+    fhir, pacs = FakeFhir(), FakePacs(S1, S2)
+    r1 = flow.sync_studies(pacs, fhir, series_uids=[STUDY + ".1"])
+    assert r1["studies"] == 1 and r1["series"] == 2 and r1["resources"]["created"] == 4
+    study = fhir.current("ImagingStudy", _study_id())
+    assert [s["uid"] for s in study["series"]] == [STUDY + ".1", STUDY + ".2"]
+    assert study["series"][0]["laterality"]["code"] == "24028007"  # from WADO metadata (QIDO lacked it)
+    assert study["endpoint"][0]["reference"].startswith("Endpoint/")
+    before = {k: len(v) for k, v in fhir.store.items()}
+    r2 = flow.sync_studies(pacs, fhir, study_uids=[STUDY])
+    assert {k: len(v) for k, v in fhir.store.items()} == before
+    assert r2["resources"]["created"] == 0 and r2["resources"]["updated"] == 0
+
+
+def test_if_match_conflict_is_retried_and_keeps_concurrent_series() -> None:
+    fhir = FakeFhir()
+    flow.sync_studies(FakePacs(S1), fhir, study_uids=[STUDY])  # ImagingStudy exists with S1
+
+    def concurrent_writer() -> None:  # another run writes S1+S2 between our read and our write
+        flow.sync_studies(FakePacs(S1, S2), fhir, study_uids=[STUDY])
+
+    # our run saw only S1 plus a changed description → must write → conflict → re-read → merge
+    changed = series_json(series=STUDY + ".1", SeriesNumber="1", StudyDescription="new description")
+    fhir.before_transaction.append(concurrent_writer)
+    r = flow.sync_studies(FakePacs(changed), fhir, study_uids=[STUDY])
+    assert r["conflict_retries"] == 1
+    study = fhir.current("ImagingStudy", _study_id())
+    assert {s["uid"] for s in study["series"]} == {STUDY + ".1", STUDY + ".2"}
+    assert study["numberOfSeries"] == 2 and {m["code"] for m in study["modality"]} == {"CT", "PT"}
+    assert study["description"] == "new description"
+
+
+def test_create_race_merges_the_overwritten_version_back() -> None:
+    fhir = FakeFhir()
+    fhir.before_transaction.append(lambda: flow.sync_studies(FakePacs(S2), fhir, study_uids=[STUDY]))
+    r = flow.sync_studies(FakePacs(S1), fhir, study_uids=[STUDY])
+    assert r["conflict_retries"] >= 1
+    study = fhir.current("ImagingStudy", _study_id())
+    assert {s["uid"] for s in study["series"]} == {STUDY + ".1", STUDY + ".2"}
+
+
+def test_patient_from_clinical_table_is_kept_and_completed() -> None:
+    fhir = FakeFhir()
+    from kaapana_fhir.core.identifiers import DEFAULT_PATIENT_SYSTEM, patient_id
+
+    pid = patient_id(DEFAULT_PATIENT_SYSTEM, "PAT-1")
+    fhir.put({"resourceType": "Patient", "id": pid, "gender": "male",
+              "identifier": [{"system": DEFAULT_PATIENT_SYSTEM, "value": "PAT-1"}],
+              "meta": {"tag": [{"system": "urn:kaapana-fhir:source", "code": "clinical-table"}]}})
+    flow.sync_studies(FakePacs(S1), fhir, study_uids=[STUDY])
+    p = fhir.current("Patient", pid)
+    assert p["gender"] == "male" and p["name"][0]["family"] == "Doe" and p["birthDate"] == "1970-01-01"
+    assert {t["code"] for t in p["meta"]["tag"]} == {"clinical-table", "dicom"}
+    assert len(p["identifier"]) == 1
+
+
+def test_pacs_unreachable_writes_nothing_and_names_the_url() -> None:
+    fhir = FakeFhir()
+    with pytest.raises(DicomWebError, match="pacs.example"):
+        flow.sync_studies(FakePacs(S1, down=True), fhir, series_uids=[STUDY + ".1"])
+    assert fhir.store == {} and fhir.transactions == 0
+
+
+def test_missing_series_fails_or_skips() -> None:
+    with pytest.raises(DicomWebError, match="1.2.3.4.5"):
+        flow.resolve_study_uids(FakePacs(S1), [], ["1.2.3.4.5"])
+    assert flow.resolve_study_uids(FakePacs(S1), [], ["1.2.3.4.5", STUDY + ".1"], missing="skip") == [STUDY]
+
+
+def test_one_bad_study_fails_alone() -> None:
+    bad = series_json(study="1.2.3.77", series="1.2.3.77.1", PatientID=None)
+    fhir = FakeFhir()
+    r = flow.sync_studies(FakePacs(S1, bad), fhir, study_uids=["1.2.3.77", STUDY])
+    assert r["studies"] == 1 and len(r["failed"]) == 1 and "(0010,0020)" in r["failed"][0]["error"]
+    assert ("ImagingStudy", _study_id()) in fhir.store
+
+
+def test_dry_run_bundle_validates() -> None:
+    from kaapana_fhir.core.validate import validate_bundle
+
+    r = flow.sync_studies(FakePacs(S1, S2), None, study_uids=[STUDY])
+    validate_bundle(r["bundle"])
+    types = [e["resource"]["resourceType"] for e in r["bundle"]["entry"]]
+    assert types == ["Endpoint", "Device", "Patient", "ImagingStudy"]
+
+
+# ----------------------------------------------------------------------------- operator conf shapes
+def test_uids_from_conf_shapes() -> None:
+    from kaapana_fhir.operators.dicom_to_fhir import uids_from_conf
+
+    assert uids_from_conf({"data_form": {"identifiers": ["1.2.1", "1.2.2"]}, "fetch_method": "copy"}) == (
+        [], ["1.2.1", "1.2.2"])
+    assert uids_from_conf({"studyInstanceUID": "1.2", "seriesInstanceUID": "1.2.1", "callingAET": "x"}) == (
+        ["1.2"], [])
+    assert uids_from_conf({"study_uids": "1.2 1.3", "series_uids": ["1.4"]}) == (["1.2", "1.3"], ["1.4"])
+    assert uids_from_conf({}) == ([], [])
+
+
+def test_operator_execute_with_kaapana_conf(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kaapana_fhir.hooks import fhir as hooks
+    from kaapana_fhir.operators.dicom_to_fhir import DicomToFhirOperator
+
+    fhir, pacs = FakeFhir(), FakePacs(S1, S2)
+    monkeypatch.setattr(hooks.FhirHook, "get_conn", lambda self: fhir)
+    monkeypatch.setattr(hooks.DicomWebHook, "get_conn", lambda self: pacs)
+    op = DicomToFhirOperator(task_id="t")
+    conf = {"data_form": {"identifiers": [STUDY + ".2"]}, "workflow_form": {"timezone": "Europe/Berlin"}}
+    out = op.execute({"dag_run": SimpleNamespace(conf=conf)})
+    assert out["studies"] == 1 and out["series"] == 2
+    json.dumps(out)  # XCom must be JSON-able
+    assert fhir.current("ImagingStudy", _study_id())["started"] == "2020-01-02T10:00:00+01:00"
+
+
+# ----------------------------------------------------------------------------- files mode + CLI
+def _write(path: Path, study: str | None, series: str, **attrs: Any) -> Path:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    if study:
+        ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = series
+    ds.Modality, ds.PatientID, ds.StudyDate, ds.InstanceNumber = "CT", "PAT-F", "20210304", 1
+    for k, v in attrs.items():
+        setattr(ds, k, v)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_cli_files_mode_charset_ds_comma_and_missing_study_uid(tmp_path: Path) -> None:
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    from kaapana_fhir.cli.main import main
+
+    a = _write(tmp_path / "a.dcm", "1.2.3.100", "1.2.3.100.1", SpecificCharacterSet="ISO_IR 100",
+               PatientName="Müller^Jürgen")
+    ds = __import__("pydicom").dcmread(a)
+    ds[0x00180050] = RawDataElement(Tag(0x00180050), "DS", 3, b"1,5", 0, False, True)
+    ds.save_as(a)
+    _write(tmp_path / "b.dcm", None, "1.2.3.200.1")
+    _write(tmp_path / "c.dcm", "1.2.3.300", "1.2.3.300.1", PatientID="PAT-G")
+    (tmp_path / "notes.txt").write_text("not dicom")
+    tmp_out = tmp_path.parent / (tmp_path.name + "-out")
+    tmp_out.mkdir()
+    out = tmp_out / "bundle.json"
+    res_file = tmp_out / "result.json"
+    rc = main(["dicom-to-fhir", "--files", str(tmp_path), "--out", str(out), "--result", str(res_file)])
+    result = json.loads(res_file.read_text())
+    assert rc == 1  # one study failed, the others are in the bundle
+    assert result["studies"] == 2
+    errors = " ".join(f["error"] for f in result["failed"])
+    assert "(0020,000D)" in errors and "notes.txt" in errors
+    assert any(i["tag"] == "(0018,0050)" and "comma" in i["rule"] for i in result["issues"])
+    bundle = json.loads(out.read_text())
+    names = [e["resource"].get("name") for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"]
+    assert [{"text": "Müller^Jürgen", "family": "Müller", "given": ["Jürgen"]}] in names
+
+
+def test_cli_usage_errors() -> None:
+    from kaapana_fhir.cli.main import main
+
+    assert main(["dicom-to-fhir", "--files", "x", "--dicomweb", "http://p", "--out", "o"]) == 1
+    assert main(["dicom-to-fhir", "--dicomweb", "http://p", "--out", "o"]) == 1
+    assert main(["dicom-to-fhir", "--files", "x"]) == 1
+    assert main(["dicom-to-fhir", "--files", "/nonexistent/dir", "--out", "/tmp/x.json"]) == 1
+
+
+def test_options_reject_unknown_zone() -> None:
+    from kaapana_fhir.exceptions import ConfigError
+
+    with pytest.raises(ConfigError):
+        MappingOptions(timezone="Nowhere/Town")

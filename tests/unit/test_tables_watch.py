@@ -1,0 +1,143 @@
+"""Watcher decisions (new / changed / failed / pending by ETag) and S3 import edge cases, on moto's S3."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from kaapana_fhir.flows import table_watch as W
+from kaapana_fhir.flows.table_import import import_object
+from kaapana_fhir.flows.table_synthetic import lung1_ids, synthetic_lung1_csv
+
+moto = pytest.importorskip("moto")
+BUCKET = "watch-test"
+
+
+@pytest.fixture()
+def store(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from kaapana_fhir.clients.s3 import ObjectStore
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with moto.mock_aws():
+        s = ObjectStore(None, "test", "test")
+        s.ensure_bucket(BUCKET)
+        yield s
+
+
+class FakeFhir:
+    """Stands in for FhirClient: records transaction Bundles (unit test: no server)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.bundles: list[dict] = []
+        self.fail = fail
+
+    def search(self, rtype: str, params: dict) -> Iterator[dict]:
+        return iter(())
+
+    def write_entries(self, entries: list[dict], *, chunk_size: int = 500) -> dict[str, int]:
+        if self.fail:
+            from kaapana_fhir.exceptions import FhirConnectionError
+
+            raise FhirConnectionError("FHIR server at http://x is unreachable")
+        self.bundles.append({"entry": list(entries)})
+        counts: dict[str, int] = {}
+        for e in entries:
+            counts[e["resource"]["resourceType"]] = counts.get(e["resource"]["resourceType"], 0) + 1
+        return counts
+
+
+def _put_lung1(store: Any, key: str = "fhir-import/a.csv", seed: int = 1) -> None:
+    store.put_bytes(BUCKET, key, synthetic_lung1_csv(lung1_ids(4), seed).encode())
+
+
+def test_key_classification_and_sidecars() -> None:
+    assert W.is_data_key("fhir-import/a.csv") and W.is_data_key("fhir-import/x/b.xlsx")
+    for k in ("fhir-import/a.mapping.yaml", "fhir-import/a.preset", "fhir-import/a.import-report.json",
+              "fhir-import/a.dictionary.csv", "fhir-import/.kaapana-fhir-state/x.json", "fhir-import/a.pdf"):
+        assert not W.is_data_key(k), k
+    assert W.sidecars("p/a.csv")["report"] == "p/a.import-report.json"
+    assert W.state_key("p/a.csv").startswith("p/.kaapana-fhir-state/")
+
+
+def test_object_without_mapping_waits_then_triggers_once(store: Any) -> None:
+    _put_lung1(store)
+    assert W.find_new_objects(store, BUCKET, "fhir-import/") == []
+    store.put_bytes(BUCKET, "fhir-import/a.preset", b"lung1\n")
+    confs = W.find_new_objects(store, BUCKET, "fhir-import/")
+    assert [(c["object_key"], c["preset"]) for c in confs] == [("fhir-import/a.csv", "lung1")]
+    assert W.find_new_objects(store, BUCKET, "fhir-import/") == []  # pending: not triggered twice
+
+
+def test_imported_same_etag_not_again_changed_etag_again(store: Any) -> None:
+    _put_lung1(store)
+    confs = W.find_new_objects(store, BUCKET, "fhir-import/", default_preset="lung1")
+    fhir = FakeFhir()
+    rep = import_object(store, fhir, BUCKET, confs[0]["object_key"], preset="lung1", signature=confs[0]["signature"])
+    assert rep["status"] == "imported" and rep["resources_written"]["Patient"] == 4
+    report = json.loads(store.get_bytes(BUCKET, "fhir-import/a.import-report.json"))
+    assert report["rows_read"] == 4 and report["duration_s"] >= 0
+    assert W.find_new_objects(store, BUCKET, "fhir-import/", default_preset="lung1") == []
+    _put_lung1(store, seed=2)  # new content → new ETag
+    assert len(W.find_new_objects(store, BUCKET, "fhir-import/", default_preset="lung1")) == 1
+
+
+def test_failed_import_is_retried_next_run(store: Any) -> None:
+    from kaapana_fhir.exceptions import FhirConnectionError
+
+    _put_lung1(store)
+    store.put_bytes(BUCKET, "fhir-import/a.preset", b"lung1")
+    confs = W.find_new_objects(store, BUCKET, "fhir-import/")
+    with pytest.raises(FhirConnectionError):
+        import_object(store, FakeFhir(fail=True), BUCKET, "fhir-import/a.csv", signature=confs[0]["signature"])
+    state = json.loads(store.get_bytes(BUCKET, W.state_key("fhir-import/a.csv")))
+    assert state["status"] == "failed" and "unreachable" in state["error"]
+    assert [c["object_key"] for c in W.find_new_objects(store, BUCKET, "fhir-import/")] == ["fhir-import/a.csv"]
+
+
+def test_rejected_file_is_not_retried_for_the_same_etag(store: Any) -> None:
+    store.put_bytes(BUCKET, "fhir-import/bad.csv", b"PatientID,age\nP1,abc\n")
+    store.put_bytes(BUCKET, "fhir-import/bad.preset", b"lung1")
+    confs = W.find_new_objects(store, BUCKET, "fhir-import/")
+    rep = import_object(store, FakeFhir(), BUCKET, "fhir-import/bad.csv", signature=confs[0]["signature"])
+    assert rep["status"] == "rejected" and "clinical.T.Stage" in rep["error"]
+    assert W.find_new_objects(store, BUCKET, "fhir-import/") == []
+
+
+def test_mapping_sidecar_is_used_and_its_change_retriggers(store: Any) -> None:
+    store.put_bytes(BUCKET, "fhir-import/t.csv", b"pid;w\nP1;72,5\n")
+    mapping = ("version: 1\npatient: {key: pid}\nobservations:\n - column: w\n   code: {code: w, system: 'urn:t'}\n"
+               "   value: {type: Quantity, unit: kg}\n")
+    store.put_bytes(BUCKET, "fhir-import/t.mapping.yaml", mapping.encode())
+    confs = W.find_new_objects(store, BUCKET, "fhir-import/")
+    assert confs[0]["mapping_key"] == "fhir-import/t.mapping.yaml"
+    fhir = FakeFhir()
+    rep = import_object(store, fhir, BUCKET, "fhir-import/t.csv", mapping_key=confs[0]["mapping_key"],
+                        signature=confs[0]["signature"])
+    assert rep["status"] == "imported"
+    obs = [e["resource"] for b in fhir.bundles for e in b["entry"] if e["resource"]["resourceType"] == "Observation"]
+    assert obs[0]["valueQuantity"]["value"] == 72.5
+    store.put_bytes(BUCKET, "fhir-import/t.mapping.yaml", mapping.replace("kg", "g").encode())
+    assert len(W.find_new_objects(store, BUCKET, "fhir-import/")) == 1
+
+
+def test_object_deleted_between_listing_and_reading(store: Any) -> None:
+    _put_lung1(store)
+    confs = W.find_new_objects(store, BUCKET, "fhir-import/", default_preset="lung1")
+    store.delete(BUCKET, "fhir-import/a.csv")
+    fhir = FakeFhir()
+    rep = import_object(store, fhir, BUCKET, confs[0]["object_key"], preset="lung1", signature=confs[0]["signature"])
+    assert rep["status"] == "gone" and "not found" in rep["error"]
+    assert fhir.bundles == []
+    state = json.loads(store.get_bytes(BUCKET, W.state_key("fhir-import/a.csv")))
+    assert state["status"] == "gone"
+    assert W.find_new_objects(store, BUCKET, "fhir-import/", default_preset="lung1") == []
+
+
+def test_stale_pending_is_triggered_again(store: Any) -> None:
+    _put_lung1(store)
+    assert len(W.find_new_objects(store, BUCKET, "fhir-import/", default_preset="lung1")) == 1
+    assert W.find_new_objects(store, BUCKET, "fhir-import/", default_preset="lung1") == []
+    assert len(W.find_new_objects(store, BUCKET, "fhir-import/", default_preset="lung1", pending_timeout_s=0)) == 1
