@@ -41,19 +41,26 @@ SETTINGS_ENV = "KAAPANA_FHIR_SETTINGS"
 
 
 def site_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Site settings from the workflow chart: ``$KAAPANA_FHIR_SETTINGS`` or ``<dags folder>/kaapana_fhir_settings.json``
-    (the folder that holds the ``kaapana_fhir`` package in Kaapana). Keys: ``fhir_base_url``, ``dicomweb_url``,
-    ``import_watcher_prefix``, ``import_watcher_schedule``. Empty dict when there is no file (plain Airflow).
-    A local file read only: safe at DAG-parse time.
+    """Site settings from the workflow chart: ``$KAAPANA_FHIR_SETTINGS`` or
+    ``<dags folder>/kaapana_fhir_settings.json``
+    (the folder that holds the ``kaapana_fhir`` package in Kaapana). Keys: ``fhir_base_url``,
+    ``dicomweb_url``, ``import_watcher_bucket``, ``import_watcher_prefix``, ``import_watcher_schedule``.
+    Empty dict when there is no file (plain Airflow). A local file read only: safe at DAG-parse time.
     """
     env = os.environ if environ is None else environ
-    path = Path(env[SETTINGS_ENV]) if env.get(SETTINGS_ENV) else Path(__file__).resolve().parents[1] / SETTINGS_FILE
+    path = (
+        Path(env[SETTINGS_ENV])
+        if env.get(SETTINGS_ENV)
+        else Path(__file__).resolve().parents[1] / SETTINGS_FILE
+    )
     if not path.is_file():
         return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc}); it is written by the kaapana-fhir-workflow chart") from exc
+        raise ConfigError(
+            f"{path}: not valid JSON ({exc}); it is written by the kaapana-fhir-workflow chart"
+        ) from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must hold a JSON object of settings, got {type(data).__name__}")
     return data
@@ -153,8 +160,11 @@ class KaapanaRun:
         return self.env.get("FHIR_TOKEN") or None
 
     def dicomweb_url(self) -> str:
-        return str(self.param("dicomweb_url") or self.env.get("DICOM_WEB_FILTER_URL")
-                   or DEFAULT_DICOMWEB_URL.format(ns=self.services_namespace))
+        return str(
+            self.param("dicomweb_url")
+            or self.env.get("DICOM_WEB_FILTER_URL")
+            or DEFAULT_DICOMWEB_URL.format(ns=self.services_namespace)
+        )
 
     def dicomweb_token(self) -> str | None:
         return self.env.get("DICOMWEB_TOKEN") or None
@@ -166,8 +176,10 @@ class KaapanaRun:
         return url or None
 
     def s3_credentials(self) -> tuple[str | None, str | None]:
-        return (self.env.get("S3_ACCESS_KEY") or self.env.get("MINIO_ACCESS_KEY") or None,
-                self.env.get("S3_SECRET_KEY") or self.env.get("MINIO_SECRET_KEY") or None)
+        return (
+            self.env.get("S3_ACCESS_KEY") or self.env.get("MINIO_ACCESS_KEY") or None,
+            self.env.get("S3_SECRET_KEY") or self.env.get("MINIO_SECRET_KEY") or None,
+        )
 
     def project_bucket(self) -> str | None:
         """The project's bucket (``project_form.s3_bucket``); never hard-coded."""
@@ -201,8 +213,12 @@ class KaapanaRun:
         for key, root in roots:
             if not root.is_dir():
                 continue
-            files = sorted(p for p in root.rglob("*") if p.is_file()
-                           and (not suffixes or p.name.lower().endswith(tuple(s.lower() for s in suffixes))))
+            files = sorted(
+                p
+                for p in root.rglob("*")
+                if p.is_file()
+                and (not suffixes or p.name.lower().endswith(tuple(s.lower() for s in suffixes)))
+            )
             if files:
                 found[key] = files
         return found
@@ -243,8 +259,10 @@ def load(environ: Mapping[str, str] | None = None) -> KaapanaRun:
     env = dict(os.environ if environ is None else environ)
     wdir = env.get("WORKFLOW_DIR")
     if not wdir:
-        raise ConfigError("WORKFLOW_DIR is not set: `kaapana-run` runs inside a Kaapana processing container "
-                          "(KaapanaBaseOperator sets WORKFLOW_DIR, BATCH_NAME, OPERATOR_IN_DIR, OPERATOR_OUT_DIR)")
+        raise ConfigError(
+            "WORKFLOW_DIR is not set: `kaapana-run` runs inside a Kaapana processing container "
+            "(KaapanaBaseOperator sets WORKFLOW_DIR, BATCH_NAME, OPERATOR_IN_DIR, OPERATOR_OUT_DIR)"
+        )
     workflow_dir = Path(wdir)
     if not workflow_dir.is_dir():
         raise ConfigError(f"WORKFLOW_DIR={workflow_dir} is not a directory")

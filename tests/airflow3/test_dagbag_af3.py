@@ -56,5 +56,7 @@ def test_one_dag_runs_with_dag_test() -> None:
     assert tis, f"dag.test() of {dag.dag_id} created no task instances"
     states = {ti.task_id: str(ti.state) for ti in tis}
     assert all(s not in ("None", "none") for s in states.values()), states
-    if dag.dag_id == "dicom-to-fhir":  # empty conf: nothing to resolve → the run succeeds, the mapped step skips
+    if (
+        dag.dag_id == "dicom-to-fhir"
+    ):  # empty conf: nothing to resolve → the run succeeds, the mapped step skips
         assert dr.state == "success", states

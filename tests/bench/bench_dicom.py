@@ -4,13 +4,19 @@ Rows:
 * pure mapping of S studies × 5 series (QIDO-like DICOM JSON) → studies/s (map only, and map + R4B validation);
 * end-to-end for N studies (2 series × 2 instances each): wall time split into QIDO/WADO, mapping and FHIR
   writes, and the share of wall time spent in our own code (wall − time inside HTTP requests of both clients).
-The dicom2fhir 0.1.25 comparison (separate venv, fhir.resources 8.2.0) is not part of this module.
+* optional: the same headers through PyPI ``dicom2fhir`` 0.1.25 in its own venv (it needs fhir.resources 8.2.0):
+  set ``DICOM2FHIR_PYTHON`` to that venv's python (default ``/tmp/d2f-venv/bin/python`` if it exists), e.g.
+  ``python -m venv /tmp/d2f-venv && /tmp/d2f-venv/bin/pip install dicom2fhir==0.1.25 fhir.resources==8.2.0``.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -53,6 +59,58 @@ def _headers(n_studies: int, n_series: int = 5) -> list[list[SeriesInput]]:
     return out
 
 
+_D2F_SCRIPT = """
+import asyncio, json, sys, time
+from dicom2fhir.dicom2fhir import from_generator
+
+studies = json.load(open(sys.argv[1]))
+
+async def gen(instances):
+    for d in instances:
+        yield d
+
+async def main():
+    ok = failed = 0
+    err = ""
+    t0 = time.perf_counter()
+    for inst in studies:
+        try:
+            await from_generator(gen(inst), config={"dicom_timezone": "Europe/Berlin"})
+            ok += 1
+        except Exception as e:
+            failed += 1
+            err = repr(e)[:300]
+    return time.perf_counter() - t0, ok, failed, err
+
+secs, ok, failed, err = asyncio.run(main())
+print(json.dumps({"seconds": secs, "ok": ok, "failed": failed, "error": err}))
+"""
+
+
+def _dicom2fhir(studies: list[list[SeriesInput]], workdir: Path) -> dict[str, Any] | None:
+    """Time dicom2fhir 0.1.25 on the same headers (one instance per series) in its own venv, if available."""
+    py = os.environ.get("DICOM2FHIR_PYTHON") or "/tmp/d2f-venv/bin/python"
+    if not Path(py).exists():
+        return None
+    data = []
+    for st in studies:
+        inst = []
+        for s in st:
+            a = dict(s.attrs)
+            a["00080018"] = {"vr": "UI", "Value": [a["0020000E"]["Value"][0] + ".1"]}
+            a["00080016"] = {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.2"]}
+            a["00200013"] = {"vr": "IS", "Value": [1]}
+            inst.append(a)
+        data.append(inst)
+    headers, script = workdir / "d2f_headers.json", workdir / "d2f_run.py"
+    headers.write_text(json.dumps(data))
+    script.write_text(_D2F_SCRIPT)
+    proc = subprocess.run([py, str(script), str(headers)], capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        return {"error": proc.stderr[-300:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def run(ctx):  # noqa: ANN001, ANN201
     from run import Row
 
@@ -72,6 +130,21 @@ def run(ctx):  # noqa: ANN001, ANN201
                     note=f"{n_pure * 5 / t_map:,.0f} series/s"))
     rows.append(Row("dicom", f"mapping + R4B validation {n_pure} studies", n_pure / (t_map + t_val), "studies/s",
                     ratio=t_val / t_map, ratio_of="validation time / mapping time"))
+    d2f = _dicom2fhir(studies, ctx.workdir)
+    if d2f is None:
+        rows.append(Row("dicom", "dicom2fhir 0.1.25 same headers", float("nan"), "studies/s",
+                        note="not run: no DICOM2FHIR_PYTHON venv"))
+    elif "error" in d2f and "seconds" not in d2f:
+        rows.append(Row("dicom", "dicom2fhir 0.1.25 same headers", float("nan"), "studies/s", note=d2f["error"][:80]))
+    else:
+        theirs = d2f["ok"] / d2f["seconds"] if d2f["ok"] else float("nan")
+        rows.append(Row("dicom", f"dicom2fhir 0.1.25 same headers ({d2f['ok']} ok, {d2f['failed']} failed)", theirs,
+                        "studies/s", ratio=(n_pure / t_map) / theirs if d2f["ok"] else None,
+                        ratio_of="ours (map only) / dicom2fhir"))
+        if d2f["ok"]:
+            rows.append(Row("dicom", "ours map + validation vs dicom2fhir", n_pure / (t_map + t_val), "studies/s",
+                            ratio=(n_pure / (t_map + t_val)) / theirs, ratio_of="ours (validated) / dicom2fhir",
+                            note="dicom2fhir builds pydantic models, i.e. validates too"))
 
     # end-to-end Orthanc -> HAPI
     from tests.support.dicom_json import ct_series

@@ -64,10 +64,12 @@ def test_flow_with_patient_search_and_chained_has_search(fhir: FhirClient, lung_
                 f"Observation?subject.identifier={system}|&_count=200",
                 f"Condition?subject:Patient.identifier={system}|&_include=Condition:subject"]
     s2 = run_cohort(fhir, tmp_path / "b", searches=searches, filters=["Histology=adenocarcinoma"], count=5)
-    assert s2["resources"]["Patient"] >= 3 and s2["resources"]["ImagingStudy"] == s2["resources"]["Patient"]
+    adeno = {r["subject"]["reference"] for r in lung_cohort["resources"] if r["resourceType"] == "Condition"
+             and r["code"]["coding"][0]["code"] == "35917007"}
+    assert s2["resources"]["Patient"] == 12 and s2["resources"]["ImagingStudy"] == len(adeno) >= 3
     assert s2["requests"] > 3, "paging with _count=5 needs several pages"
     t = C.read_table(tmp_path / "b" / "cohort.parquet")
-    assert set(t["Histology"].dropna()) == {"adenocarcinoma"} and t["patient_key"].nunique() >= 3
+    assert set(t["Histology"].dropna()) == {"adenocarcinoma"} and t["patient_key"].nunique() == len(adeno)
 
 
 @pytest.mark.airflow
@@ -84,6 +86,7 @@ def test_fhir_cohort_dag_writes_table_dataset_report_and_triggers(
     assert bag.import_errors == {}
     dag = bag.get_dag("fhir-cohort")
     assert dag.default_args["ui_forms"]["workflow_form"]["properties"]["filters"]
+    dag.sync_to_db()  # the trigger target must be a known DAG (the scheduler does this in a deployment)
     bucket = f"project-cohort-{uuid.uuid4().hex[:8]}"
     conf = {"workflow_form": {"patient_search": f"Patient?identifier={lung_cohort['system']}|",
                               "filters": "Histology=adenocarcinoma; Overall.Stage=IIIa", "modality": "CT",

@@ -184,3 +184,31 @@ def test_dag_as_kaapana_triggers_it(airflow_home: Path, stack_env: dict[str, str
     value = summary.xcom_pull(task_ids="summary")
     assert value["studies"] == 1 and value["resources"]["created"] == 0
     json.dumps(value)
+
+
+def test_bad_headers_through_the_pacs_degrade_or_fail_one_study(dicomweb: DicomWeb, fhir: FhirClient) -> None:
+    import warnings
+
+    pid = f"KF-BAD-{uuid.uuid4().hex[:10]}"
+    good, bad = generate_uid(), generate_uid()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the invalid values we store on purpose
+        odd = ct_series(good, generate_uid(), pid, n=1, tz=None, body_part="Unknown Region")
+        odd[0].StudyTime = "10034+"
+        odd[0].SeriesNumber = "1.0E+00"
+        odd[0].Laterality = "U"
+        no_pid = ct_series(bad, generate_uid(), "", n=1)
+    dicomweb.store(odd + no_pid)
+    r = sync_studies(dicomweb, fhir, study_uids=[good, bad])
+    assert r["study_uids"] == [good] and len(r["failed"]) == 1
+    assert r["failed"][0]["study"] == bad and "(0010,0020)" in r["failed"][0]["error"]
+    tags = {i["tag"] for i in r["issues"] if i["study"] == good}
+    assert {"(0008,0030)", "(0018,0015)"} <= tags
+    study = fhir.read("ImagingStudy", stable_id("ImagingStudy", good))
+    assert study["started"] == "2024-03-05"
+    # Orthanc answers IS "1.0E+00" as an element without Value (DICOM JSON) → number omitted, no crash
+    assert "number" not in study["series"][0] and "laterality" not in study["series"][0]
+    assert study["series"][0]["bodySite"] == {"display": "Unknown Region"}
+    assert _no_errors(fhir, study) == []
+    with pytest.raises(ResourceNotFound):
+        fhir.read("ImagingStudy", stable_id("ImagingStudy", bad))

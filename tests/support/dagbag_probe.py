@@ -29,9 +29,11 @@ def main() -> None:
         sys.meta_path.insert(0, _Blocker(blocked))
     try:
         from airflow.dag_processing.dagbag import DagBag  # Airflow 3.1+
+
         bag = DagBag(dag_folder=dags_dir)
     except ImportError:
         from airflow.models import DagBag
+
         bag = DagBag(dag_folder=dags_dir, include_examples=False)
     import kaapana_fhir
 
@@ -40,18 +42,29 @@ def main() -> None:
         tasks = {}
         for t in dag.tasks:
             cls = type(t)
-            tasks[t.task_id] = {"class": f"{cls.__module__}.{cls.__name__}",
-                                "mro": [f"{c.__module__}.{c.__name__}" for c in cls.__mro__],
-                                "image": getattr(t, "image", None),
-                                "env_vars": getattr(t, "env_vars", None) if isinstance(getattr(t, "env_vars", None), dict) else None,
-                                "arguments": getattr(t, "arguments", None),
-                                "image_pull_secrets": getattr(t, "image_pull_secrets", None),
-                                "downstream": sorted(t.downstream_task_ids)}
+            tasks[t.task_id] = {
+                "class": f"{cls.__module__}.{cls.__name__}",
+                "mro": [f"{c.__module__}.{c.__name__}" for c in cls.__mro__],
+                "image": getattr(t, "image", None),
+                "env_vars": getattr(t, "env_vars", None)
+                if isinstance(getattr(t, "env_vars", None), dict)
+                else None,
+                "arguments": getattr(t, "arguments", None),
+                "image_pull_secrets": getattr(t, "image_pull_secrets", None),
+                "downstream": sorted(t.downstream_task_ids),
+            }
         dags[dag_id] = {"fileloc": dag.fileloc, "tasks": tasks}
-    print(json.dumps({"import_errors": {k: str(v)[-3000:] for k, v in bag.import_errors.items()},
-                      "dags": dags, "kaapana_fhir_file": kaapana_fhir.__file__,
-                      "loaded_blocked": sorted(n for n in sys.modules if n.split(".")[0] in blocked)},
-                     default=str))
+    print(
+        json.dumps(
+            {
+                "import_errors": {k: str(v)[-3000:] for k, v in bag.import_errors.items()},
+                "dags": dags,
+                "kaapana_fhir_file": kaapana_fhir.__file__,
+                "loaded_blocked": sorted(n for n in sys.modules if n.split(".")[0] in blocked),
+            },
+            default=str,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ PC_DOCKERFILE = REPO / "docker" / "processing-container" / "Dockerfile"
 STUB_PLUGIN = Path(__file__).resolve().parent / "kaapana_plugin_stub"
 DAG_INSTALLER_STUB = REPO / "tests" / "fixtures" / "helm" / "dag-installer-chart"
 #: Kaapana's build_helper/helm/helm_chart.py IMAGE_PATTERN (also used by the base installer to pre-pull)
-IMAGE_PATTERN = r'^\s*-?\s*image\s*[:=]\s*f?["\']\{DEFAULT_REGISTRY\}/(?P<image_name>[^:]+):(?P<version>[^"\']+)["\']'
+IMAGE_PATTERN = (
+    r'^\s*-?\s*image\s*[:=]\s*f?["\']\{DEFAULT_REGISTRY\}/(?P<image_name>[^:]+):(?P<version>[^"\']+)["\']'
+)
 #: top-level folders the base installer accepts under /kaapana/tmp/
 INSTALLER_TOP_LEVEL = {"plugins", "dags", "mounted_scripts", "extensions"}
 
@@ -42,11 +44,15 @@ def helm_binary() -> str:
 def helm(*args: str) -> str:
     proc = subprocess.run([helm_binary(), *args], capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc.stdout
 
 
-def render(chart: Path, *set_args: str, values: dict[str, Any] | None = None, tmp: Path | None = None) -> list[dict]:
+def render(
+    chart: Path, *set_args: str, values: dict[str, Any] | None = None, tmp: Path | None = None
+) -> list[dict]:
     """``helm template`` → list of rendered objects."""
     args = ["template", "rel", str(chart)]
     for s in set_args:

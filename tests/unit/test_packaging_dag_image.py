@@ -16,17 +16,42 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.kaapana_packaging import (DAG_DOCKERFILE, IMAGE_PATTERN, INSTALLER_TOP_LEVEL, PC_DOCKERFILE, REPO,
-                                     STUB_PLUGIN, lay_out_image, parse_dockerfile)
+from tests.support.kaapana_packaging import (
+    DAG_DOCKERFILE,
+    IMAGE_PATTERN,
+    INSTALLER_TOP_LEVEL,
+    PC_DOCKERFILE,
+    REPO,
+    STUB_PLUGIN,
+    lay_out_image,
+    parse_dockerfile,
+)
 
 PROBE = REPO / "tests" / "support" / "dagbag_probe.py"
 KAAPANA_OPERATORS = REPO / "operators" / "kaapana_fhir" / "kaapana"
-PLATFORM_ENV = {k: f"http://{k.lower().replace('_', '-')}.services.svc:8080" for k in (
-    "KEYCLOAK_URL", "KUBE_HELM_URL", "OPENSEARCH_URL", "DICOM_WEB_FILTER_URL", "NOTIFICATION_URL", "AII_URL",
-    "KAAPANA_BACKEND_URL", "MINIO_URL")}
+PLATFORM_ENV = {
+    k: f"http://{k.lower().replace('_', '-')}.services.svc:8080"
+    for k in (
+        "KEYCLOAK_URL",
+        "KUBE_HELM_URL",
+        "OPENSEARCH_URL",
+        "DICOM_WEB_FILTER_URL",
+        "NOTIFICATION_URL",
+        "AII_URL",
+        "KAAPANA_BACKEND_URL",
+        "MINIO_URL",
+    )
+}
 #: libraries the flows need but Kaapana's Airflow image does not ship (the DAGs must parse without them)
-NOT_IN_KAAPANA_AIRFLOW = ("fhir", "fhir_core", "radiomics", "highdicom", "fhirpathpy", "dicomweb_client",
-                          "SimpleITK")
+NOT_IN_KAAPANA_AIRFLOW = (
+    "fhir",
+    "fhir_core",
+    "radiomics",
+    "highdicom",
+    "fhirpathpy",
+    "dicomweb_client",
+    "SimpleITK",
+)
 
 
 def dag_files() -> list[Path]:
@@ -40,12 +65,23 @@ def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def probe(image_root: Path, tmp: Path, blocked: tuple[str, ...] = ()) -> dict:
     dags_dir = image_root / "kaapana" / "tmp" / "dags"
-    env = {**os.environ, **PLATFORM_ENV, "KAAPANA_FHIR_RUNTIME": "kaapana",
-           "PYTHONPATH": os.pathsep.join([str(dags_dir), str(STUB_PLUGIN)]),
-           "AIRFLOW__CORE__DAGS_FOLDER": str(dags_dir), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "KAAPANA_FHIR_SETTINGS": str(tmp / "no-settings.json")}
-    proc = subprocess.run([sys.executable, str(PROBE), str(dags_dir), ",".join(blocked)], env=env, cwd=tmp,
-                          capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        **PLATFORM_ENV,
+        "KAAPANA_FHIR_RUNTIME": "kaapana",
+        "PYTHONPATH": os.pathsep.join([str(dags_dir), str(STUB_PLUGIN)]),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_dir),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "KAAPANA_FHIR_SETTINGS": str(tmp / "no-settings.json"),
+    }
+    proc = subprocess.run(
+        [sys.executable, str(PROBE), str(dags_dir), ",".join(blocked)],
+        env=env,
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -92,8 +128,10 @@ def test_image_layout_only_uses_installer_folders(image_root: Path) -> None:
 
 def test_trigger_rules_are_shipped_and_well_formed(image_root: Path) -> None:
     rules = sorted((image_root / "kaapana" / "tmp" / "dags").glob("*trigger_rule.json"))
-    assert {p.name for p in rules} >= {"kaapana_fhir_dicom_to_fhir_trigger_rule.json",
-                                       "kaapana_fhir_radiomics_trigger_rule.json"}
+    assert {p.name for p in rules} >= {
+        "kaapana_fhir_dicom_to_fhir_trigger_rule.json",
+        "kaapana_fhir_radiomics_trigger_rule.json",
+    }
     for path in rules:
         assert path.name.startswith("kaapana_fhir_"), f"{path.name}: not unique to this extension"
         data = json.loads(path.read_text())
@@ -141,8 +179,9 @@ def test_no_image_reference_escapes_the_pattern(image_root: Path) -> None:
 def test_dagbag_from_image_layout_has_no_import_errors(kaapana_bag: dict, image_root: Path) -> None:
     assert kaapana_bag["import_errors"] == {}
     dags_dir = image_root / "kaapana" / "tmp" / "dags"
-    assert Path(kaapana_bag["kaapana_fhir_file"]).resolve().is_relative_to(dags_dir.resolve()), \
+    assert Path(kaapana_bag["kaapana_fhir_file"]).resolve().is_relative_to(dags_dir.resolve()), (
         "kaapana_fhir must be imported from the DAG image's copy, not the development tree"
+    )
     loaded_files = {Path(d["fileloc"]).name for d in kaapana_bag["dags"].values()}
     assert loaded_files == {p.name for p in dag_files()}
 
@@ -155,8 +194,9 @@ def test_flow_tasks_run_as_kaapana_container_operators(kaapana_bag: dict) -> Non
     in_process = {target.replace(":", ".") for target, _ in FLOWS.values()}
     for dag_id, dag in kaapana_bag["dags"].items():
         for task_id, t in dag["tasks"].items():
-            assert t["class"] not in in_process, \
+            assert t["class"] not in in_process, (
                 f"{dag_id}.{task_id} uses the in-process {t['class']} under KAAPANA_FHIR_RUNTIME=kaapana"
+            )
             if t["class"].startswith("kaapana_fhir.kaapana."):
                 assert "kaapana.operators.KaapanaBaseOperator.KaapanaBaseOperator" in t["mro"]
                 assert t["image"] == "registry.kaapana.test/kaapana/kaapana-fhir:0.6.0"

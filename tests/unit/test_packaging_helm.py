@@ -11,13 +11,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.kaapana_packaging import (DAG_DOCKERFILE, REPO, helm, helm_binary, parse_dockerfile, render,
-                                     workflow_chart_with_deps)
+from tests.support.kaapana_packaging import (
+    DAG_DOCKERFILE,
+    REPO,
+    helm,
+    helm_binary,
+    parse_dockerfile,
+    render,
+    workflow_chart_with_deps,
+)
 
 WORKFLOW = REPO / "helm" / "kaapana-fhir-workflow"
 HAPI = REPO / "helm" / "hapi-fhir"
-PLATFORM = ("global.registry_url=registry.example.org/kaapana", "global.kaapana_build_version=0.6.0",
-            "global.services_namespace=services", "global.admin_namespace=admin")
+PLATFORM = (
+    "global.registry_url=registry.example.org/kaapana",
+    "global.kaapana_build_version=0.6.0",
+    "global.services_namespace=services",
+    "global.admin_namespace=admin",
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,8 +54,13 @@ def test_workflow_chart_metadata_follows_kaapana_conventions() -> None:
     assert values["global"]["image"] == parse_dockerfile(DAG_DOCKERFILE).labels["IMAGE"] == "dag-kaapana-fhir"
 
 
-@pytest.mark.parametrize("extra", [(), ("kaapanaFhir.fhirBaseUrl=https://fhir.example.org/r4",
-                                        "kaapanaFhir.importWatcher.schedule=@hourly")])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        (),
+        ("kaapanaFhir.fhirBaseUrl=https://fhir.example.org/r4", "kaapanaFhir.importWatcher.schedule=@hourly"),
+    ],
+)
 def test_workflow_chart_lints(tmp_path: Path, extra: tuple[str, ...]) -> None:
     chart = workflow_chart_with_deps(tmp_path)
     out = helm("lint", str(chart), "--strict", *[a for s in (*PLATFORM, *extra) for a in ("--set", s)])
@@ -59,33 +75,60 @@ def test_workflow_chart_default_render(tmp_path: Path) -> None:
     assert container["image"] == "registry.example.org/kaapana/dag-kaapana-fhir:0.6.0"
     assert {"name": "ACTION", "value": "copy"} in container["env"]
     assert installer["metadata"]["namespace"] == "services"
-    settings = json.loads(by_kind(objs, "ConfigMap")["kaapana-fhir-settings"]["data"]["kaapana_fhir_settings.json"])
+    settings = json.loads(
+        by_kind(objs, "ConfigMap")["kaapana-fhir-settings"]["data"]["kaapana_fhir_settings.json"]
+    )
     assert settings["fhir_base_url"] == "http://hapi-fhir-service.services.svc:8080/fhir"
     assert settings["import_watcher_prefix"] == "fhir-import/"
-    assert settings["import_watcher_schedule"] == "*/15 * * * *"
+    assert settings["import_watcher_schedule"] == "*/2 * * * *"
+    assert settings["import_watcher_bucket"] == "project-admin"
     writer = jobs["kaapana-fhir-settings"]
     assert writer["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
     wc = writer["spec"]["template"]["spec"]["containers"][0]
     assert wc["image"] == container["image"]
-    claims = {v["persistentVolumeClaim"]["claimName"] for v in writer["spec"]["template"]["spec"]["volumes"]
-              if "persistentVolumeClaim" in v}
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in writer["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    }
     assert claims == {"dags-pv-claim"}
     assert jobs["kaapana-fhir-settings-remove"]["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
 
 
 def test_workflow_chart_non_default_values(tmp_path: Path) -> None:
-    values = {"global": {"registry_url": "reg.local:5000/x", "kaapana_build_version": "0.6.1",
-                         "services_namespace": "svc-ns", "custom_registry_url": "localhost:32000"},
-              "kaapanaFhir": {"fhirBaseUrl": "https://fhir.example.org/r4", "dicomwebUrl": "http://pacs/dw",
-                              "importWatcher": {"minioPrefix": "clinical/incoming/", "schedule": "@hourly"}}}
+    values = {
+        "global": {
+            "registry_url": "reg.local:5000/x",
+            "kaapana_build_version": "0.6.1",
+            "services_namespace": "svc-ns",
+            "custom_registry_url": "localhost:32000",
+        },
+        "kaapanaFhir": {
+            "fhirBaseUrl": "https://fhir.example.org/r4",
+            "dicomwebUrl": "http://pacs/dw",
+            "importWatcher": {
+                "minioPrefix": "clinical/incoming/",
+                "schedule": "@hourly",
+                "bucket": "project-lung",
+            },
+        },
+    }
     objs = render(workflow_chart_with_deps(tmp_path), values=values, tmp=tmp_path)
     cm = by_kind(objs, "ConfigMap")["kaapana-fhir-settings"]
     assert cm["metadata"]["namespace"] == "svc-ns"
     settings = json.loads(cm["data"]["kaapana_fhir_settings.json"])
-    assert settings == {"fhir_base_url": "https://fhir.example.org/r4", "dicomweb_url": "http://pacs/dw",
-                        "import_watcher_prefix": "clinical/incoming/", "import_watcher_schedule": "@hourly"}
+    assert settings == {
+        "fhir_base_url": "https://fhir.example.org/r4",
+        "dicomweb_url": "http://pacs/dw",
+        "import_watcher_prefix": "clinical/incoming/",
+        "import_watcher_schedule": "@hourly",
+        "import_watcher_bucket": "project-lung",
+    }
     writer = by_kind(objs, "Job")["kaapana-fhir-settings"]
-    assert writer["spec"]["template"]["spec"]["containers"][0]["image"] == "localhost:32000/dag-kaapana-fhir:0.6.1"
+    assert (
+        writer["spec"]["template"]["spec"]["containers"][0]["image"]
+        == "localhost:32000/dag-kaapana-fhir:0.6.1"
+    )
 
 
 def test_workflow_chart_settings_job_can_be_disabled(tmp_path: Path) -> None:
@@ -101,8 +144,18 @@ def test_hapi_chart_metadata() -> None:
     assert chart["annotations"]["ui-visible-name"]
 
 
-@pytest.mark.parametrize("extra", [(), ("image.tag=v8.0.0", "storage.size=50Gi", "ingress.enabled=false",
-                                        "networkPolicy.egressFromNamespaces={project-a,project-b}")])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        (),
+        (
+            "image.tag=v8.0.0",
+            "storage.size=50Gi",
+            "ingress.enabled=false",
+            "networkPolicy.egressFromNamespaces={project-a,project-b}",
+        ),
+    ],
+)
 def test_hapi_chart_lints(extra: tuple[str, ...]) -> None:
     out = helm("lint", str(HAPI), "--strict", *[a for s in extra for a in ("--set", s)])
     assert "0 chart(s) failed" in out
@@ -118,7 +171,9 @@ def test_hapi_chart_default_render() -> None:
     c = server["spec"]["template"]["spec"]["containers"][0]
     assert c["image"] == "hapiproject/hapi:v7.0.3"
     env = {e["name"]: e for e in c["env"]}
-    assert env["SPRING_DATASOURCE_URL"]["value"] == "jdbc:postgresql://hapi-fhir-postgres.services.svc:5432/hapi"
+    assert (
+        env["SPRING_DATASOURCE_URL"]["value"] == "jdbc:postgresql://hapi-fhir-postgres.services.svc:5432/hapi"
+    )
     assert env["SPRING_DATASOURCE_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "hapi-fhir-postgres"
     hapi_cfg = json.loads(env["SPRING_APPLICATION_JSON"]["value"])["hapi"]["fhir"]
     assert hapi_cfg["fhir_version"] == "R4"
@@ -130,27 +185,43 @@ def test_hapi_chart_default_render() -> None:
     assert pvc["spec"]["resources"]["requests"]["storage"] == "10Gi"
     np = by_kind(objs, "NetworkPolicy")["hapi-fhir-allow-processing-containers"]
     peers = np["spec"]["ingress"][0]["from"]
-    assert {"namespaceSelector": {}, "podSelector": {"matchLabels": {"kaapana.ai/type": "processing-container"}}} in peers
-    assert np["spec"]["podSelector"]["matchLabels"].items() <= server["spec"]["template"]["metadata"]["labels"].items()
+    assert {
+        "namespaceSelector": {},
+        "podSelector": {"matchLabels": {"kaapana.ai/type": "processing-container"}},
+    } in peers
+    assert (
+        np["spec"]["podSelector"]["matchLabels"].items()
+        <= server["spec"]["template"]["metadata"]["labels"].items()
+    )
     assert np["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 8080}]
     db_np = by_kind(objs, "NetworkPolicy")["hapi-fhir-postgres-only-hapi"]
     assert db_np["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 5432}]
 
 
 def test_hapi_chart_non_default_values(tmp_path: Path) -> None:
-    values = {"global": {"services_namespace": "kp-services"}, "image": {"tag": "v8.0.0"},
-              "storage": {"size": "50Gi", "storageClass": "fast"}, "fhir": {"baseUrl": "https://kp.example.org/fhir"},
-              "ingress": {"enabled": False}, "networkPolicy": {"egressFromNamespaces": ["project-a"]}}
+    values = {
+        "global": {"services_namespace": "kp-services"},
+        "image": {"tag": "v8.0.0"},
+        "storage": {"size": "50Gi", "storageClass": "fast"},
+        "fhir": {"baseUrl": "https://kp.example.org/fhir"},
+        "ingress": {"enabled": False},
+        "networkPolicy": {"egressFromNamespaces": ["project-a"]},
+    }
     objs = render(HAPI, values=values, tmp=tmp_path)
     server = by_kind(objs, "Deployment")["hapi-fhir"]
     c = server["spec"]["template"]["spec"]["containers"][0]
     assert c["image"] == "hapiproject/hapi:v8.0.0"
     env = {e["name"]: e for e in c["env"]}
-    assert json.loads(env["SPRING_APPLICATION_JSON"]["value"])["hapi"]["fhir"]["server_address"] == \
-        "https://kp.example.org/fhir"
+    assert (
+        json.loads(env["SPRING_APPLICATION_JSON"]["value"])["hapi"]["fhir"]["server_address"]
+        == "https://kp.example.org/fhir"
+    )
     assert "kp-services.svc" in env["SPRING_DATASOURCE_URL"]["value"]
     pvc = by_kind(objs, "PersistentVolumeClaim")["hapi-fhir-postgres-data"]
-    assert pvc["spec"]["resources"]["requests"]["storage"] == "50Gi" and pvc["spec"]["storageClassName"] == "fast"
+    assert (
+        pvc["spec"]["resources"]["requests"]["storage"] == "50Gi"
+        and pvc["spec"]["storageClassName"] == "fast"
+    )
     assert "Ingress" not in {o["kind"] for o in objs}
     egress = [o for o in objs if o["kind"] == "NetworkPolicy" and o["metadata"]["namespace"] == "project-a"]
     assert len(egress) == 1
@@ -163,6 +234,8 @@ def test_hapi_chart_ingress_host_sets_public_base_url() -> None:
     objs = render(HAPI, "ingress.host=kp.example.org")
     c = by_kind(objs, "Deployment")["hapi-fhir"]["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e for e in c["env"]}
-    assert json.loads(env["SPRING_APPLICATION_JSON"]["value"])["hapi"]["fhir"]["server_address"] == \
-        "https://kp.example.org/fhir"
+    assert (
+        json.loads(env["SPRING_APPLICATION_JSON"]["value"])["hapi"]["fhir"]["server_address"]
+        == "https://kp.example.org/fhir"
+    )
     assert by_kind(objs, "Ingress")["hapi-fhir-ingress"]["spec"]["rules"][0]["host"] == "kp.example.org"

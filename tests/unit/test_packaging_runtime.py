@@ -9,15 +9,23 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-
 from kaapana_fhir import kaapana_env
 from kaapana_fhir.exceptions import ConfigError
 from kaapana_fhir.kaapana.container_env import container_env
 from kaapana_fhir.operators import runtime
+
 from tests.support.kaapana_packaging import STUB_PLUGIN
 
-PLATFORM_ENV = ("KEYCLOAK_URL", "KUBE_HELM_URL", "OPENSEARCH_URL", "DICOM_WEB_FILTER_URL", "NOTIFICATION_URL",
-                "AII_URL", "KAAPANA_BACKEND_URL", "MINIO_URL")
+PLATFORM_ENV = (
+    "KEYCLOAK_URL",
+    "KUBE_HELM_URL",
+    "OPENSEARCH_URL",
+    "DICOM_WEB_FILTER_URL",
+    "NOTIFICATION_URL",
+    "AII_URL",
+    "KAAPANA_BACKEND_URL",
+    "MINIO_URL",
+)
 
 
 @pytest.fixture()
@@ -28,7 +36,9 @@ def kaapana_plugin(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setenv(k, f"http://{k.lower()}:8080")
     monkeypatch.setenv("KAAPANA_FHIR_SETTINGS", "/nonexistent/settings.json")
     yield
-    for name in [m for m in sys.modules if m == "kaapana" or m.startswith(("kaapana.", "kaapana_fhir.kaapana."))]:
+    for name in [
+        m for m in sys.modules if m == "kaapana" or m.startswith(("kaapana.", "kaapana_fhir.kaapana."))
+    ]:
         del sys.modules[name]
 
 
@@ -69,9 +79,18 @@ def test_kaapana_operator_per_flow(flow: str, monkeypatch: pytest.MonkeyPatch, k
 
     with DAG(dag_id=f"t-{flow}", schedule=None, start_date=None) as dag:
         get_input = runtime.kaapana_input_operator(dag)
-        op = runtime.flow_operator(flow, dag=dag, task_id=f"{flow}-task", input_operator=get_input,
-                                   fhir_conn_id="fhir_default", patient_system="urn:x", tags=["a", "b"],
-                                   series_uids="{{ dag_run.conf['x'] }}", retries=3, ram_mem_mb=1234)
+        op = runtime.flow_operator(
+            flow,
+            dag=dag,
+            task_id=f"{flow}-task",
+            input_operator=get_input,
+            fhir_conn_id="fhir_default",
+            patient_system="urn:x",
+            tags=["a", "b"],
+            series_uids="{{ dag_run.conf['x'] }}",
+            retries=3,
+            ram_mem_mb=1234,
+        )
         cleaner = runtime.kaapana_cleaner(dag)
         get_input >> op >> cleaner
     assert isinstance(get_input, LocalGetInputDataOperator)
@@ -90,7 +109,9 @@ def test_kaapana_operator_per_flow(flow: str, monkeypatch: pytest.MonkeyPatch, k
     assert cleaner.trigger_rule == "none_failed"
 
 
-def test_flow_operator_in_kaapana_needs_the_dag(monkeypatch: pytest.MonkeyPatch, kaapana_plugin: None) -> None:
+def test_flow_operator_in_kaapana_needs_the_dag(
+    monkeypatch: pytest.MonkeyPatch, kaapana_plugin: None
+) -> None:
     monkeypatch.setenv(runtime.RUNTIME_ENV, "kaapana")
     with pytest.raises(ConfigError, match="needs dag="):
         runtime.flow_operator("cohort", task_id="x")
@@ -113,8 +134,9 @@ def test_plain_airflow_drops_kaapana_only_kwargs(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setenv(runtime.RUNTIME_ENV, "airflow")
     monkeypatch.setattr(runtime, "operator_class", lambda flow, kaapana=None: Fake)
-    runtime.flow_operator("cohort", task_id="c", searches=["Patient"], ram_mem_mb=5, input_operator=object(),
-                          retries=2)
+    runtime.flow_operator(
+        "cohort", task_id="c", searches=["Patient"], ram_mem_mb=5, input_operator=object(), retries=2
+    )
     assert seen == {"task_id": "c", "searches": ["Patient"], "retries": 2}
 
 
@@ -123,8 +145,13 @@ def test_container_env_uses_site_settings(tmp_path: Path, monkeypatch: pytest.Mo
     settings.write_text(json.dumps({"fhir_base_url": "http://fhir.site/fhir", "dicomweb_url": "http://dw"}))
     monkeypatch.setenv(kaapana_env.SETTINGS_ENV, str(settings))
     env = container_env("cohort", {"fhir_base_url": None, "modality": "MR"}, {"EXTRA": "1"})
-    assert env == {"KAAPANA_FHIR_TASK": "cohort", "FHIR_BASE_URL": "http://fhir.site/fhir",
-                   "DICOMWEB_URL": "http://dw", "MODALITY": "MR", "EXTRA": "1"}
+    assert env == {
+        "KAAPANA_FHIR_TASK": "cohort",
+        "FHIR_BASE_URL": "http://fhir.site/fhir",
+        "DICOMWEB_URL": "http://dw",
+        "MODALITY": "MR",
+        "EXTRA": "1",
+    }
     assert container_env("cohort", {"fhir_base_url": "http://other"})["FHIR_BASE_URL"] == "http://other"
     settings.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="JSON object"):
@@ -137,7 +164,9 @@ def make_run(tmp_path: Path, conf: object = None, **env: str) -> kaapana_env.Kaa
     (wd / "conf").mkdir(parents=True, exist_ok=True)
     if conf is not None:
         (wd / "conf" / "conf.json").write_text(conf if isinstance(conf, str) else json.dumps(conf))
-    return kaapana_env.load({"WORKFLOW_DIR": str(wd), "OPERATOR_IN_DIR": "in", "OPERATOR_OUT_DIR": "out", **env})
+    return kaapana_env.load(
+        {"WORKFLOW_DIR": str(wd), "OPERATOR_IN_DIR": "in", "OPERATOR_OUT_DIR": "out", **env}
+    )
 
 
 def test_parse_env_value() -> None:
@@ -149,8 +178,12 @@ def test_parse_env_value() -> None:
 
 
 def test_param_precedence(tmp_path: Path) -> None:
-    k = make_run(tmp_path, {"workflow_form": {"modality": "CT", "layout": "members"}, "preset": "flat"},
-                 MODALITY="MR", FEATURE_CLASSES="['shape']")
+    k = make_run(
+        tmp_path,
+        {"workflow_form": {"modality": "CT", "layout": "members"}, "preset": "flat"},
+        MODALITY="MR",
+        FEATURE_CLASSES="['shape']",
+    )
     assert k.param("modality") == "MR"  # env (workflow_form upper-cased by Kaapana) first
     assert k.param("layout") == "members"
     assert k.param("preset") == "flat"  # flat trigger-rule conf
@@ -159,9 +192,16 @@ def test_param_precedence(tmp_path: Path) -> None:
 
 
 def test_identifiers_bucket_and_endpoints(tmp_path: Path) -> None:
-    k = make_run(tmp_path, {"data_form": {"identifiers": ["1.2", "1.3"]}, "seriesInstanceUID": "1.4",
-                            "project_form": {"s3_bucket": "project-x"}},
-                 MINIO_URL="minio-service.services.svc:9000", SERVICES_NAMESPACE="svc")
+    k = make_run(
+        tmp_path,
+        {
+            "data_form": {"identifiers": ["1.2", "1.3"]},
+            "seriesInstanceUID": "1.4",
+            "project_form": {"s3_bucket": "project-x"},
+        },
+        MINIO_URL="minio-service.services.svc:9000",
+        SERVICES_NAMESPACE="svc",
+    )
     assert k.series_identifiers() == ["1.2", "1.3", "1.4"]
     assert k.project_bucket() == "project-x"
     assert k.s3_endpoint() == "http://minio-service.services.svc:9000"

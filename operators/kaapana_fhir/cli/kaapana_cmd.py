@@ -24,8 +24,11 @@ log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("kaapana-run", help="run one flow as a Kaapana processing container "
-                                           "(WORKFLOW_DIR / OPERATOR_IN_DIR / conf.json contract)")
+    p = sub.add_parser(
+        "kaapana-run",
+        help="run one flow as a Kaapana processing container "
+        "(WORKFLOW_DIR / OPERATOR_IN_DIR / conf.json contract)",
+    )
     p.add_argument("task", choices=sorted(kaapana_tasks.TASKS), help="which flow to run")
     p.set_defaults(func=run)
 
@@ -33,27 +36,57 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     k = kaapana_env.load()
     started = time.monotonic()
-    base: dict[str, Any] = {"task": args.task, "run_id": k.run_id, "dag_id": k.dag_id,
-                            "operator_in_dir": k.operator_in_dir, "operator_out_dir": k.operator_out_dir}
-    log.info("kaapana-run %s: workflow dir %s, batch %s, in %s, out %s", args.task, k.workflow_dir,
-             k.batch_name, k.operator_in_dir, k.operator_out_dir)
+    base: dict[str, Any] = {
+        "task": args.task,
+        "run_id": k.run_id,
+        "dag_id": k.dag_id,
+        "operator_in_dir": k.operator_in_dir,
+        "operator_out_dir": k.operator_out_dir,
+    }
+    log.info(
+        "kaapana-run %s: workflow dir %s, batch %s, in %s, out %s",
+        args.task,
+        k.workflow_dir,
+        k.batch_name,
+        k.operator_in_dir,
+        k.operator_out_dir,
+    )
     try:
         summary = kaapana_tasks.TASKS[args.task](k)
     except kaapana_tasks.NothingToDo as exc:
-        k.write_result({**base, "status": "skipped", "reason": str(exc),
-                        "seconds": round(time.monotonic() - started, 3)})
+        k.write_result(
+            {**base, "status": "skipped", "reason": str(exc), "seconds": round(time.monotonic() - started, 3)}
+        )
         log.info("nothing to do: %s (exit %s)", exc, kaapana_env.EXIT_NOTHING_TO_DO)
         return kaapana_env.EXIT_NOTHING_TO_DO
     except KaapanaFhirError as exc:
-        k.write_result({**base, "status": "failed", "error": str(exc), "error_type": type(exc).__name__,
-                        "seconds": round(time.monotonic() - started, 3)})
+        k.write_result(
+            {
+                **base,
+                "status": "failed",
+                "error": str(exc),
+                "error_type": type(exc).__name__,
+                "seconds": round(time.monotonic() - started, 3),
+            }
+        )
         raise
     failed = summary.get("failed") or []
-    path = k.write_result({**base, "status": "failed" if failed else "ok", "result": summary,
-                           "seconds": round(time.monotonic() - started, 3)})
+    path = k.write_result(
+        {
+            **base,
+            "status": "failed" if failed else "ok",
+            "result": summary,
+            "seconds": round(time.monotonic() - started, 3),
+        }
+    )
     if failed:
-        log.error("kaapana-run %s: %d item(s) failed, first: %s; details in %s", args.task, len(failed),
-                  failed[0], path)
+        log.error(
+            "kaapana-run %s: %d item(s) failed, first: %s; details in %s",
+            args.task,
+            len(failed),
+            failed[0],
+            path,
+        )
         return 1
     log.info("kaapana-run %s done; result in %s", args.task, path)
     return 0

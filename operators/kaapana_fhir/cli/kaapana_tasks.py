@@ -7,8 +7,8 @@ Each task takes a :class:`~kaapana_fhir.kaapana_env.KaapanaRun` and returns a JS
 Inputs per task (parameters: env var ``NAME`` / ``workflow_form.name``, see ``KaapanaRun.param``):
 
 * ``dicom-to-fhir``: DICOM files in ``batch/<series>/$OPERATOR_IN_DIR`` (LocalGetInputDataOperator /
-  GetInputOperator / ``fetch_method: copy`` trigger rules) → ``flows.dicom_to_fhir.sync_files``; without files,
-  the series/studies of ``data_form.identifiers`` / ``series_uids`` / ``study_uids`` via DICOMweb →
+  GetInputOperator / ``fetch_method: copy`` trigger rules) → ``flows.dicom_to_fhir.sync_files``; without
+  files, the series/studies of ``data_form.identifiers`` / ``series_uids`` / ``study_uids`` via DICOMweb →
   ``sync_studies``. Options: ``patient_system``, ``timezone``, ``include_instances``.
 * ``import-table``: table files (.csv/.tsv/.xlsx/.parquet) in the input dirs, mapping ``mapping`` (YAML path
   relative to the input dir, or YAML text) or ``preset``; else the S3 object ``object_key`` in ``bucket``
@@ -16,8 +16,9 @@ Inputs per task (parameters: env var ``NAME`` / ``workflow_form.name``, see ``Ka
 * ``radiomics``: SEG series UIDs (batch-element folder names, ``data_form.identifiers``, ``seg_series_uids``)
   → ``flows.radiomics.run_for_series`` (DICOMweb for SEG + referenced image). Options ``settings_preset``,
   ``settings`` (YAML text), ``layout``, ``patient_system``.
-* ``cohort``: ``searches`` (list or ``;``-separated FHIR searches) → ``flows.cohort.run_cohort`` writing the
-  tables into ``$WORKFLOW_DIR/$OPERATOR_OUT_DIR``.
+* ``cohort``: ``fhir_search`` / ``patient_search`` / ``filters`` / ``views`` (as ``FhirQueryOperator``) →
+  ``flows.cohort.run_cohort`` writing the tables into ``$WORKFLOW_DIR/$OPERATOR_OUT_DIR`` (and, when an S3
+  endpoint and the project bucket are known, under ``<bucket>/<prefix>``).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _list(value: Any) -> list[str]:
 
 def _token(k: KaapanaRun, specific: str) -> str | None:
     """Bearer token: ``<SPECIFIC>_TOKEN`` / ``KAAPANA_ACCESS_TOKEN`` env, else Kaapana's project user
-    (Keycloak password grant with ``KAAPANA_PROJECT_USER_NAME`` / ``_PASSWORD`` and ``KAAPANA_CLIENT_SECRET``)."""
+    (Keycloak password grant: ``KAAPANA_PROJECT_USER_NAME`` / ``_PASSWORD``, ``KAAPANA_CLIENT_SECRET``)."""
     tok = k.env.get(specific) or k.env.get("KAAPANA_ACCESS_TOKEN")
     if tok:
         return tok
@@ -61,13 +62,25 @@ def _token(k: KaapanaRun, specific: str) -> str | None:
 
     url = f"{kc.rstrip('/')}/auth/realms/kaapana/protocol/openid-connect/token"
     try:
-        resp = requests.post(url, data={"grant_type": "password", "client_id": "kaapana", "username": user,
-                                        "password": pw, "client_secret": k.env.get("KAAPANA_CLIENT_SECRET", "")},
-                             timeout=30)
+        resp = requests.post(
+            url,
+            data={
+                "grant_type": "password",
+                "client_id": "kaapana",
+                "username": user,
+                "password": pw,
+                "client_secret": k.env.get("KAAPANA_CLIENT_SECRET", ""),
+            },
+            timeout=30,
+        )
     except requests.RequestException as exc:
-        raise ConfigError(f"cannot reach Keycloak at {url} for the project user's token: {type(exc).__name__}") from None
+        raise ConfigError(
+            f"cannot reach Keycloak at {url} for the project user's token: {type(exc).__name__}"
+        ) from None
     if resp.status_code != 200:
-        raise ConfigError(f"Keycloak {url} refused the project user's token request (HTTP {resp.status_code})")
+        raise ConfigError(
+            f"Keycloak {url} refused the project user's token request (HTTP {resp.status_code})"
+        )
     return str(resp.json().get("access_token") or "") or None
 
 
@@ -112,8 +125,14 @@ def dicom_to_fhir(k: KaapanaRun) -> dict[str, Any]:
         if not series and not studies:
             raise NothingToDo("no DICOM files under the input dirs and no series/study UIDs in the conf")
         log.info("dicom-to-fhir: %d series, %d studies via DICOMweb", len(series), len(studies))
-        result = flow.sync_studies(dicomweb_client(k), fhir_client(k), series_uids=series, study_uids=studies,
-                                   options=MappingOptions(**opts), missing=str(k.param("missing", "fail")))
+        result = flow.sync_studies(
+            dicomweb_client(k),
+            fhir_client(k),
+            series_uids=series,
+            study_uids=studies,
+            options=MappingOptions(**opts),
+            missing=str(k.param("missing", "fail")),
+        )
     if not result.get("studies") and not result.get("failed"):
         raise NothingToDo("no DICOM study found in the input")
     result.pop("bundle", None)
@@ -136,18 +155,25 @@ def import_table(k: KaapanaRun) -> dict[str, Any]:
     from kaapana_fhir.core.tables import TableRejected, open_table
     from kaapana_fhir.flows import table_import as flow
 
-    files = [p for group in k.input_files(*TABLE_SUFFIXES).values() for p in group
-             if not p.name.endswith((".mapping.yaml", ".import-report.json"))]
+    files = [
+        p
+        for group in k.input_files(*TABLE_SUFFIXES).values()
+        for p in group
+        if not p.name.endswith((".mapping.yaml", ".import-report.json"))
+    ]
     skip = k.flag("skip_invalid_rows")
     if files:
         client = fhir_client(k)
         reports = []
         for path in files:
             table = open_table(path.read_bytes(), name=path.name)
-            mapping = flow.resolve_mapping(header=table.header, mapping_text=_read_mapping(k, path.parent),
-                                           mapping_name=str(k.param("mapping") or path.name),
-                                           preset=k.param("preset"),
-                                           read_file=lambda rel, base=path.parent: (base / rel).read_text("utf-8"))
+            mapping = flow.resolve_mapping(
+                header=table.header,
+                mapping_text=_read_mapping(k, path.parent),
+                mapping_name=str(k.param("mapping") or path.name),
+                preset=k.param("preset"),
+                read_file=lambda rel, base=path.parent: (base / rel).read_text("utf-8"),
+            )
             try:
                 rep = flow.import_table(table, mapping, client=client, skip_invalid_rows=skip)
             except TableRejected as exc:
@@ -162,8 +188,15 @@ def import_table(k: KaapanaRun) -> dict[str, Any]:
     bucket = k.project_bucket()
     if not bucket:
         raise ConfigError("import-table needs a bucket: workflow_form.bucket or project_form.s3_bucket")
-    rep = flow.import_object(object_store(k), fhir_client(k), str(bucket), str(key),
-                             mapping_key=k.param("mapping_key"), preset=k.param("preset"), skip_invalid_rows=skip)
+    rep = flow.import_object(
+        object_store(k),
+        fhir_client(k),
+        str(bucket),
+        str(key),
+        mapping_key=k.param("mapping_key") or k.param("mapping") or None,
+        preset=k.param("preset"),
+        skip_invalid_rows=skip,
+    )
     out = {"object_key": key, "bucket": bucket, **_small(rep)}
     out["failed"] = [out] if rep.get("status") == "rejected" else []
     return out
@@ -180,36 +213,59 @@ def radiomics(k: KaapanaRun) -> dict[str, Any]:
     from kaapana_fhir.flows import radiomics as flow
 
     # batch elements (folder name = SeriesInstanceUID) that hold input files: a copied SEG series
-    seg_uids = [key for key in k.input_files() if key] + k.series_identifiers() + _list(k.param("seg_series_uids"))
+    seg_uids = (
+        [key for key in k.input_files() if key] + k.series_identifiers() + _list(k.param("seg_series_uids"))
+    )
     seg_uids = list(dict.fromkeys(seg_uids))
     if not seg_uids:
         raise NothingToDo("no SEG series (batch elements, data_form.identifiers or seg_series_uids)")
-    result = flow.run_for_series(dicomweb_client(k), fhir_client(k), seg_uids,
-                                 preset=k.param("settings_preset"), settings_override=k.param("settings"),
-                                 layout=str(k.param("layout", "members")), patient_system=k.param("patient_system"))
+    result = flow.run_for_series(
+        dicomweb_client(k),
+        fhir_client(k),
+        seg_uids,
+        preset=k.param("settings_preset"),
+        settings_override=k.param("settings"),
+        layout=str(k.param("layout", "members")),
+        patient_system=k.param("patient_system"),
+    )
     result["issues"] = result.get("issues", [])[:50]
     return result
 
 
+def _lines(value: Any) -> list[str]:
+    """A list from a list, or text with one item per line or separated by ';' (as the cohort operator)."""
+    if value in (None, "", "None"):
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v).strip() for v in value if str(v).strip()]
+    return [p.strip() for p in str(value).replace(";", "\n").splitlines() if p.strip()]
+
+
 def cohort(k: KaapanaRun) -> dict[str, Any]:
+    """Same conf keys as ``FhirQueryOperator``: ``fhir_search`` (or ``searches``), ``patient_search``,
+    ``filters``, ``views``, ``modality``, ``dataset_name``, ``bucket``, ``prefix``, ``upload``,
+    ``page_size``."""
     from kaapana_fhir.flows import cohort as flow
 
-    searches = k.param("searches") or k.param("query")
-    searches = [s.strip() for s in searches.split(";") if s.strip()] if isinstance(searches, str) else _list(searches)
     out_dir = k.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    kw: dict[str, Any] = {"searches": searches}
-    if k.param("patient_search"):
-        kw["patient_search"] = str(k.param("patient_search"))
-    if k.param("filters"):
-        kw["filters"] = _list(k.param("filters")) if not isinstance(k.param("filters"), str) \
-            else [f for f in str(k.param("filters")).split(";") if f.strip()]
-    if k.param("modality") is not None:
-        kw["modality"] = str(k.param("modality")) or None
-    kw["dataset_name"] = str(k.param("dataset_name", "fhir-cohort"))
+    modality = k.param("modality", "CT")
+    kw: dict[str, Any] = {
+        "searches": _lines(k.param("fhir_search")) or _lines(k.param("searches")),
+        "patient_search": str(k.param("patient_search") or "") or None,
+        "filters": _lines(k.param("filters")),
+        "view_files": _lines(k.param("views")),
+        "modality": str(modality) if modality else None,
+        "dataset_name": str(k.param("dataset_name") or "fhir-cohort"),
+        "count": int(k.param("page_size", 1000)),
+    }
     bucket = k.project_bucket()
     if bucket and k.s3_endpoint() and k.flag("upload", True):
-        kw.update(store=object_store(k), bucket=str(bucket), prefix=str(k.param("prefix", "fhir-cohort")))
+        kw.update(
+            store=object_store(k),
+            bucket=str(bucket),
+            prefix=str(k.param("prefix") or f"fhir-cohort/{k.run_id}"),
+        )
     return flow.run_cohort(fhir_client(k), out_dir, **kw)
 
 

@@ -19,9 +19,17 @@ class RadiomicsToFhirKaapanaOperator(KaapanaBaseOperator):
     ``FHIR_BASE_URL`` resolution (workflow_form → env → in-cluster ``hapi-fhir-service``).
     """
 
-    def __init__(self, dag: Any, name: str = "radiomics-to-fhir", *, env_vars: dict[str, str] | None = None,
-                 ram_mem_mb: int = 3000, ram_mem_mb_lmt: int = 8000,
-                 execution_timeout: timedelta = timedelta(minutes=120), **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dag: Any,
+        name: str = "radiomics-to-fhir",
+        *,
+        env_vars: dict[str, str] | None = None,
+        ram_mem_mb: int = 3000,
+        ram_mem_mb_lmt: int = 8000,
+        execution_timeout: timedelta = timedelta(minutes=120),
+        **kwargs: Any,
+    ) -> None:
         flow_params = kwargs.pop("flow_params", None) or {}
         super().__init__(
             dag=dag,

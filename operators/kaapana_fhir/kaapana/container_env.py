@@ -3,8 +3,8 @@
 Kaapana passes parameters as env vars; the container reads them back with
 :meth:`kaapana_fhir.kaapana_env.KaapanaRun.param` (``NAME`` upper-cased; lists/dicts as JSON).
 Endpoints from the chart's site settings (:func:`kaapana_fhir.kaapana_env.site_settings`) come first;
-flow parameters and ``env_vars`` override them. Airflow-only parameters (``*_conn_id``) and Jinja templates (``{{ ... }}``: the container reads
-``conf.json`` itself) are not passed.
+flow parameters and ``env_vars`` override them. Airflow-only parameters (``*_conn_id``) and Jinja
+templates (``{{ ... }}``: the container reads ``conf.json`` itself) are not passed.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 IMAGE_NAME = "kaapana-fhir"
 
 
-def container_env(task: str, params: Mapping[str, Any], env_vars: Mapping[str, str] | None = None) -> dict[str, str]:
+def container_env(
+    task: str, params: Mapping[str, Any], env_vars: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """Env for ``kaapana-fhir kaapana-run <task>``: ``KAAPANA_FHIR_TASK`` plus one var per parameter."""
     env: dict[str, str] = {"KAAPANA_FHIR_TASK": task}
     settings = site_settings()

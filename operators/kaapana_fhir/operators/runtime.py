@@ -10,9 +10,10 @@ One DAG file serves both::
 * Kaapana: the container operator (``DicomToFhirKaapanaOperator(dag=dag, name=task_id, flow_params=params)``),
   whose container reads the same parameters from env vars and ``conf.json``.
 
-The runtime is Kaapana when ``KAAPANA_FHIR_RUNTIME=kaapana``, plain Airflow when it is ``airflow``, and otherwise
-Kaapana exactly when Kaapana's Airflow plugin (``kaapana.operators.KaapanaBaseOperator``) is importable. Only
-the chosen runtime's operator module is imported (the Kaapana Airflow image lacks the flows' libraries).
+The runtime is Kaapana when ``KAAPANA_FHIR_RUNTIME=kaapana``, plain Airflow when it is ``airflow``, and
+otherwise Kaapana exactly when Kaapana's Airflow plugin (``kaapana.operators.KaapanaBaseOperator``) is
+importable. Only the chosen runtime's operator module is imported (the Kaapana Airflow image lacks the
+flows' libraries).
 """
 
 from __future__ import annotations
@@ -30,27 +31,58 @@ _KAAPANA_PLUGIN_MODULE = "kaapana.operators.KaapanaBaseOperator"
 
 #: flow → (in-process "module:Class", Kaapana container "module:Class")
 FLOWS: dict[str, tuple[str, str]] = {
-    "dicom-to-fhir": ("kaapana_fhir.operators.dicom_to_fhir:DicomToFhirOperator",
-                      "kaapana_fhir.kaapana.DicomToFhirKaapanaOperator:DicomToFhirKaapanaOperator"),
-    "import-table": ("kaapana_fhir.operators.csv_import:CsvImportOperator",
-                     "kaapana_fhir.kaapana.CsvImportKaapanaOperator:CsvImportKaapanaOperator"),
-    "radiomics": ("kaapana_fhir.operators.radiomics:RadiomicsToFhirOperator",
-                  "kaapana_fhir.kaapana.RadiomicsToFhirKaapanaOperator:RadiomicsToFhirKaapanaOperator"),
-    "cohort": ("kaapana_fhir.operators.fhir_query:FhirQueryOperator",
-               "kaapana_fhir.kaapana.FhirQueryKaapanaOperator:FhirQueryKaapanaOperator"),
+    "dicom-to-fhir": (
+        "kaapana_fhir.operators.dicom_to_fhir:DicomToFhirOperator",
+        "kaapana_fhir.kaapana.DicomToFhirKaapanaOperator:DicomToFhirKaapanaOperator",
+    ),
+    "import-table": (
+        "kaapana_fhir.operators.csv_import:CsvImportOperator",
+        "kaapana_fhir.kaapana.CsvImportKaapanaOperator:CsvImportKaapanaOperator",
+    ),
+    "radiomics": (
+        "kaapana_fhir.operators.radiomics:RadiomicsToFhirOperator",
+        "kaapana_fhir.kaapana.RadiomicsToFhirKaapanaOperator:RadiomicsToFhirKaapanaOperator",
+    ),
+    "cohort": (
+        "kaapana_fhir.operators.fhir_query:FhirQueryOperator",
+        "kaapana_fhir.kaapana.FhirQueryKaapanaOperator:FhirQueryKaapanaOperator",
+    ),
 }
 #: keyword arguments that belong to the Airflow task, not to the flow (passed to either class unchanged)
-TASK_KWARGS = frozenset({
-    "retries", "retry_delay", "trigger_rule", "pool", "pool_slots", "priority_weight", "execution_timeout",
-    "max_active_tis_per_dag", "doc_md", "owner", "depends_on_past", "on_failure_callback",
-    "on_success_callback",
-})
+TASK_KWARGS = frozenset(
+    {
+        "retries",
+        "retry_delay",
+        "trigger_rule",
+        "pool",
+        "pool_slots",
+        "priority_weight",
+        "execution_timeout",
+        "max_active_tis_per_dag",
+        "doc_md",
+        "owner",
+        "depends_on_past",
+        "on_failure_callback",
+        "on_success_callback",
+    }
+)
 #: keyword arguments only the Kaapana container operators understand (dropped on plain Airflow)
-KAAPANA_KWARGS = frozenset({
-    "input_operator", "operator_in_dir", "operator_out_dir", "parallel_id", "batch_name", "env_vars",
-    "ram_mem_mb", "ram_mem_mb_lmt", "cpu_millicores", "cpu_millicores_lmt", "delete_input_on_success",
-    "delete_output_on_start",
-})
+KAAPANA_KWARGS = frozenset(
+    {
+        "input_operator",
+        "operator_in_dir",
+        "operator_out_dir",
+        "parallel_id",
+        "batch_name",
+        "env_vars",
+        "ram_mem_mb",
+        "ram_mem_mb_lmt",
+        "cpu_millicores",
+        "cpu_millicores_lmt",
+        "delete_input_on_success",
+        "delete_output_on_start",
+    }
+)
 
 
 def _plugin_importable() -> bool:
@@ -70,7 +102,9 @@ def in_kaapana() -> bool:
     if setting == "airflow":
         return False
     if setting:
-        raise ConfigError(f"{RUNTIME_ENV}={setting!r}: expected 'kaapana' or 'airflow' (or unset: auto-detect)")
+        raise ConfigError(
+            f"{RUNTIME_ENV}={setting!r}: expected 'kaapana' or 'airflow' (or unset: auto-detect)"
+        )
     return _plugin_importable()
 
 

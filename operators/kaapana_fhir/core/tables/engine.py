@@ -3,7 +3,8 @@
 Pass 1 (:func:`scan`) maps every row, collects cell issues (row, column, value, rule) and detects
 duplicate patient rows with conflicting values; nothing is written. Pass 2 (:func:`iter_entries`) maps
 the rows again and yields ``PUT`` entries (Patient first, then its Observations/Conditions) so memory is
-bounded by the write chunk plus a small per-patient record (key → merged Patient fields).
+bounded by the write chunk: the per-patient bookkeeping (merged Patient fields, first row, which
+Patients were emitted) lives in a private temporary SQLite file (:class:`PatientIndex`), not in memory.
 
 Policy: by default any invalid cell rejects the whole file (:class:`TableRejected` with the report);
 with ``skip_invalid_rows`` the valid rows are imported and the rejected rows are reported. Rows that
@@ -13,6 +14,8 @@ disappear from a later version of a file are **not** deleted from the server (se
 from __future__ import annotations
 
 import hashlib
+import json
+import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +31,45 @@ from kaapana_fhir.exceptions import MappingError
 MAX_REPORTED_ISSUES = 1000
 
 
+class PatientIndex:
+    """Per-file bookkeeping on disk (SQLite temp file, 2 MB cache): duplicate-row digests and Patients."""
+
+    def __init__(self) -> None:
+        self.db = sqlite3.connect("")  # "" = private temporary on-disk database, removed on close
+        self.db.execute("PRAGMA cache_size=-2000")
+        self.db.execute("CREATE TABLE seen (k INTEGER PRIMARY KEY, row INTEGER, digest INTEGER)")
+        self.db.execute("CREATE TABLE pat (k TEXT PRIMARY KEY, row INTEGER, fields TEXT, emitted INTEGER)")
+
+    @staticmethod
+    def _int(b: bytes) -> int:
+        return int.from_bytes(b, "big", signed=True)
+
+    def seen_row(self, key: bytes, row: int, digest: bytes) -> tuple[int, bool] | None:
+        """None if new; else (first row, same digest)."""
+        k, d = self._int(key), self._int(digest)
+        hit = self.db.execute("SELECT row, digest FROM seen WHERE k=?", (k,)).fetchone()
+        if hit is None:
+            self.db.execute("INSERT INTO seen VALUES (?,?,?)", (k, row, d))
+            return None
+        return hit[0], hit[1] == d
+
+    def patient(self, key: str) -> tuple[int, dict[str, Any], bool] | None:
+        hit = self.db.execute("SELECT row, fields, emitted FROM pat WHERE k=?", (key,)).fetchone()
+        return None if hit is None else (hit[0], json.loads(hit[1]), bool(hit[2]))
+
+    def put_patient(self, key: str, row: int, fields: dict[str, Any]) -> None:
+        self.db.execute("INSERT OR REPLACE INTO pat VALUES (?,?,?,0)", (key, row, json.dumps(fields)))
+
+    def mark_emitted(self, key: str) -> None:
+        self.db.execute("UPDATE pat SET emitted=1 WHERE k=?", (key,))
+
+    def reset_emitted(self) -> None:
+        self.db.execute("UPDATE pat SET emitted=0")
+
+    def patient_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM pat").fetchone()[0])
+
+
 @dataclass
 class ScanResult:
     rows_read: int = 0
@@ -35,7 +77,7 @@ class ScanResult:
     issue_count: int = 0
     issues: list[RowIssue] = field(default_factory=list)
     bad_rows: set[int] = field(default_factory=set)
-    patients: dict[str, dict[str, Any]] = field(default_factory=dict)
+    index: PatientIndex = field(default_factory=PatientIndex)
     resources: Counter = field(default_factory=Counter)
 
     @property
@@ -61,7 +103,6 @@ def scan(table: Table, mapper: TableMapper, *, validate_kinds: bool = True) -> S
     """Validate every row of ``table`` (pass 1). Structural problems raise :class:`MappingError`."""
     mapper.bind(table.header, delimiter=table.delimiter)
     res = ScanResult()
-    seen_rows: dict[bytes, tuple[int, bytes]] = {}
     kinds: set[tuple[str, str]] = set()
     for n, row in table.rows():
         if is_empty_row(row):
@@ -75,20 +116,24 @@ def scan(table: Table, mapper: TableMapper, *, validate_kinds: bool = True) -> S
             continue
         # duplicate rows for one patient (and instance) must agree
         k = hashlib.blake2b(f"{mapped.patient_id}|{mapped.instance}".encode(), digest_size=8).digest()
-        prev = seen_rows.get(k)
-        if prev and prev[1] != mapped.digest:
+        prev = res.index.seen_row(k, n, mapped.digest)
+        if prev and not prev[1]:
             res.add(RowIssue(n, mapper.m["patient"]["key"], mapped.patient_key,
                              f"duplicate patient row with conflicting values (first at row {prev[0]})"))
             continue
-        seen_rows.setdefault(k, (n, mapped.digest))
-        merged = res.patients.setdefault(mapped.patient_key, {"_row": n})
-        conflict = [f for f, v in mapped.patient_fields.items() if f in merged and merged[f] != v]
-        if conflict:
-            res.add(RowIssue(n, mapper.m["patient"]["key"], mapped.patient_key,
-                             f"duplicate patient row with conflicting {', '.join(conflict)} "
-                             f"(first at row {merged['_row']})"))
-            continue
-        merged.update(mapped.patient_fields)
+        known = res.index.patient(mapped.patient_key)
+        if known is None:
+            res.index.put_patient(mapped.patient_key, n, mapped.patient_fields)
+        else:
+            first_row, merged, _ = known
+            conflict = [f for f, v in mapped.patient_fields.items() if f in merged and merged[f] != v]
+            if conflict:
+                res.add(RowIssue(n, mapper.m["patient"]["key"], mapped.patient_key,
+                                 f"duplicate patient row with conflicting {', '.join(conflict)} "
+                                 f"(first at row {first_row})"))
+                continue
+            if any(f not in merged for f in mapped.patient_fields):
+                res.index.put_patient(mapped.patient_key, first_row, {**merged, **mapped.patient_fields})
         for r in mapped.resources:
             res.resources[r["resourceType"]] += 1
             kind = (r["resourceType"], r["code"].get("text", ""))
@@ -101,7 +146,7 @@ def scan(table: Table, mapper: TableMapper, *, validate_kinds: bool = True) -> S
     if res.rows_read == 0:
         raise MappingError(f"{table.name}: no data rows (header only or only empty rows) "
                            "(rule: a table needs at least one data row)")
-    res.resources["Patient"] = len(res.patients)
+    res.resources["Patient"] = res.index.patient_count()
     return res
 
 
@@ -110,17 +155,17 @@ def iter_entries(table: Table, mapper: TableMapper, scanned: ScanResult, *,
     """Transaction ``PUT`` entries of all valid rows (pass 2); Patient before its resources."""
     if scanned.issue_count and not skip_invalid_rows:
         raise MappingError("refusing to write a file with invalid rows (rule: skip_invalid_rows is off)")
-    emitted: set[str] = set()
+    scanned.index.reset_emitted()
     for n, row in table.rows():
         if n in scanned.bad_rows or is_empty_row(row):
             continue
         mapped, issues = mapper.map_row(n, row)
         if mapped is None or issues:
             continue
-        if mapped.patient_key not in emitted:
-            emitted.add(mapped.patient_key)
-            fields = {k: v for k, v in scanned.patients.get(mapped.patient_key, {}).items() if k != "_row"}
-            yield put_entry(mapper.patient(mapped.patient_key, fields))
+        known = scanned.index.patient(mapped.patient_key)
+        if known is not None and not known[2]:
+            scanned.index.mark_emitted(mapped.patient_key)
+            yield put_entry(mapper.patient(mapped.patient_key, known[1]))
         for r in mapped.resources:
             yield put_entry(r)
 
