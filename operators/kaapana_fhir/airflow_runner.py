@@ -76,7 +76,19 @@ def dagbag(refresh: bool = False) -> Any:
             _BAG = DagBag(dag_folder=folder)
         if _BAG.import_errors:
             raise KaapanaFhirError(f"DAG import errors: {_BAG.import_errors}")
+        _sync(_BAG)
     return _BAG
+
+
+def _sync(bag: Any) -> None:
+    """Register the DAGs in the metadata DB (DagModel), as the scheduler's DAG processor would, so that
+    ``TriggerDagRunOperator`` can find its target DAG."""
+    if hasattr(bag, "sync_to_db"):  # Airflow 2
+        bag.sync_to_db()
+        return
+    from airflow.models.dagbag import sync_bag_to_db  # Airflow 3
+
+    sync_bag_to_db(bag, bundle_name="dags-folder", bundle_version=None)
 
 
 def run_dag(dag_id: str, conf: dict[str, Any] | None = None, *, check: bool = True) -> RunResult:

@@ -18,7 +18,6 @@ import uuid
 from pathlib import Path
 
 import requests
-
 from kaapana_fhir.clients.fhir import FhirClient
 from kaapana_fhir.core.bundle import transaction
 from kaapana_fhir.core.tables import TableMapper, iter_entries, load_mapping, open_table, scan
@@ -66,11 +65,11 @@ def _rss_mb(path: Path) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["maxrss_kb"] / 1024
 
 
-def run(ctx):  # noqa: ANN001, ANN201
+def run(ctx):
     from run import Row
 
     url = ctx.stack().fhir_url
-    n = 300 if ctx.quick else 10_000
+    n = 100 if ctx.quick else 10_000
     work = Path(ctx.workdir)
     src = work / "bench_table.csv"
     write_table(src, n)

@@ -8,6 +8,7 @@ import subprocess
 import tarfile
 import uuid
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
@@ -86,7 +87,10 @@ def test_fhir_cohort_dag_writes_table_dataset_report_and_triggers(
     assert bag.import_errors == {}
     dag = bag.get_dag("fhir-cohort")
     assert dag.default_args["ui_forms"]["workflow_form"]["properties"]["filters"]
-    dag.sync_to_db()  # the trigger target must be a known DAG (the scheduler does this in a deployment)
+    from airflow.models.serialized_dag import SerializedDagModel
+
+    dag.sync_to_db()  # the trigger target must be a known, serialized DAG (the scheduler does this when deployed)
+    SerializedDagModel.write_dag(dag)
     bucket = f"project-cohort-{uuid.uuid4().hex[:8]}"
     conf = {"workflow_form": {"patient_search": f"Patient?identifier={lung_cohort['system']}|",
                               "filters": "Histology=adenocarcinoma; Overall.Stage=IIIa", "modality": "CT",
@@ -117,54 +121,97 @@ def test_fhir_cohort_dag_writes_table_dataset_report_and_triggers(
     assert triggered[-1].conf["project_form"]["s3_bucket"] == bucket
 
 
-def _examples_dir(tmp: Path) -> Path:
+def _examples(tmp: Path) -> list[dict[str, Any]]:
+    """Every non-Bundle resource of the npm package ``hl7.fhir.r4.examples`` (CC0), fetched with ``npm pack``."""
     tgz = Path("/tmp") / EXAMPLES_TGZ
     if not tgz.is_file():
         res = subprocess.run(["npm", "pack", "hl7.fhir.r4.examples@4.0.1", "--silent"], cwd="/tmp",
                              capture_output=True, text=True, timeout=600)
         if res.returncode != 0 or not tgz.is_file():
             pytest.fail(f"npm pack hl7.fhir.r4.examples failed: {res.stderr[-500:]}")
-    out = tmp / "examples"
-    out.mkdir(exist_ok=True)
+    out = []
     with tarfile.open(tgz) as tf:
         for m in tf.getmembers():
-            name = Path(m.name).name
-            if m.isfile() and name.endswith(".json") and name.split("-")[0] in EXAMPLE_TYPES:
-                (out / name).write_bytes(tf.extractfile(m).read())  # type: ignore[union-attr]
+            if m.isfile() and m.name.endswith(".json") and "/" in m.name and m.name.count("/") == 1:
+                try:
+                    r = json.loads(tf.extractfile(m).read())  # type: ignore[union-attr]
+                except ValueError:
+                    continue
+                if isinstance(r, dict) and r.get("id") and r.get("resourceType") not in (None, "Bundle"):
+                    out.append(r)
     return out
 
 
+def _references(obj: Any) -> Iterator[str]:
+    if isinstance(obj, dict):
+        ref = obj.get("reference")
+        if isinstance(ref, str) and ref.count("/") == 1 and not ref.startswith(("#", "urn:", "http")):
+            yield ref
+        for v in obj.values():
+            yield from _references(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _references(v)
+
+
+def _load_with_references(fhir: FhirClient, selected: list[dict[str, Any]], index: dict[str, dict[str, Any]],
+                          tag: str) -> set[str]:
+    """PUT ``selected`` and the example resources they reference (transitively) in batch rounds, so that
+    HAPI's referential integrity holds; returns the ``Type/id`` keys the server accepted."""
+    todo: dict[str, dict[str, Any]] = {}
+    stack = [f"{r['resourceType']}/{r['id']}" for r in selected]
+    while stack:
+        key = stack.pop()
+        if key in todo or key not in index:
+            continue
+        todo[key] = index[key]
+        stack.extend(_references(index[key]))
+    accepted: set[str] = set()
+    for _round in range(6):
+        entries = []
+        for key, r in todo.items():
+            if key in accepted:
+                continue
+            r = json.loads(json.dumps(r))
+            r.setdefault("meta", {}).setdefault("tag", []).append({"system": "urn:test", "code": tag})
+            r["meta"].pop("versionId", None)
+            entries.append({"resource": r, "request": {"method": "PUT", "url": key}})
+        if not entries:
+            break
+        result = fhir.transaction({"resourceType": "Bundle", "type": "batch", "entry": entries})
+        new = {e["request"]["url"] for e, res in zip(entries, result["entry"]) if res["response"]["status"][:1] == "2"}
+        if not new:
+            break
+        accepted |= new
+    return accepted
+
+
 def test_hl7_r4_examples_flatten_without_error(fhir: FhirClient, tmp_path: Path) -> None:
-    files = sorted(_examples_dir(tmp_path).glob("*.json"))
-    resources = [json.loads(f.read_text()) for f in files]
-    resources = [r for r in resources if r.get("resourceType") in EXAMPLE_TYPES]
+    everything = _examples(tmp_path)
+    index = {f"{r['resourceType']}/{r['id']}": r for r in everything}
+    resources = [r for r in everything if r["resourceType"] in EXAMPLE_TYPES]
     by_type = pd.Series([r["resourceType"] for r in resources]).value_counts().to_dict()
     assert by_type.get("Patient", 0) >= 10 and by_type.get("Observation", 0) >= 40 and by_type.get("ImagingStudy")
     views = load_views()
-    # 1) the files themselves (all of them, also those a server may reject)
+    # 1) the example files themselves (all of them, also those a server may reject)
     rows = {n: list(v.run(resources)) for n, v in views.items()}
     assert len(rows["patient"]) == by_type["Patient"]
     assert len(rows["imaging_series"]) >= 2 and rows["clinical_observation"]
     cohort = C.build_cohort(rows)
     assert len(cohort.patients) >= by_type["Patient"]
     R.render_cohort(cohort)
-    # 2) loaded into HAPI as one batch (tagged), fetched back with paging and flattened
+    # 2) loaded into HAPI (with what they reference), fetched back with paging and flattened
     tag = f"hl7-examples-{uuid.uuid4().hex[:8]}"
-    entries = []
-    for r in resources:
-        r = json.loads(json.dumps(r))
-        r.setdefault("meta", {}).setdefault("tag", []).append({"system": "urn:test", "code": tag})
-        r.get("meta", {}).pop("versionId", None)
-        entries.append({"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}})
-    result = fhir.transaction({"resourceType": "Bundle", "type": "batch", "entry": entries})
-    ok = sum(1 for e in result["entry"] if e["response"]["status"][:1] == "2")
-    assert ok >= len(entries) * 0.5, f"only {ok} of {len(entries)} examples were accepted by HAPI"
+    accepted = _load_with_references(fhir, resources, index, tag)
+    ours = {k for k in accepted if k.split("/")[0] in EXAMPLE_TYPES}
+    assert len(ours) >= len(resources) * 0.5, f"only {len(ours)} of {len(resources)} examples were accepted by HAPI"
     searches = [f"{t}?_tag=urn:test|{tag}" for t in EXAMPLE_TYPES]
     fetched, flat = fetch_and_flatten(fhir, views, searches=searches, count=20)
-    assert sum(fetched.count().values()) == ok
+    assert sum(fetched.count().values()) == len(ours)
     assert len(flat["patient"]) == fetched.count().get("Patient", 0) > 0
     c2 = C.build_cohort(flat)
     assert len(c2.patients) >= len(flat["patient"])
+    assert "ImagingStudy/example" in ours
     study = next(r for r in flat["imaging_study"] if r["study_key"] == "example")
     assert study["study_uid"] and study["patient_key"]
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from kaapana_fhir.core.identifiers import DEFAULT_PATIENT_SYSTEM, patient_id
 from kaapana_fhir.flows.table_synthetic import synthetic_lung1_csv
 
@@ -137,3 +136,44 @@ def test_upload_watch_import_reimport(dags: dict[str, Any], s3: Any, fhir: Any) 
     if age_obs:
         assert fhir.read("Observation", age_obs["id"])["meta"]["versionId"] == age_obs["meta"]["versionId"]
     assert fhir.count("Observation", {"subject": f"Patient/{p1}"}) == len(obs)  # no duplicates
+
+
+def test_server_down_mid_file_leaves_complete_chunks_and_retry_finishes(fhir: Any) -> None:
+    from kaapana_fhir.core.tables import load_preset, open_table
+    from kaapana_fhir.exceptions import FhirConnectionError
+    from kaapana_fhir.flows.table_import import import_table
+
+    class DiesAfter:
+        """The real client, but the server 'goes down' after ``n`` committed transactions."""
+
+        def __init__(self, real: Any, n: int) -> None:
+            self.real, self.left = real, n
+
+        def search(self, *a: Any, **kw: Any) -> Any:
+            return self.real.search(*a, **kw)
+
+        def write_entries(self, entries: list[dict], **kw: Any) -> dict[str, int]:
+            if self.left == 0:
+                raise FhirConnectionError("FHIR server at http://fhir is unreachable (simulated)")
+            self.left -= 1
+            return self.real.write_entries(entries, **kw)
+
+    tag = uuid.uuid4().hex[:8]
+    ids = [f"LUNG1-{tag}-{i:03d}" for i in range(1, 11)]
+    text = synthetic_lung1_csv(ids, seed=4).encode()
+    pids = [patient_id(DEFAULT_PATIENT_SYSTEM, p) for p in ids]
+    subjects = ",".join(f"Patient/{p}" for p in pids)
+
+    def counts() -> tuple[int, int, int]:
+        return (fhir.count("Patient", {"_id": ",".join(pids)}), fhir.count("Observation", {"subject": subjects}),
+                fhir.count("Condition", {"subject": subjects}))
+
+    with pytest.raises(FhirConnectionError):
+        import_table(open_table(text, name="l.csv"), load_preset("lung1"), client=DiesAfter(fhir, 2), chunk_size=20)
+    partial = counts()
+    assert sum(partial) == 40  # exactly two complete chunks of 20 entries
+    rep = import_table(open_table(text, name="l.csv"), load_preset("lung1"), client=fhir, chunk_size=20)
+    expected = rep["resources_written"]
+    assert counts() == (expected["Patient"], expected["Observation"], expected["Condition"])
+    import_table(open_table(text, name="l.csv"), load_preset("lung1"), client=fhir, chunk_size=20)
+    assert counts() == (expected["Patient"], expected["Observation"], expected["Condition"])  # no duplicates

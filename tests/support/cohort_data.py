@@ -94,7 +94,7 @@ def patient_resources(system: str, pid_value: str, *, seed: int = 0, n_clinical:
                     {"uid": seg_uid, "number": 2, "modality": {"system": codes.CS_DCM, "code": "SEG"},
                      "numberOfInstances": 1}]})
     for s in range(n_segments):
-        label = ["GTV-1", "Lung-Left", "Lung-Right", "Heart"][s % 4]
+        label = ov.get("segment_label") or ["GTV-1", "Lung-Left", "Lung-Right", "Heart"][s % 4]
         seg_key = f"{seg_uid}.1/{s + 1}"
         bs_id = stable_id("BodyStructure", seg_key)
         out.append({"resourceType": "BodyStructure", "id": bs_id, "meta": _tag("radiomics"), "patient": pref,
@@ -113,12 +113,12 @@ def patient_resources(system: str, pid_value: str, *, seed: int = 0, n_clinical:
                 "method": {"coding": [{"system": codes.CS_IMAGE_TYPE, "code": "original"}]},
                 "valueQuantity": {"value": round(base * (1 + rnd.random()), 4), "unit": "1", "system": codes.UCUM,
                                   "code": "1"}})
+        out.extend(feats)  # features before the group that references them (hasMember)
         out.append({"resourceType": "Observation", "id": group_id, "meta": _tag("radiomics"), "status": "final",
                     "subject": pref, "focus": [{"reference": f"BodyStructure/{bs_id}"}],
                     "derivedFrom": [{"reference": f"ImagingStudy/{study_id}"}],
                     "code": {"coding": [{"system": codes.CS_KAAPANA, "code": "radiomics-feature-set"}]},
                     "hasMember": [{"reference": f"Observation/{f['id']}"} for f in feats]})
-        out.extend(feats)
     return out
 
 

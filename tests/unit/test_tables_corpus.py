@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from kaapana_fhir.core.identifiers import DEFAULT_PATIENT_SYSTEM, patient_id
 from kaapana_fhir.core.tables import TableRejected, load_mapping, open_table
 from kaapana_fhir.core.tables.reader import MAX_FIELD_CHARS
@@ -97,7 +96,7 @@ def test_identical_duplicate_rows_are_accepted_once(tmp_path: Path) -> None:
 @pytest.mark.parametrize("cell", ["1970-03-04", "04.03.1970", "04/03/1970", "1970-03-04T10:00:00"])
 def test_dates_in_several_formats(tmp_path: Path, cell: str) -> None:
     _, res = _run((HEADER + f"P1,m,{cell},72,ok,1\n").encode(), tmp_path)
-    assert [r for r in res if r["resourceType"] == "Patient"][0]["birthDate"] == "1970-03-04"
+    assert next(r for r in res if r["resourceType"] == "Patient")["birthDate"] == "1970-03-04"
 
 
 def test_impossible_date_is_reported_with_row_column_value_rule(tmp_path: Path) -> None:
@@ -146,14 +145,14 @@ def test_formula_in_numeric_column_is_rejected_and_escaped_in_rejected_csv(tmp_p
 
 def test_latin1_file(tmp_path: Path) -> None:
     data = (HEADER + "P1,männlich,1970-01-01,72,Größe ok,1\n").encode("latin-1")
-    rep, res = _run(data, tmp_path)
-    assert [r for r in res if r["resourceType"] == "Patient"][0]["gender"] == "male"
+    _, res = _run(data, tmp_path)
+    assert next(r for r in res if r["resourceType"] == "Patient")["gender"] == "male"
     assert _obs(res, "note")[0]["valueString"] == "Größe ok"
 
 
 def test_utf8_bom_file_matches_first_header_column(tmp_path: Path) -> None:
     _, res = _run(b"\xef\xbb\xbf" + (HEADER + "P1,w,1970-01-01,72,ok,1\n").encode(), tmp_path)
-    pat = [r for r in res if r["resourceType"] == "Patient"][0]
+    pat = next(r for r in res if r["resourceType"] == "Patient")
     assert pat["id"] == patient_id(DEFAULT_PATIENT_SYSTEM, "P1")
 
 
@@ -231,6 +230,6 @@ def test_xlsx_sheet_and_formula_kept_as_text(tmp_path: Path) -> None:
     out = tmp_path / "b.json"
     import_table(table, m, out_path=out)
     res = [e["resource"] for e in json.loads(out.read_text())["entry"]]
-    assert [r for r in res if r["resourceType"] == "Patient"][0]["birthDate"] == "1970-03-04"
+    assert next(r for r in res if r["resourceType"] == "Patient")["birthDate"] == "1970-03-04"
     assert _obs(res, "weight")[0]["valueQuantity"]["value"] == 72.5
     assert _obs(res, "note")[0]["valueString"] == "=1+2"

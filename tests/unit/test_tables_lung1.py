@@ -7,8 +7,6 @@ import io
 import json
 from pathlib import Path
 
-import pytest
-
 from kaapana_fhir.core import codes
 from kaapana_fhir.core.identifiers import DEFAULT_PATIENT_SYSTEM, patient_id
 from kaapana_fhir.core.tables import TableMapper, iter_entries, load_preset, open_table, scan
@@ -134,3 +132,34 @@ def test_cli_mapping_init_writes_a_valid_mapping(tmp_path: Path) -> None:
     assert all(o["code"]["code"] == "TODO" for o in m["observations"])  # placeholders for the user
     stage = next(o for o in m["observations"] if o["column"] == "Overall.Stage")
     assert stage["value"]["type"] == "CodeableConcept" and "IIIa" in stage["value"]["map"]
+
+
+def test_existing_dicom_patient_is_merged_not_replaced() -> None:
+    from kaapana_fhir.flows.table_import import write_chunks
+
+    pid = patient_id(DEFAULT_PATIENT_SYSTEM, "LUNG1-001")
+    existing = {"resourceType": "Patient", "id": pid, "meta": {"versionId": "3", "tag": [
+        {"system": codes.TAG_SOURCE, "code": "dicom"}]}, "name": [{"family": "Anon"}],
+        "identifier": [{"system": DEFAULT_PATIENT_SYSTEM, "value": "LUNG1-001"}], "gender": "unknown"}
+
+    class Client:
+        def __init__(self) -> None:
+            self.written: list[dict] = []
+
+        def search(self, rtype: str, params: dict) -> list[dict]:
+            assert rtype == "Patient" and pid in params["_id"].split(",")
+            return [existing]
+
+        def write_entries(self, entries: list[dict], **kw: object) -> dict[str, int]:
+            self.written.extend(entries)
+            return {"200": len(entries)}
+
+    table = open_table((",".join(LUNG1_COLUMNS) + "\n" + ROW).encode(), name="x.csv")
+    mapper = TableMapper(load_preset("lung1"))
+    c = Client()
+    counts = write_chunks(c, iter_entries(table, mapper, scan(table, mapper)))
+    assert counts["chunks"] == 1
+    pat = c.written[0]["resource"]
+    assert pat["name"] == [{"family": "Anon"}] and pat["gender"] == "male"
+    assert {t["code"] for t in pat["meta"]["tag"]} == {"dicom", "clinical-table"}
+    assert pat["identifier"] == existing["identifier"] and "versionId" not in pat["meta"]

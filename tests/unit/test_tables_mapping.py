@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from kaapana_fhir.core.tables import load_mapping, validate_mapping
 from kaapana_fhir.core.tables import values as V
 from kaapana_fhir.core.tables.mapping import parse_map_csv
@@ -31,8 +30,8 @@ def test_valid_minimal_mapping_gets_defaults() -> None:
 @pytest.mark.parametrize(("data", "expected"), [
     ({"version": 2, "patient": {"key": "p"}}, "key 'version'"),
     ({"version": 1}, "key '(top level)': 'patient' is a required property (rule: required)"),
-    ({"version": 1, "patient": {"kye": "p"}}, "key 'patient.kye': unknown key (rule: additionalProperties; "
-                                             "did you mean 'key'?)"),
+    ({"version": 1, "patient": {"kye": "p"}},
+     "key 'patient.kye': unknown key (rule: additionalProperties; did you mean 'key'?)"),
     (_with(observations=[{"column": "w", "code": {"code": "x"}, "value": {"type": "Float"}}]),
      "key 'observations[0].value.type': 'Float' is not one of"),
     (_with(observations=[{"column": "w", "code": {"code": "x"}, "value": {"type": "Quantity"}}]),

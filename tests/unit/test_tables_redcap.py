@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from kaapana_fhir.core.identifiers import patient_id
 from kaapana_fhir.core.tables import TableMapper, iter_entries, open_table, scan
 from kaapana_fhir.core.tables.redcap import CS_REDCAP_FIELD, derive_mapping, parse_choices

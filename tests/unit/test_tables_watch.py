@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from kaapana_fhir.flows import table_watch as W
 from kaapana_fhir.flows.table_import import import_object
 from kaapana_fhir.flows.table_synthetic import lung1_ids, synthetic_lung1_csv

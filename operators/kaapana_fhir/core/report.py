@@ -226,9 +226,10 @@ def _completeness_section(page: _Page, d: RD.ReportData) -> str:
     for state in ("present", "unmapped", "absent"):
         share = [(r[state] / r["total"] * 100 if r["total"] else 0) for r in rows]
         fig.add_trace(go.Bar(y=labels, x=share, orientation="h", name=state, marker_color=_STATE_COLORS[state],
-                             customdata=[r[state] for r in rows],
+                             customdata=[r[state] for r in rows], textposition="inside", insidetextanchor="middle",
+                             text=[f"{v:.0f}%" if v >= 6 else "" for v in share], textfont={"color": "#ffffff"},
                              hovertemplate="%{y}: %{x:.0f}% (%{customdata})<extra>" + state + "</extra>"))
-    fig.update_layout(barmode="stack", showlegend=True, legend={"orientation": "h", "y": -0.15})
+    fig.update_layout(barmode="stack", showlegend=True, legend={"orientation": "h", "y": -0.15, "traceorder": "normal"})
     fig.update_xaxes(range=[0, 100], ticksuffix="%")
     fig.update_yaxes(autorange="reversed")
     trs = []

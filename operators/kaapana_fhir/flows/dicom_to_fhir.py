@@ -29,7 +29,7 @@ from kaapana_fhir.core import bundle as fb
 from kaapana_fhir.core import dicom_values as dv
 from kaapana_fhir.core.dicom import MappingOptions, SeriesInput, StudyMapping, map_study
 from kaapana_fhir.core.dicom_files import dataset_to_json, group_instances
-from kaapana_fhir.core.dicom_merge import merge_imaging_study, merge_patient, same_content
+from kaapana_fhir.core.dicom_merge import comparable, merge_imaging_study, merge_patient, same_content
 from kaapana_fhir.core.identifiers import normalize_uid
 from kaapana_fhir.core.validate import validate_resource
 from kaapana_fhir.exceptions import DicomWebError, FhirServerError, MappingError, ResourceNotFound
@@ -127,12 +127,10 @@ def write_study(fhir: Any, m: StudyMapping, *, written: dict[str, str] | None = 
     ``written`` caches Endpoint/Device ids already written in this call (skip duplicates across studies).
     Returns counts ``created``, ``updated``, ``unchanged``, ``conflicts``.
     """
-    from kaapana_fhir.core.dicom_merge import comparable
-
     written = written if written is not None else {}
     counts = {"created": 0, "updated": 0, "unchanged": 0, "conflicts": 0}
     lost: list[dict[str, Any]] = []
-    shared = [r for r in ([m.endpoint] if m.endpoint else []) + m.devices]
+    shared = ([m.endpoint] if m.endpoint else []) + list(m.devices)
     for attempt in range(1, max_attempts + 1):
         cur_p, etag_p = _read(fhir, "Patient", m.patient["id"])
         cur_s, etag_s = _read(fhir, "ImagingStudy", m.imaging_study["id"])

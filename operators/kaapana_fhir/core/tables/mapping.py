@@ -149,10 +149,10 @@ def _check_value(spec: dict[str, Any], key: str, maps: dict[str, Any]) -> list[s
     t = spec["type"]
     if t == "Quantity" and not spec.get("unit"):
         out.append(f"key '{key}.unit': a Quantity needs a UCUM unit (rule: Quantity requires unit)")
-    if t == "CodeableConcept" and not (spec.get("map") or spec.get("map_ref") or spec.get("map_file")):
-        if spec.get("unmapped") != "text":
-            out.append(f"key '{key}.map': a CodeableConcept needs a value map or unmapped: text "
-                       "(rule: CodeableConcept requires map)")
+    if t == "CodeableConcept" and not (spec.get("map") or spec.get("map_ref") or spec.get("map_file")) \
+            and spec.get("unmapped") != "text":
+        out.append(f"key '{key}.map': a CodeableConcept needs a value map or unmapped: text "
+                   "(rule: CodeableConcept requires map)")
     ref = spec.get("map_ref")
     if ref and ref not in maps:
         out.append(f"key '{key}.map_ref': value map {ref!r} is not defined in value_maps (rule: map_ref)")

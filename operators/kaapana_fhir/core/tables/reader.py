@@ -145,7 +145,10 @@ def _cell(value: Any) -> Any:
 
 def read_xlsx(source: Any, *, name: str = "table", sheet: str | None = None) -> Table:
     """Open an ``.xlsx`` sheet (openpyxl read-only; formulas kept as text, never evaluated)."""
+    import zipfile
+
     import openpyxl
+    from openpyxl.utils.exceptions import InvalidFileException
 
     if _size(source) == 0:
         raise MappingError(f"{name}: file is empty (0 bytes) (rule: a table needs a header and data rows)")
@@ -154,7 +157,7 @@ def read_xlsx(source: Any, *, name: str = "table", sheet: str | None = None) -> 
         fh = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
         try:
             wb = openpyxl.load_workbook(fh, read_only=True, data_only=False)
-        except Exception as exc:  # openpyxl raises zipfile/KeyError/InvalidFileException for non-xlsx input
+        except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError, ValueError) as exc:
             raise MappingError(f"{name}: not a readable .xlsx workbook ({type(exc).__name__}) "
                                "(rule: Excel 2007+ format)") from None
         if sheet and sheet not in wb.sheetnames:

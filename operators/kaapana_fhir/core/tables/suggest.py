@@ -46,10 +46,10 @@ def suggest_mapping(table: Table) -> dict[str, Any]:
     for i, (_, row) in enumerate(table.rows()):
         if i >= MAX_SAMPLE_ROWS:
             break
-        for h in samples:
+        for h, vals in samples.items():
             v = row.get(h)
             if not V.is_na(v, na):
-                samples[h].append(str(v))
+                vals.append(str(v))
     cols = [h for h in table.header if h]
     key = next((h for h in cols if "id" in h.lower()), cols[0])
     patient: dict[str, Any] = {"key": key, "identifier_system": DEFAULT_PATIENT_SYSTEM}
