@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STATE ?= .stack
 DEMO_DIR ?= .demo-data
 
-.PHONY: help install install-system install-python build-hapi stack-up stack-down test test-unit bench demo demo-down clean
+.PHONY: help install install-helm test-airflow3 install-system install-python build-hapi stack-up stack-down test test-unit bench demo demo-down clean
 
 help:
 	@echo "make demo        # install what is missing, start the stack, run every flow, print the summary"
@@ -14,7 +14,10 @@ help:
 	@echo "make bench       # benchmarks with same-run ratios"
 	@echo "make stack-up / stack-down, make demo-down"
 
-install: install-system install-python build-hapi
+install: install-system install-python build-hapi install-helm
+
+install-helm:
+	@bash .ci/install-helm.sh
 
 install-system:
 	@bash .ci/install-system.sh
@@ -33,7 +36,11 @@ stack-down:
 	-$(VENV)/bin/kaapana-fhir stack down --state-dir $(STATE)
 
 test: install
-	KAAPANA_FHIR_REQUIRE_STACK=1 $(PY) -m pytest tests -q -p no:cacheprovider
+	KAAPANA_FHIR_REQUIRE_STACK=1 PATH="$$HOME/go/bin:$$PATH" $(PY) -m pytest tests -q -p no:cacheprovider --ignore=tests/airflow3
+	bash .ci/airflow3-check.sh
+
+test-airflow3:
+	bash .ci/airflow3-check.sh
 
 test-unit:
 	$(PY) -m pytest tests -q -m "not integration and not airflow and not browser and not reliability"

@@ -20,7 +20,7 @@ print("\n".join(meta["dependencies"]))
 PY
 )
   mapfile -t deparr <<<"$deps"
-  "$PIP" install -q "apache-airflow>=3,<4" apache-airflow-providers-standard apache-airflow-providers-common-compat \
+  "$PIP" install -q "apache-airflow==3.3.2" "apache-airflow-providers-standard==1.21.0" "apache-airflow-providers-common-compat" \
     "pytest==9.2.0" "pytest-timeout==2.4.0" "${deparr[@]}"
   "$PIP" install -q --no-deps -e .
   touch "$stamp"

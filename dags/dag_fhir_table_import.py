@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 from kaapana_fhir.airflow_compat import DAG, Param
-from kaapana_fhir.operators.csv_import import CsvImportOperator
+from kaapana_fhir.operators.runtime import flow_operator
 
 ui_forms = {
     "documentation_form": {"path": "/user_guide/extensions.html#kaapana-fhir"},
@@ -45,4 +45,4 @@ with DAG(
             "mapping": Param("", type="string"), "preset": Param("", type="string"),
             "skip_invalid_rows": Param(False, type="boolean")},
 ) as dag:
-    CsvImportOperator(task_id="import-table")
+    flow_operator("import-table", dag=dag, task_id="import-table")  # CsvImportOperator, or its Kaapana container

@@ -6,7 +6,12 @@
 
 from __future__ import annotations
 
-from airflow.providers.common.compat.sdk import DAG, BaseHook, BaseOperator, Param  # noqa: F401
+try:  # common-compat >= 1.7 maps these to airflow.sdk on Airflow 3 and to airflow.models on Airflow 2
+    from airflow.providers.common.compat.sdk import DAG, BaseHook, BaseOperator, Param  # noqa: F401
+except ImportError:  # an Airflow 2 image with an older common-compat provider (e.g. Kaapana's)
+    from airflow.hooks.base import BaseHook  # type: ignore[no-redef] # noqa: F401
+    from airflow.models import DAG, BaseOperator  # type: ignore[no-redef] # noqa: F401
+    from airflow.models.param import Param  # type: ignore[no-redef] # noqa: F401
 
 try:  # Airflow 3 / standard provider
     from airflow.providers.standard.operators.python import PythonOperator, ShortCircuitOperator  # noqa: F401

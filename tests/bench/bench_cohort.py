@@ -18,13 +18,14 @@ import requests
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from kaapana_fhir.clients.fhir import FhirClient  # noqa: E402
-from kaapana_fhir.core import bundle  # noqa: E402
-from kaapana_fhir.core import cohort as C  # noqa: E402
-from kaapana_fhir.core import report as R  # noqa: E402
-from kaapana_fhir.core.views import load_view, run_view, shipped_views  # noqa: E402
-from kaapana_fhir.flows.cohort import RELATED, fetch_and_flatten, load_views  # noqa: E402
-from tests.support.cohort_data import cohort_resources  # noqa: E402
+from kaapana_fhir.clients.fhir import FhirClient
+from kaapana_fhir.core import bundle
+from kaapana_fhir.core import cohort as C
+from kaapana_fhir.core import report as R
+from kaapana_fhir.core.views import load_view, run_view, shipped_views
+from kaapana_fhir.flows.cohort import RELATED, fetch_and_flatten, load_views
+
+from tests.support.cohort_data import cohort_resources
 
 
 def _raw_paging(url: str, system: str, count: int, batch: int) -> tuple[float, int]:
@@ -55,7 +56,7 @@ def _raw_paging(url: str, system: str, count: int, batch: int) -> tuple[float, i
     return time.perf_counter() - t, n
 
 
-def run(ctx):  # noqa: ANN001, ANN201
+def run(ctx):
     from run import Row
 
     url = ctx.stack().fhir_url

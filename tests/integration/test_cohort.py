@@ -7,13 +7,12 @@ import json
 import subprocess
 import tarfile
 import uuid
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-
 from kaapana_fhir.clients.fhir import FhirClient
 from kaapana_fhir.clients.s3 import ObjectStore
 from kaapana_fhir.core import bundle
@@ -21,6 +20,7 @@ from kaapana_fhir.core import cohort as C
 from kaapana_fhir.core import report as R
 from kaapana_fhir.core.validate import validate_resource
 from kaapana_fhir.flows.cohort import fetch_and_flatten, load_views, run_cohort
+
 from tests.support.cohort_data import patient_resources
 
 pytestmark = pytest.mark.integration
@@ -60,8 +60,8 @@ def test_flow_with_patient_search_and_chained_has_search(fhir: FhirClient, lung_
     assert s["patients"] == 12 and s["selected_patients"] == 3
     assert s["dataset"]["data_form"]["identifiers"] == lung_cohort["ct_series"]
     # explicit searches: _has (reverse chain) selects patients, _revinclude brings their data
-    searches = [f"Patient?identifier={system}|&_has:Condition:subject:code=http://snomed.info/sct|35917007"
-                "&_revinclude=ImagingStudy:subject",
+    searches = [(f"Patient?identifier={system}|&_has:Condition:subject:code=http://snomed.info/sct|35917007"
+                 "&_revinclude=ImagingStudy:subject"),
                 f"Observation?subject.identifier={system}|&_count=200",
                 f"Condition?subject:Patient.identifier={system}|&_include=Condition:subject"]
     s2 = run_cohort(fhir, tmp_path / "b", searches=searches, filters=["Histology=adenocarcinoma"], count=5)
@@ -126,7 +126,7 @@ def _examples(tmp: Path) -> list[dict[str, Any]]:
     tgz = Path("/tmp") / EXAMPLES_TGZ
     if not tgz.is_file():
         res = subprocess.run(["npm", "pack", "hl7.fhir.r4.examples@4.0.1", "--silent"], cwd="/tmp",
-                             capture_output=True, text=True, timeout=600)
+                             capture_output=True, text=True, timeout=600, check=False)
         if res.returncode != 0 or not tgz.is_file():
             pytest.fail(f"npm pack hl7.fhir.r4.examples failed: {res.stderr[-500:]}")
     out = []

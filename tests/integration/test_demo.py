@@ -65,7 +65,10 @@ def test_demo_dashboard_exists_and_is_self_contained(demo_runs) -> None:
     _, _, s1, _ = demo_runs
     html = Path(s1["report_html"]).read_text(encoding="utf-8")
     assert "<html" in html.lower() and "LUNG1-001" in html
-    assert "cdn.plot.ly" not in html and 'src="http' not in html
+    import re
+
+    assert not re.search(r"<script[^>]+src=[\"']?https?:", html), "scripts must be inlined"
+    assert not re.search(r"<link[^>]+href=[\"']?https?:", html), "styles must be inlined"
 
 
 def test_demo_down_leaves_nothing_listening(demo_runs) -> None:

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from kaapana_fhir.clients.fhir import FhirClient
 from kaapana_fhir.core import bundle
 from kaapana_fhir.core import cohort as C
 from kaapana_fhir.core import report as R
 from kaapana_fhir.core.views import load_view, run_view, shipped_views
 from kaapana_fhir.flows.report import data_from_fhir, write_report
+
 from tests.support import browser
 from tests.support.cohort_data import cohort_resources, patient_resources
 
@@ -89,12 +89,13 @@ def test_demo_report_renders_offline_and_screenshot(driver: Any, fhir: FhirClien
     driver.save_screenshot(str(shot))
     driver.set_window_size(1400, 1000)
     # the feature menu switches the box plot to another feature
-    before = driver.execute_script("var g=document.querySelectorAll('div.plot[data-fig]')[%d];"
-                                   "return g.data.findIndex(function(t){return t.visible===true})" % _box_index(driver))
-    driver.execute_script("var g=document.querySelectorAll('div.plot[data-fig]')[%d];"
-                          "Plotly.restyle(g, {visible: g.data.map(function(t,i){return i===1})})" % _box_index(driver))
-    after = driver.execute_script("var g=document.querySelectorAll('div.plot[data-fig]')[%d];"
-                                  "return g.data.findIndex(function(t){return t.visible===true})" % _box_index(driver))
+    idx = _box_index(driver)
+    visible = ("var g=document.querySelectorAll('div.plot[data-fig]')[arguments[0]];"
+               "return g.data.findIndex(function(t){return t.visible===true})")
+    before = driver.execute_script(visible, idx)
+    driver.execute_script("var g=document.querySelectorAll('div.plot[data-fig]')[arguments[0]];"
+                          "Plotly.restyle(g, {visible: g.data.map(function(t,i){return i===1})})", idx)
+    after = driver.execute_script(visible, idx)
     assert (before, after) == (0, 1)
     assert shot.stat().st_size > 10_000 and info["bytes"] < 15_000_000
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from kaapana_fhir.core import cohort as C
 from kaapana_fhir.core import report as R
 from kaapana_fhir.core import report_data as RD
 from kaapana_fhir.core.views import load_view, run_view, shipped_views
 from kaapana_fhir.exceptions import ConfigError
+
 from tests.support.cohort_data import cohort_resources, patient_resources
 
 
@@ -108,11 +108,11 @@ def test_report_escapes_data_text_everywhere() -> None:
                                             "study_description": evil})
     res += patient_resources("urn:test:unit", "P2", n_features=3)
     html = R.render_cohort(_cohort(res), title="<b>t</b>")
-    markup = re.sub(r"<script[^>]*>.*?</script>", "", html, flags=re.S)  # the page without script blocks
+    markup = re.sub(r"<script[^>]*>.*?</script>", "", html, flags=re.DOTALL)  # the page without script blocks
     assert "<img" not in markup and "&lt;img src=x onerror=alert(1)&gt;" in markup
     assert "<script>alert" not in html
     assert "<b>t</b>" not in html
-    data_blocks = re.findall(r'<script type="application/json" id="fig-\d+">(.*?)</script>', html, re.S)
+    data_blocks = re.findall(r'<script type="application/json" id="fig-\d+">(.*?)</script>', html, re.DOTALL)
     assert data_blocks and all("<" not in b and ">" not in b for b in data_blocks)
     labels = json.dumps(_figs(html))
     assert "&lt;img src=x onerror=alert(1)&gt;" in labels and "<img" not in labels
@@ -130,7 +130,7 @@ def test_report_sections_say_no_data() -> None:
     html2 = R.render_cohort(_cohort(imaging_only))
     assert "No data: no clinical variables" in html2
     assert html2.count("<script>") == 2, "plotly.js is inlined exactly once (+ the boot script)"
-    assert "http://" not in re.sub(r"<script>.*?</script>", "", html2, flags=re.S).replace("http://www.w3.org", "")
+    assert "http://" not in re.sub(r"<script>.*?</script>", "", html2, flags=re.DOTALL).replace("http://www.w3.org", "")
 
 
 def test_completeness_counts_present_unmapped_absent() -> None:

@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run_report_cmd)
 
 
-def _client(url: str | None):  # noqa: ANN202
+def _client(url: str | None):
     from kaapana_fhir.clients.fhir import FhirClient
 
     if not url:

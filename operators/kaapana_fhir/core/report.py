@@ -160,8 +160,9 @@ def _radiomics_section(page: _Page, d: RD.ReportData, group_by: str | None, max_
     feats = RD.top_features(d, max_features)
     mat = RD.feature_matrix(d, feats)
     p = d.patients.set_index("patient_key") if "patient_key" in d.patients else pd.DataFrame()
-    parts = [f'<p class="muted">{len(RD.top_features(d, 10**6)):,} features; the {len(feats)} with the highest '
-             'relative spread are shown (choose one in the menu of each plot).</p>']
+    intro = (f'<p class="muted">{len(RD.top_features(d, 10**6)):,} features; the {len(feats)} with the highest '
+             'relative spread are shown (choose one in the menu of each plot).</p>')
+    parts = [intro]
     gv = RD.group_variable(d, group_by)
     pk = mat.index.get_level_values("patient_key")
     if gv and not p.empty:
@@ -235,7 +236,7 @@ def _completeness_section(page: _Page, d: RD.ReportData) -> str:
     trs = []
     for r in rows:
         vals = ", ".join(f"{esc(v)} ({c})" for v, c in r["values"]) or '<span class="muted">none</span>'
-        pct = (lambda k: f"{r[k] / r['total'] * 100:.0f}%" if r["total"] else "")
+        pct = (lambda k, r=r: f"{r[k] / r['total'] * 100:.0f}%" if r["total"] else "")
         trs.append(f"<tr><td>{esc(r['attribute'])} <span class='muted'>{esc(r['tag'])}</span></td><td>{esc(r['unit'])}"
                    f"</td><td class='num'>{r['total']}</td><td class='num'>{pct('present')}</td>"
                    f"<td class='num'>{pct('unmapped')}</td><td class='num'>{pct('absent')}</td><td>{vals}</td></tr>")

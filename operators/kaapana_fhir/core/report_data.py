@@ -85,7 +85,7 @@ def counts(d: ReportData) -> dict[str, Any]:
         int(s["study_key"].nunique()) if not s.empty and "study_key" in s else int(p.get("n_studies", pd.Series([0])).sum()))
     n_seg = int(rl["segment_key"].nunique()) if not rl.empty and "segment_key" in rl else 0
     n_feat = int(rl[feature_column(rl)].nunique()) if not rl.empty else 0
-    return {"patients": int(len(p)), "studies": n_studies, "series": int(len(s)), "series_by_modality": by_mod,
+    return {"patients": len(p), "studies": n_studies, "series": len(s), "series_by_modality": by_mod,
             "segments": n_seg, "features": n_feat, "clinical_variables": len(d.clinical_variables)}
 
 
@@ -96,7 +96,7 @@ def is_numeric(s: pd.Series) -> bool:
 def summary(s: pd.Series) -> dict[str, Any]:
     x = pd.to_numeric(s, errors="coerce")
     present = x.dropna()
-    out: dict[str, Any] = {"n": int(len(present)), "missing": int(len(s) - len(present))}
+    out: dict[str, Any] = {"n": len(present), "missing": int(len(s) - len(present))}
     if len(present):
         out.update(mean=float(present.mean()), sd=float(present.std()) if len(present) > 1 else 0.0,
                    min=float(present.min()), median=float(present.median()), max=float(present.max()))

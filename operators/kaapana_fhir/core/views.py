@@ -32,9 +32,9 @@ from typing import Any
 import fhirpathpy
 from antlr4 import CommonTokenStream, InputStream, Token
 from antlr4.error.ErrorListener import ErrorListener
+from fhirpathpy.models import models as _fhirpath_models
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
-from fhirpathpy.models import models as _fhirpath_models
 
 from kaapana_fhir.exceptions import MappingError
 
@@ -49,7 +49,7 @@ class ViewError(MappingError):
 
 
 class _RaiseOnError(ErrorListener):
-    def syntaxError(self, recognizer: Any, offendingSymbol: Any, line: int, column: int, msg: str, e: Any) -> None:  # noqa: N802,N803
+    def syntaxError(self, recognizer: Any, offendingSymbol: Any, line: int, column: int, msg: str, e: Any) -> None:
         raise SyntaxError(f"column {column}: {msg}")
 
 
@@ -172,8 +172,7 @@ class CompiledView:
         path = path.strip()
         if path == "$this":  # fhirpathpy defines $this only inside functions; the focus itself is meant
             return lambda node, _ctx=None: [] if node is None else (list(node) if isinstance(node, list) else [node])
-        if path.startswith("$this."):
-            path = path[len("$this."):]
+        path = path.removeprefix("$this.")
         try:
             check_syntax(path)
             return fhirpathpy.compile(path, _MODEL, _OPTIONS)

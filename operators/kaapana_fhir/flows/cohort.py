@@ -10,17 +10,18 @@ Fetching (:func:`fetch`):
   patients: ``Observation`` / ``Condition`` / ``ImagingStudy`` by ``subject``, ``BodyStructure`` by
   ``patient``, in batches of patient references (``subject=Patient/a,Patient/b,...``).
 
-Searches run on a small thread pool; pages are flattened as they arrive, so flattening overlaps the
-server's response time.
+Searches run on a few threads; each page is flattened as it arrives (in the calling thread), so flattening
+overlaps the server's response time.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,10 +114,51 @@ def load_views(extra: Sequence[str | Path] = (), *, only: Sequence[str] | None =
 
 
 def _pages(client: FhirClient, search: Search, count: int) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for res in client.search(search.resource_type, _with_count(search.params, count), include_mode="all"):
-        out.append(res)
-    return out
+    return list(client.search(search.resource_type, _with_count(search.params, count), include_mode="all"))
+
+
+def _stream(client: FhirClient, search: Search, count: int, out: queue.Queue) -> None:
+    """Put each page's resources (matches and includes) into ``out``; then ``None``; errors as the exception."""
+    try:
+        for page in client.search_pages(search.resource_type, _with_count(search.params, count)):
+            out.put([e["resource"] for e in page.get("entry", []) if "resource" in e])
+    except Exception as exc:  # noqa: BLE001 - handed to the consuming thread, which re-raises it
+        out.put(exc)
+        return
+    out.put(None)
+
+
+def _run_streams(client: FhirClient, searches: list[Search], count: int, workers: int,
+                 consume: Any) -> None:
+    """Run ``searches`` on ``workers`` threads; ``consume`` every page in this thread as it arrives, so the
+    flattening overlaps the server's work."""
+    q: queue.Queue = queue.Queue(maxsize=64)
+    pending = list(reversed(searches))
+    running = 0
+    threads = []
+
+    def start() -> None:
+        nonlocal running
+        s = pending.pop()
+        t = threading.Thread(target=_stream, args=(client, s, count, q), daemon=True, name=f"fhir-search-{s.resource_type}")
+        t.start()
+        threads.append(t)
+        running += 1
+
+    while pending and running < max(1, workers):
+        start()
+    while running:
+        item = q.get()
+        if item is None or isinstance(item, Exception):
+            running -= 1
+            if isinstance(item, Exception):
+                raise item
+            if pending:
+                start()
+            continue
+        consume(item)
+    for t in threads:
+        t.join()
 
 
 def fetch_and_flatten(client: FhirClient, views: dict[str, CompiledView], *, searches: Sequence[str] = (),
@@ -129,30 +171,22 @@ def fetch_and_flatten(client: FhirClient, views: dict[str, CompiledView], *, sea
     req0 = client.stats.requests
 
     def consume(resources: list[dict[str, Any]]) -> None:
-        fresh = [r for r in resources if result.add(r)]
-        flat.feed(fresh)
+        flat.feed([r for r in resources if result.add(r)])
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        if searches:
-            futures = [pool.submit(_pages, client, parse_search(s), count) for s in searches]
-            for fut in as_completed(futures):
-                consume(fut.result())
-        else:
-            ps = parse_search(patient_search or "Patient")
-            if ps.resource_type != "Patient":
-                raise ConfigError(f"patient search {patient_search!r} must search Patient")
-            patients = [r for r in _pages(client, ps, count) if r.get("resourceType") == "Patient"]
-            consume(patients)
-            refs = [f"Patient/{p['id']}" for p in patients]
-            futures = []
-            for rtype, param in RELATED:
-                if not any(v.resource == rtype for v in views.values()):
-                    continue
-                for i in range(0, len(refs), batch):
-                    futures.append(pool.submit(_pages, client, Search(rtype, [(param, ",".join(refs[i:i + batch]))]),
-                                               count))
-            for fut in as_completed(futures):
-                consume(fut.result())
+    if searches:
+        _run_streams(client, [parse_search(s) for s in searches], count, workers, consume)
+    else:
+        ps = parse_search(patient_search or "Patient")
+        if ps.resource_type != "Patient":
+            raise ConfigError(f"patient search {patient_search!r} must search Patient")
+        patients = [r for r in _pages(client, ps, count) if r.get("resourceType") == "Patient"]
+        consume(patients)
+        refs = [f"Patient/{p['id']}" for p in patients]
+        related = []
+        for rtype, param in RELATED:
+            if any(v.resource == rtype for v in views.values()):
+                related += [Search(rtype, [(param, ",".join(refs[i:i + batch]))]) for i in range(0, len(refs), batch)]
+        _run_streams(client, related, count, workers, consume)
     result.seconds = time.perf_counter() - t0
     result.requests = client.stats.requests - req0
     log.info("fetched %s in %.1fs (%d requests); flattening took %.1fs", result.count(), result.seconds,
@@ -221,7 +255,7 @@ def run_cohort(client: FhirClient, out_dir: str | Path, *, searches: Sequence[st
         "resources": fetched.count(), "requests": fetched.requests, "fetch_seconds": round(fetched.seconds, 3),
         "join_seconds": round(time.perf_counter() - t, 3),
         "rows": {k: len(v) for k, v in rows.items()},
-        "patients": int(len(cohort.patients)), "selected_patients": int(len(selected.patients)),
+        "patients": len(cohort.patients), "selected_patients": len(selected.patients),
         "filters": list(filters), "series_uids": len(dataset["data_form"]["identifiers"]),
         "out_dir": str(out_dir), "files": [p.name for p in paths], "bucket": bucket if keys else None,
         "object_keys": keys, "dataset": dataset,

@@ -50,7 +50,7 @@ def write_report(data: RD.ReportData, out: str | Path, *, group_by: str | None =
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(text, encoding="utf-8")
     info = {"path": str(p), "bytes": p.stat().st_size, "seconds": round(time.perf_counter() - t, 3),
-            "patients": int(len(data.patients))}
+            "patients": len(data.patients)}
     log.info("report %s: %d bytes for %d patients in %.2fs", p, info["bytes"], info["patients"], info["seconds"])
     return info
 
