@@ -56,6 +56,47 @@ def _raw_paging(url: str, system: str, count: int, batch: int) -> tuple[float, i
     return time.perf_counter() - t, n
 
 
+_PYRATE = """
+import json, sys, time
+from fhir_pyrate import Pirate
+url, system = sys.argv[1], sys.argv[2]
+p = Pirate(base_url=url, auth=None, num_processes=1, silence_fhirpath_warning=True, default_count=1000)
+t = time.perf_counter()
+n = 0
+for rtype, param, paths in (
+        ("Patient", "identifier", [("id", "id"), ("gender", "gender"), ("birth", "birthDate")]),
+        ("Observation", "subject:Patient.identifier", [("id", "id"), ("patient", "subject.reference"),
+         ("code", "code.coding.first().code"), ("text", "code.text"), ("value", "valueQuantity.value"),
+         ("unit", "valueQuantity.code"), ("segment", "focus.reference"), ("image_type", "method.coding.first().code")]),
+        ("Condition", "subject:Patient.identifier", [("id", "id"), ("patient", "subject.reference"), ("text", "code.text")]),
+        ("ImagingStudy", "subject:Patient.identifier", [("id", "id"), ("patient", "subject.reference"),
+         ("series", "series.uid")]),
+        ("BodyStructure", "patient:Patient.identifier", [("id", "id"), ("label", "description")])):
+    df = p.steal_bundles_to_dataframe(resource_type=rtype, request_params={param: system + "|", "_count": 1000},
+                                      fhir_paths=paths)
+    n += len(df)
+print(json.dumps({"seconds": time.perf_counter() - t, "rows": n}))
+"""
+
+
+def _pyrate(url: str, system: str) -> tuple[float, int] | None:
+    """FHIR-PYrate (PyPI fhir-pyrate) on the same server: ``$FHIR_PYRATE_PYTHON`` (a venv with fhir-pyrate;
+    kept out of the project venv) or this interpreter when fhir_pyrate imports."""
+    import importlib.util
+    import json
+    import os
+    import subprocess
+
+    py = os.environ.get("FHIR_PYRATE_PYTHON") or (sys.executable if importlib.util.find_spec("fhir_pyrate") else "")
+    if not py:
+        return None
+    res = subprocess.run([py, "-c", _PYRATE, url, system], capture_output=True, text=True, timeout=3600, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"fhir-pyrate run failed: {res.stderr[-800:]}")
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    return float(out["seconds"]), int(out["rows"])
+
+
 def run(ctx):
     from run import Row
 
@@ -92,6 +133,14 @@ def run(ctx):
             f"table {cohort.table.shape[0]}x{cohort.table.shape[1]}"),
         Row("cohort", "ViewDefinition flattening only (7 views, fhirpathpy)", nres / flatten_s, "resources/s"),
     ]
+    pyr = _pyrate(url, system)
+    if pyr is None:
+        rows_out.append(Row("cohort", "FHIR-PYrate comparison", float("nan"), "s",
+                            note="fhir-pyrate not installed (set FHIR_PYRATE_PYTHON)"))
+    else:
+        rows_out.append(Row("cohort", f"FHIR-PYrate steal_bundles_to_dataframe, same data ({pyr[1]:,} rows)", pyr[0], "s",
+                            pyr[0] / ours_s, "FHIR-PYrate time / ours (>1: ours faster)",
+                            "chained subject:Patient.identifier searches, 1 process"))
     # dashboard for 1,000 patients (in-memory resources; quick: 200)
     m = 200 if ctx.quick else 1000
     big = cohort_resources(f"{system}:report", m, n_clinical=20, n_features=107, n_segments=1)

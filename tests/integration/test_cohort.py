@@ -60,14 +60,14 @@ def test_flow_with_patient_search_and_chained_has_search(fhir: FhirClient, lung_
     assert s["patients"] == 12 and s["selected_patients"] == 3
     assert s["dataset"]["data_form"]["identifiers"] == lung_cohort["ct_series"]
     # explicit searches: _has (reverse chain) selects patients, _revinclude brings their data
-    searches = [(f"Patient?identifier={system}|&_has:Condition:subject:code=http://snomed.info/sct|35917007"
-                 "&_revinclude=ImagingStudy:subject"),
+    searches = [(f"Patient?identifier={system}|&_has:Observation:subject:code="
+                 "urn:kaapana-fhir:CodeSystem:pyradiomics-feature|shape_MeshVolume&_revinclude=ImagingStudy:subject"),
                 f"Observation?subject.identifier={system}|&_count=200",
                 f"Condition?subject:Patient.identifier={system}|&_include=Condition:subject"]
     s2 = run_cohort(fhir, tmp_path / "b", searches=searches, filters=["Histology=adenocarcinoma"], count=5)
     adeno = {r["subject"]["reference"] for r in lung_cohort["resources"] if r["resourceType"] == "Condition"
-             and r["code"]["coding"][0]["code"] == "35917007"}
-    assert s2["resources"]["Patient"] == 12 and s2["resources"]["ImagingStudy"] == len(adeno) >= 3
+             and r["extension"][0]["valueCodeableConcept"]["coding"][0]["code"] == "35917007"}
+    assert s2["resources"]["Patient"] == 12 and s2["resources"]["ImagingStudy"] == 12 and len(adeno) >= 3
     assert s2["requests"] > 3, "paging with _count=5 needs several pages"
     t = C.read_table(tmp_path / "b" / "cohort.parquet")
     assert set(t["Histology"].dropna()) == {"adenocarcinoma"} and t["patient_key"].nunique() == len(adeno)

@@ -15,6 +15,7 @@ from kaapana_fhir.core.identifiers import patient_id, stable_id
 
 STAGES = ["I", "II", "IIIa", "IIIb"]
 HISTOLOGY = [("35917007", "adenocarcinoma"), ("28899001", "squamous cell carcinoma"), ("22687000", "large cell")]
+HISTOLOGY_EXT = "http://hl7.org/fhir/us/mcode/StructureDefinition/mcode-histology-morphology-behavior"
 FEATURE_CLASSES = ["firstorder", "shape", "glcm", "glrlm", "glszm", "gldm", "ngtdm"]
 
 
@@ -71,10 +72,15 @@ def patient_resources(system: str, pid_value: str, *, seed: int = 0, n_clinical:
         clin.append(obs(f"lab.{i}", {"valueQuantity": {"value": round(rnd.gauss(10, 3), 2), "unit": "1",
                                                           "system": codes.UCUM, "code": "1"}}))
     out.extend(clin[:n_clinical])
+    # as the table flow writes it: NSCLC diagnosis, histology in the mCODE histology-morphology-behavior extension
     out.append({"resourceType": "Condition", "id": stable_id("Condition", pid, "Histology"),
                 "meta": _tag("clinical-table"), "subject": pref,
+                "extension": [{"url": HISTOLOGY_EXT, "valueCodeableConcept": {
+                    "coding": [{"system": codes.SNOMED, "code": hist[0], "display": hist[1].capitalize()}],
+                    "text": hist[1]}}],
                 "clinicalStatus": {"coding": [{"system": codes.CONDITION_CLINICAL, "code": "active"}]},
-                "code": {"text": "Histology", "coding": [{"system": codes.SNOMED, "code": hist[0], "display": hist[1]}]}})
+                "code": {"text": "Histology", "coding": [{"system": codes.SNOMED, "code": "254637007",
+                                                          "display": "Non-small cell lung cancer"}]}})
     if not with_imaging:
         return out
     study_uid = f"1.2.826.0.1.3680043.8.498.{int(hashlib.sha256(f'{system}|{pid_value}'.encode()).hexdigest()[:12], 16)}"

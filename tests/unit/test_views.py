@@ -136,7 +136,9 @@ def test_shipped_views_flatten_convention_resources() -> None:
     assert {r["image_type"] for r in out["radiomics_feature"]} == {"original"}
     stage = next(r for r in out["clinical_observation"] if r["variable"] == "Overall.Stage")
     assert stage["value_text"] and stage["value_number"] is None
-    assert out["condition"][0]["variable"] == "Histology"
+    cond = out["condition"][0]
+    assert cond["variable"] == "Histology" and cond["diagnosis"] == "Non-small cell lung cancer"
+    assert cond["value_text"] in {"adenocarcinoma", "squamous cell carcinoma", "large cell"}
     feat = out["radiomics_feature"][0]
     assert isinstance(feat["value"], float) and feat["feature"].split("_")[0] in {"firstorder", "shape", "glcm"}
     assert codes.CS_PYRADIOMICS in load_view("radiomics_feature")["constant"][0]["valueUri"]

@@ -44,7 +44,14 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}.bar{display:inline-bl
 
 
 def esc(value: Any) -> str:
+    """Text for HTML."""
     return html.escape("" if value is None else str(value), quote=True)
+
+
+def lab(value: Any) -> str:
+    """Text for plotly labels: plotly renders a small HTML subset and decodes &lt; &gt; &amp; (not &quot;),
+    so ``<``, ``>`` and ``&`` are escaped and the text is shown literally."""
+    return html.escape("" if value is None else str(value), quote=False)
 
 
 def _fmt(v: Any) -> str:
@@ -89,7 +96,7 @@ def _counts_section(page: _Page, d: RD.ReportData) -> str:
                          for k, label in cards)
     mods = c["series_by_modality"]
     if mods:
-        fig = go.Figure(go.Bar(x=[esc(k) for k in mods], y=list(mods.values()), marker_color="#3366cc",
+        fig = go.Figure(go.Bar(x=[lab(k) for k in mods], y=list(mods.values()), marker_color="#3366cc",
                                text=list(mods.values()), textposition="auto"))
         fig.update_layout(title={"text": "Series by modality", "font": {"size": 13}})
         mod_html = page.plot(fig, 230)
@@ -99,7 +106,7 @@ def _counts_section(page: _Page, d: RD.ReportData) -> str:
     rl = d.radiomics_long
     if not rl.empty and "segment_label" in rl and rl["segment_label"].notna().any():
         seg = rl.drop_duplicates("segment_key")["segment_label"].fillna("(no label)").value_counts().head(15)
-        fig = go.Figure(go.Bar(x=[esc(k) for k in seg.index], y=seg.values.tolist(), marker_color="#109618",
+        fig = go.Figure(go.Bar(x=[lab(k) for k in seg.index], y=seg.values.tolist(), marker_color="#109618",
                                text=seg.values.tolist(), textposition="auto"))
         fig.update_layout(title={"text": "Segments by label (SegmentLabel)", "font": {"size": 13}})
         seg_html = page.plot(fig, 230)
@@ -122,7 +129,7 @@ def _variable_cell(page: _Page, name: str, s: pd.Series) -> str:
         vals = "".join(f'<td class="num">{_fmt(st.get(k))}</td>' for k in ("mean", "sd", "min", "median", "max"))
         return f'<div class="cell">{head}{page.plot(fig, 200)}<table><tr>{stats}</tr><tr>{vals}</tr></table></div>'
     cats = RD.categories(s)
-    fig = go.Figure(go.Bar(x=[c for _, c in cats], y=[esc(k) for k, _ in cats], orientation="h",
+    fig = go.Figure(go.Bar(x=[c for _, c in cats], y=[lab(k) for k, _ in cats], orientation="h",
                            marker_color=["#b0b8c2" if k == "(missing)" else "#0099c6" for k, _ in cats],
                            text=[c for _, c in cats], textposition="auto"))
     fig.update_yaxes(autorange="reversed", type="category")
@@ -146,9 +153,9 @@ def _clinical_section(page: _Page, d: RD.ReportData) -> str:
 def _dropdown(fig: go.Figure, labels: list[str], traces_per: int) -> None:
     n = len(labels) * traces_per
     buttons = []
-    for i, lab in enumerate(labels):
+    for i, name in enumerate(labels):
         vis = [i * traces_per <= j < (i + 1) * traces_per for j in range(n)]
-        buttons.append({"label": esc(lab), "method": "update", "args": [{"visible": vis}]})
+        buttons.append({"label": lab(name), "method": "update", "args": [{"visible": vis}]})
     fig.update_layout(updatemenus=[{"buttons": buttons, "x": 0, "xanchor": "left", "y": 1.16, "yanchor": "top",
                                     "direction": "down", "showactive": True}])
 
@@ -167,14 +174,14 @@ def _radiomics_section(page: _Page, d: RD.ReportData, group_by: str | None, max_
     pk = mat.index.get_level_values("patient_key")
     if gv and not p.empty:
         groups = pk.map(lambda k: p[gv].get(k) if k in p.index else None)
-        glabels = [esc("(missing)" if g is None or (isinstance(g, float) and pd.isna(g)) else g) for g in groups]
+        glabels = [lab("(missing)" if g is None or (isinstance(g, float) and pd.isna(g)) else g) for g in groups]
         fig = go.Figure()
         for i, f in enumerate(feats):
-            fig.add_trace(go.Box(x=glabels, y=mat[f].tolist(), name=esc(f), visible=i == 0, boxpoints="outliers",
+            fig.add_trace(go.Box(x=glabels, y=mat[f].tolist(), name=lab(f), visible=i == 0, boxpoints="outliers",
                                  marker_color="#3366cc"))
         _dropdown(fig, feats, 1)
-        order = sorted(set(glabels), key=lambda g: (g == esc("(missing)"), g))
-        fig.update_xaxes(type="category", categoryorder="array", categoryarray=order, title={"text": esc(gv)})
+        order = sorted(set(glabels), key=lambda g: (g == lab("(missing)"), g))
+        fig.update_xaxes(type="category", categoryorder="array", categoryarray=order, title={"text": lab(gv)})
         box = f'<h3>Feature by {esc(gv)}</h3>{page.plot(fig, 340)}'
     else:
         box = "<h3>Feature by clinical group</h3>" + _nodata("no categorical clinical variable to group by")
@@ -182,7 +189,7 @@ def _radiomics_section(page: _Page, d: RD.ReportData, group_by: str | None, max_
     if sv and not p.empty:
         t = pk.map(lambda k: p[sv].get(k) if k in p.index else None)
         ev = pk.map(lambda k: bool(p["deceased"].get(k)) if "deceased" in p and k in p.index else False)
-        ids = pk.map(lambda k: esc(p["patient_id"].get(k)) if "patient_id" in p and k in p.index else esc(k))
+        ids = pk.map(lambda k: lab(p["patient_id"].get(k)) if "patient_id" in p and k in p.index else lab(k))
         fig = go.Figure()
         for i, f in enumerate(feats):
             for flag, name, color in ((True, "event (deceased)", "#dc3912"), (False, "censored", "#3366cc")):
@@ -190,10 +197,10 @@ def _radiomics_section(page: _Page, d: RD.ReportData, group_by: str | None, max_
                 fig.add_trace(go.Scatter(x=[v for v, k in zip(mat[f], m) if k], y=[v for v, k in zip(t, m) if k],
                                          mode="markers", name=name, marker={"color": color, "size": 6, "opacity": .7},
                                          text=[v for v, k in zip(ids, m) if k], visible=i == 0,
-                                         hovertemplate="%{text}<br>feature %{x}<br>" + esc(sv) + " %{y}<extra></extra>"))
+                                         hovertemplate="%{text}<br>feature %{x}<br>" + lab(sv) + " %{y}<extra></extra>"))
         _dropdown(fig, feats, 2)
         fig.update_layout(showlegend=True, legend={"orientation": "h", "y": -0.2})
-        fig.update_yaxes(title={"text": esc(sv)})
+        fig.update_yaxes(title={"text": lab(sv)})
         surv = f'<h3>Feature vs {esc(sv)}</h3>{page.plot(fig, 340)}'
     else:
         surv = "<h3>Feature vs survival</h3>" + _nodata("no numeric survival variable (e.g. Survival.time)")
@@ -206,7 +213,7 @@ def _radiomics_section(page: _Page, d: RD.ReportData, group_by: str | None, max_
                 cm[v] = [p[v].get(k) if k in p.index else None for k in pk]
     if cm.shape[1] >= 2 and len(cm) >= 3:
         corr = cm.astype(float).corr(method="spearman")
-        labels = [esc(c) for c in corr.columns]
+        labels = [lab(c) for c in corr.columns]
         z = [[None if pd.isna(x) else round(float(x), 3) for x in row] for row in corr.values]
         fig = go.Figure(go.Heatmap(z=z, x=labels, y=labels, zmin=-1, zmax=1, colorscale="RdBu", reversescale=True,
                                    hovertemplate="%{x} / %{y}: %{z}<extra></extra>"))
@@ -222,7 +229,7 @@ def _completeness_section(page: _Page, d: RD.ReportData) -> str:
     rows = RD.completeness(d)
     if not rows or all(r["total"] == 0 for r in rows):
         return _section("dicom", "DICOM data completeness", _nodata("no ImagingStudy / Patient data"))
-    labels = [esc(f"{r['attribute']} {r['tag']}") for r in rows]
+    labels = [lab(f"{r['attribute']} {r['tag']}") for r in rows]
     fig = go.Figure()
     for state in ("present", "unmapped", "absent"):
         share = [(r[state] / r["total"] * 100 if r["total"] else 0) for r in rows]

@@ -103,9 +103,13 @@ def summary(s: pd.Series) -> dict[str, Any]:
     return out
 
 
-def categories(s: pd.Series, *, top: int = 15) -> list[tuple[str, int]]:
+def categories(s: pd.Series, *, top: int = 15, ordinal_max: int = 8) -> list[tuple[str, int]]:
+    """(value, count) pairs: in label order when there are at most ``ordinal_max`` values (stages read
+    I, II, IIIa, ...), else by count; ``(missing)`` last; the tail beyond ``top`` summed up."""
     vc = s.map(lambda v: "(missing)" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v)).value_counts()
     items = [(str(k), int(v)) for k, v in vc.items()]
+    if len(items) <= ordinal_max:
+        items.sort(key=lambda kv: (kv[0] == "(missing)", kv[0]))
     if len(items) > top:
         rest = sum(v for _, v in items[top:])
         items = items[:top] + [(f"({len(items) - top} other values)", rest)]
