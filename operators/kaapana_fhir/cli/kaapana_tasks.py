@@ -266,7 +266,17 @@ def cohort(k: KaapanaRun) -> dict[str, Any]:
             bucket=str(bucket),
             prefix=str(k.param("prefix") or f"fhir-cohort/{k.run_id}"),
         )
-    return flow.run_cohort(fhir_client(k), out_dir, **kw)
+    summary = flow.run_cohort(fhir_client(k), out_dir, **kw)
+    # The dashboard belongs to the cohort task in Kaapana too (no second container needed).
+    from kaapana_fhir.flows.report import report_job
+
+    rep = report_job(out_dir, store=kw.get("store"), bucket=kw.get("bucket"), prefix=kw.get("prefix", "fhir-cohort"),
+                     group_by=str(k.param("group_by") or "") or None)
+    summary["report"] = {k2: rep.get(k2) for k2 in ("path", "bucket", "object_key")}
+    trigger = str(k.param("trigger_dag_id") or "")
+    if trigger:
+        summary["trigger_dag_id"] = trigger
+    return summary
 
 
 TASKS: dict[str, Callable[[KaapanaRun], dict[str, Any]]] = {

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -40,7 +41,7 @@ from kaapana_fhir.core.tables import (
 )
 from kaapana_fhir.core.tables.mapping import _with_defaults, validate_mapping
 from kaapana_fhir.core.tables.reader import Table
-from kaapana_fhir.exceptions import ConfigError, MappingError, ObjectStoreError
+from kaapana_fhir.exceptions import ConfigError, FhirServerError, MappingError, ObjectStoreError
 from kaapana_fhir.flows import table_watch as W
 from kaapana_fhir.flows.table_synthetic import synthetic_lung1_csv  # noqa: F401  (re-export for the demo)
 
@@ -98,14 +99,32 @@ def _merge_patients(client: FhirClient, chunk: list[dict[str, Any]]) -> list[dic
     return out
 
 
+#: attempts of one chunk that collides with a concurrent writer of the same ids (HAPI: HTTP 409, HAPI-0550)
+CONFLICT_ATTEMPTS = 5
+
+
+def _write_chunk(client: FhirClient, chunk: list[dict[str, Any]], merge_patients: bool) -> dict[str, int]:
+    """One transaction; on 409 (an overlapping import upserting the same ids) re-read and re-send it: the
+    entries are idempotent ``PUT``s with deterministic ids, so re-sending cannot duplicate anything."""
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        try:
+            return client.write_entries(_merge_patients(client, chunk) if merge_patients else chunk,
+                                        chunk_size=len(chunk))
+        except FhirServerError as exc:
+            if exc.status_code != 409 or attempt == CONFLICT_ATTEMPTS:
+                raise
+            log.info("chunk collided with a concurrent write of the same resources (HTTP 409); retrying (%d/%d)",
+                     attempt, CONFLICT_ATTEMPTS)
+            time.sleep(random.uniform(0.05, 0.3) * attempt)
+    return {}  # pragma: no cover - the loop returns or raises
+
+
 def write_chunks(client: FhirClient, entries: Iterable[dict[str, Any]], *, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  merge_patients: bool = True) -> dict[str, int]:
     """Write entries as transaction chunks; returns counts per resource type and response status."""
     counts: dict[str, int] = {"chunks": 0}
     for chunk in chunked(entries, chunk_size):
-        if merge_patients:
-            chunk = _merge_patients(client, chunk)
-        for k, v in client.write_entries(chunk, chunk_size=len(chunk)).items():
+        for k, v in _write_chunk(client, chunk, merge_patients).items():
             counts[k] = counts.get(k, 0) + v
         counts["chunks"] += 1
         log.info("wrote chunk %d (%d entries)", counts["chunks"], len(chunk))

@@ -10,10 +10,11 @@ object ``<name>.<csv|tsv|txt|xlsx|json>``:
   ETags of the object and its sidecars, ``status``, ``updated``). One object per key means concurrent
   imports never overwrite each other's state.
 
-Decisions: a signature already ``imported``/``rejected``/``gone`` is never triggered again (a file is
-not imported twice for the same ETag); ``failed`` is retried on the next run; ``pending`` (triggered,
-not finished) is left alone until ``pending_timeout_s`` passes; an object without a mapping, preset or
-default preset waits (not triggered, no state) until one is uploaded.
+Decisions: a signature already ``imported``/``rejected`` is never triggered again (a file is
+not imported twice for the same ETag); ``gone`` (deleted before the import read it) is triggered again
+when the object is listed again (re-uploaded, even with the same bytes); ``failed`` is retried on the
+next run; ``pending`` (triggered, not finished) is left alone until ``pending_timeout_s`` passes; an
+object without a mapping, preset or default preset waits (not triggered, no state) until one is uploaded.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 STATE_DIR = ".kaapana-fhir-state"
 DATA_EXTENSIONS = (".csv", ".tsv", ".txt", ".xlsx", ".json")
 SIDECAR_SUFFIXES = (".mapping.yaml", ".mapping.yml", ".preset", ".dictionary.csv", ".import-report.json")
-DONE = ("imported", "rejected", "gone")
+DONE = ("imported", "rejected")
 
 
 def is_data_key(key: str) -> bool:
