@@ -179,6 +179,7 @@ def test_cohort_writes_tables_to_the_out_dir(tmp_path: Path, stack_env: dict[str
     assert result["result"]["patients"] == 1
     written = sorted(p.name for p in (run / OUT_DIR).iterdir())
     assert "kaapana-fhir-result.json" in written and len(written) > 1
+    assert "report.html" in written and result["result"]["report"]["path"].endswith("report.html")
 
 
 def test_table_object_in_the_project_bucket(tmp_path: Path, stack_env: dict[str, str], s3: Any) -> None:
