@@ -48,8 +48,9 @@ test-unit:
 bench: install
 	$(PY) tests/bench/run.py
 
-demo: install
-	$(PY) -m kaapana_fhir.demo --state-dir $(DEMO_DIR)
+demo:
+	@t0=$$(date +%s); $(MAKE) -s install && $(PY) -m kaapana_fhir.demo --state-dir $(DEMO_DIR); rc=$$?; \
+	echo "make demo took $$(( $$(date +%s) - t0 ))s in all (installs, HAPI build and servers included)"; exit $$rc
 
 demo-down:
 	-$(PY) -m kaapana_fhir.demo --state-dir $(DEMO_DIR) --down

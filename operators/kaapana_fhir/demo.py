@@ -166,9 +166,10 @@ def run(state_dir: Path, n_patients: int = 5, out: Any = sys.stdout) -> dict[str
 
         df = pd.read_parquet(cohort_file)
         rows = len(df)
-        cols = [c for c in df.columns if c in ("patient_id", "Histology", "Overall.Stage", "gender", "age",
-                                               "Survival.time")][:6] or list(df.columns[:6])
-        head = df[cols].head(5).to_string(index=False)
+        wanted = ("patient_id", "segment_label", "Histology", "Overall.Stage", "Survival.time",
+                  "shape_MeshVolume", "firstorder_Mean")
+        cols = [c for c in wanted if c in df.columns] or list(df.columns[:6])
+        head = df[cols].head(8).to_string(index=False, float_format=lambda v: f"{v:.4g}")
     report_html = report_x.get("report") or (str(out_dir / "report.html") if out_dir else "")
     total = time.perf_counter() - prog.t0
     summary = {

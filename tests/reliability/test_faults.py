@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from kaapana_fhir.clients.dicomweb import DicomWeb
 from kaapana_fhir.clients.fhir import FhirClient, RetryPolicy
 from kaapana_fhir.clients.s3 import ObjectStore
@@ -29,6 +28,7 @@ from kaapana_fhir.exceptions import (
 from kaapana_fhir.flows import table_watch as W
 from kaapana_fhir.flows.dicom_to_fhir import sync_studies
 from kaapana_fhir.flows.table_import import import_object, import_table
+
 from tests.reliability.helpers import (
     LONG_MAPPING,
     PrivateHapi,
@@ -91,13 +91,13 @@ def test_hapi_killed_mid_csv_import_and_mid_dicom_backfill(private_hapi: Private
         try:
             import_table(open_table(data, name="rel.csv"), mapping,
                          client=_KillSwitch(private_hapi.url, 4, barrier), chunk_size=CSV_CHUNK)
-        except BaseException as exc:  # collected: the main thread asserts on it
+        except BaseException as exc:  # noqa: BLE001 - collected: the main thread asserts on it
             errors["csv"] = exc
 
     def dicom_job() -> None:
         try:
             sync_studies(dicomweb, _KillSwitch(private_hapi.url, 6, barrier), study_uids=study_uids)
-        except BaseException as exc:  # collected: the main thread asserts on it
+        except BaseException as exc:  # noqa: BLE001 - collected: the main thread asserts on it
             errors["dicom"] = exc
 
     threads = [threading.Thread(target=csv_job), threading.Thread(target=dicom_job)]

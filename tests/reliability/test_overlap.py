@@ -10,14 +10,21 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
 from kaapana_fhir.clients.dicomweb import DicomWeb
 from kaapana_fhir.clients.fhir import FhirClient
 from kaapana_fhir.core.identifiers import DEFAULT_PATIENT_SYSTEM, patient_id
 from kaapana_fhir.core.tables import load_mapping, open_table
 from kaapana_fhir.flows.dicom_to_fhir import sync_studies
 from kaapana_fhir.flows.table_import import import_table
-from tests.reliability.helpers import LONG_MAPPING, canonical, expected_from_bundle, long_csv, snapshot, store_studies
+
+from tests.reliability.helpers import (
+    LONG_MAPPING,
+    canonical,
+    expected_from_bundle,
+    long_csv,
+    snapshot,
+    store_studies,
+)
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
@@ -32,7 +39,7 @@ def _concurrently(jobs: list[Callable[[], Any]], timeout: float = 300) -> list[A
         try:
             barrier.wait(timeout=60)
             results[i] = jobs[i]()
-        except BaseException as exc:  # collected and re-raised in the main thread
+        except BaseException as exc:  # noqa: BLE001 - collected and re-raised in the main thread
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
