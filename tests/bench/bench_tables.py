@@ -55,7 +55,10 @@ s = scan(t, mp)
 n = 0
 for chunk in chunked(iter_entries(t, mp, s), int(sys.argv[2])):
     n += len(json.dumps(transaction(chunk, sort=False)))
-print(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "rows": s.rows_read}))
+# VmHWM is this process's own peak; ru_maxrss keeps the parent's peak across fork/exec on Linux.
+hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+print(json.dumps({"maxrss_kb": hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "rows": s.rows_read}))
 """
 
 
