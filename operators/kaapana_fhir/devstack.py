@@ -154,7 +154,7 @@ def start_hapi(state_dir: Path, *, db_file: Path | None = None, port: int | None
            f"--server.port={port}", "--server.address=127.0.0.1"]
     if db_file is not None:
         db_file.parent.mkdir(parents=True, exist_ok=True)
-        cmd.append(f"--spring.datasource.url=jdbc:h2:file:{db_file};DB_CLOSE_ON_EXIT=FALSE")
+        cmd.append(f"--spring.datasource.url=jdbc:h2:file:{db_file};DB_CLOSE_ON_EXIT=FALSE;WRITE_DELAY=0")
     proc = _spawn(cmd, logfile)
     url = f"http://127.0.0.1:{port}/fhir"
     try:

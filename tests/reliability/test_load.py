@@ -22,7 +22,7 @@ from tests.reliability.helpers import LONG_MAPPING, long_csv, store_studies
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
-CI_STUDIES, CI_ROWS = 100, 2500
+CI_STUDIES, CI_ROWS = 100, 2000
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -4,6 +4,7 @@ a single clean run: the same resources (ids, counts) with the same content, igno
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Callable
@@ -64,8 +65,6 @@ def test_same_import_twice_at_once(fhir_url: str, tmp_path: Any) -> None:
 
     out = tmp_path / "clean.json"
     import_table(open_table(data, name="twice.csv"), mapping, out_path=out)
-    import json
-
     clean = json.loads(out.read_text())
     fhir = FhirClient(fhir_url)
     pids = [patient_id(DEFAULT_PATIENT_SYSTEM, f"R{tag}-{i}") for i in range(60)]

@@ -287,3 +287,14 @@ def test_options_reject_unknown_zone() -> None:
 
     with pytest.raises(ConfigError):
         MappingOptions(timezone="Nowhere/Town")
+
+
+def test_resolve_batches_large_backfills_for_task_mapping() -> None:
+    from kaapana_fhir.operators.dicom_to_fhir import _as_list, batch_for_mapping
+
+    small = [f"1.2.{i}" for i in range(10)]
+    assert batch_for_mapping(small, 256) == small
+    big = [f"1.2.{i}" for i in range(3000)]
+    batches = batch_for_mapping(big, 256)
+    assert len(batches) <= 256 and all(len(b) <= 12 for b in batches)
+    assert [u for b in batches for u in _as_list(b)] == big

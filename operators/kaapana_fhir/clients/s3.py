@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -22,6 +23,27 @@ from kaapana_fhir.clients.fhir import redact_url
 from kaapana_fhir.exceptions import ConfigError, ObjectStoreError
 
 log = logging.getLogger(__name__)
+
+
+class _RedactCredentials(logging.Filter):
+    """botocore's DEBUG request dumps carry ``Credential=<access key id>/...`` and security tokens."""
+
+    _patterns = (re.compile(r"(Credential=)[^/,\s'\"]+"), re.compile(r"(X-Amz-Security-Token['\"]?:?\s*['\"]?)[^'\",\s]+", re.I),
+                 re.compile(r"(X-Amz-Credential=)[^&\s'\"]+", re.I))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        red = msg
+        for pat in self._patterns:
+            red = pat.sub(r"\1***", red)
+        if red != msg:
+            record.msg, record.args = red, None
+        return True
+
+
+for _name in ("botocore.endpoint", "botocore.auth", "botocore.httpsession", "botocore.parsers", "botocore.hooks",
+              "botocore.retryhandler", "urllib3.connectionpool"):
+    logging.getLogger(_name).addFilter(_RedactCredentials())
 
 
 @dataclass(frozen=True)

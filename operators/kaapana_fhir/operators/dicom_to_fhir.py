@@ -63,8 +63,10 @@ class ResolveDicomStudiesOperator(BaseOperator):
     template_fields: Sequence[str] = ("study_instance_uids", "series_instance_uids", "missing_series")
 
     def __init__(self, *, study_instance_uids: Any = None, series_instance_uids: Any = None,
-                 dicomweb_conn_id: str = "dicomweb_default", missing_series: str = "fail", **kwargs: Any) -> None:
+                 dicomweb_conn_id: str = "dicomweb_default", missing_series: str = "fail",
+                 max_mapped_tasks: int = 256, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.max_mapped_tasks = max_mapped_tasks
         self.study_instance_uids = study_instance_uids
         self.series_instance_uids = series_instance_uids
         self.dicomweb_conn_id = dicomweb_conn_id
@@ -85,7 +87,21 @@ class ResolveDicomStudiesOperator(BaseOperator):
         dicomweb = DicomWebHook(self.dicomweb_conn_id).get_conn()
         uids = resolve_study_uids(dicomweb, studies, series, missing=missing)
         self.log.info("%d series / %d studies in conf → %d studies to sync", len(series), len(studies), len(uids))
-        return uids
+        return batch_for_mapping(uids, self.max_mapped_tasks)
+
+
+def batch_for_mapping(uids: list[str], max_tasks: int) -> list[Any]:
+    """One mapped task per study while that stays ≤ ``max_tasks``; beyond, equal batches of UIDs per task.
+
+    Keeps a backfill of thousands of studies below Airflow's ``max_map_length`` (1,024) with a bounded
+    amount of work per task.
+    """
+    if max_tasks < 1:
+        raise ValueError(f"max_mapped_tasks must be >= 1 (got {max_tasks})")
+    if len(uids) <= max_tasks:
+        return list(uids)
+    size = -(-len(uids) // max_tasks)
+    return [uids[i:i + size] for i in range(0, len(uids), size)]
 
 
 class DicomToFhirOperator(BaseOperator):
