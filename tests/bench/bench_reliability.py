@@ -27,6 +27,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _rss_mb() -> float:
+    """This process's own peak RSS (MiB). VmHWM, since ru_maxrss keeps the parent's peak across fork/exec."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
