@@ -24,8 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _out_args(p)
     p.set_defaults(func=run_compute)
 
-    q = sub.add_parser("radiomics-to-fhir", help="map a radiomics result file (Kaapana/pyradiomics JSON or CSV)")
-    q.add_argument("result", help="result file: PyRadiomicsOperator JSON, pyradiomics JSON/CSV")
+    q = sub.add_parser("radiomics-to-fhir", help="map a radiomics result file (Kaapana/pyradiomics/MITK)")
+    q.add_argument("result", help="result file: PyRadiomicsOperator JSON, pyradiomics JSON/CSV, "
+                                  "MITK CLGlobalImageFeatures XML / CSV (-head) / xq JSON")
     q.add_argument("--study", required=True, help="StudyInstanceUID of the segmented image")
     q.add_argument("--seg-series", required=True, help="SeriesInstanceUID of the SEG")
     q.add_argument("--seg-sop", help="SOPInstanceUID of the SEG (default: keyed by the SEG series UID)")

@@ -87,7 +87,11 @@ def split_feature_key(key: str) -> tuple[str, str, str]:
 def unit_for(feature_class: str, feature_name: str, modality: str) -> tuple[str, str, bool]:
     """(UCUM code, display, calibrated) for a feature; ``calibrated`` is False for arbitrary intensity units."""
     d = feature_table().get(f"{feature_class}_{feature_name}")
-    kind = d.unit_kind if d else "1"
+    return unit_of_kind(d.unit_kind if d else "1", modality)
+
+
+def unit_of_kind(kind: str, modality: str) -> tuple[str, str, bool]:
+    """(UCUM code, display, calibrated) for a :data:`UNITS` kind and the image modality."""
     table = UNITS[kind]
     if "*" in table:
         return (*table["*"], True)
@@ -98,6 +102,23 @@ def unit_for(feature_class: str, feature_name: str, modality: str) -> tuple[str,
 def settings_hash(settings: dict[str, Any]) -> str:
     """12 hex chars of SHA-256 over the canonical JSON of the effective settings."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class CodedFeature:
+    """A feature coded in another CodeSystem than ``CS_PYRADIOMICS`` (``code.coding[0]`` = system#code).
+
+    ``key`` names it inside its segment (Observation identifier / id); ``unit_kind`` is a key of :data:`UNITS`,
+    ``None`` when the unit is not known (``valueQuantity`` then has no unit).
+    """
+
+    key: str
+    system: str
+    code: str
+    display: str
+    value: Any
+    unit_kind: str | None = None
+    image_type: str = "original"
 
 
 @dataclass
@@ -113,6 +134,12 @@ class SegmentFeatures:
     tracking_uid: str | None = None  # TrackingUID (0062,0021)
     voxel_count: int | None = None
     all_zero_is_failure: bool = False  # Kaapana PyRadiomicsOperator writes 0 for every feature on failure
+    #: features that have no pyradiomics code (e.g. MITK CLGlobalImageFeatures names), coded as given
+    coded_features: list[CodedFeature] = field(default_factory=list)
+    #: extra codings appended to ``code.coding`` of a pyradiomics-coded feature key (e.g. the MITK name it came from)
+    extra_codings: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    #: what the result file says about the run: ``software``, ``version``, ``settings`` (all optional)
+    source: dict[str, Any] | None = None
 
 
 @dataclass
@@ -132,6 +159,7 @@ class RadiomicsRun:
     issued: str | None = None  # run time, ISO 8601 with time zone
     effective: str | None = None  # acquisition/study date (FHIR dateTime)
     seg_study_uid: str | None = None  # when the SEG lives in another study
+    software: str = "pyradiomics"  # Device.deviceName (e.g. "MITK CLGlobalImageFeatures")
 
 
 @dataclass
@@ -170,14 +198,14 @@ def body_structure(run: RadiomicsRun, seg: SegmentFeatures, pid: str) -> dict[st
 def device(run: RadiomicsRun) -> dict[str, Any]:
     h = settings_hash(run.settings)
     return {
-        "resourceType": "Device", "id": stable_id("Device", "pyradiomics", run.pyradiomics_version, h),
+        "resourceType": "Device", "id": stable_id("Device", run.software, run.pyradiomics_version, h),
         "meta": {"tag": [TAG]},
-        "deviceName": [{"name": "pyradiomics", "type": "model-name"}],
+        "deviceName": [{"name": run.software, "type": "model-name"}],
         "type": {"coding": [{"system": codes.CS_KAAPANA, "code": "radiomics-software"}],
                  "text": "Radiomics feature extraction software"},
         "version": [{"value": run.pyradiomics_version}],
         "property": [{"type": {"coding": [{"system": codes.CS_KAAPANA, "code": "radiomics-settings"}],
-                               "text": f"pyradiomics settings (JSON, hash {h})"},
+                               "text": f"{run.software} settings (JSON, hash {h})"},
                       "valueCode": [{"text": json.dumps(run.settings, sort_keys=True, default=str)}]}],
     }
 
@@ -239,6 +267,10 @@ def map_run(run: RadiomicsRun, *, layout: str = "members") -> MapResult:
                 out.issues.append({"tag": f"segment {seg.segment_number}", "value": key, "rule": str(exc)})
                 continue
             by_type.setdefault(itype, []).append((key, fclass, fname, value))
+        coded_by_type: dict[str, list[CodedFeature]] = {}
+        for cf in seg.coded_features:
+            coded_by_type.setdefault(cf.image_type, []).append(cf)
+            by_type.setdefault(cf.image_type, [])
         failed = seg.error
         if not failed and seg.all_zero_is_failure and seg.features:
             vals = [_number(v)[0] for k, v in seg.features.items() if not k.startswith("diagnostics_")]
@@ -261,26 +293,36 @@ def map_run(run: RadiomicsRun, *, layout: str = "members") -> MapResult:
                                      "display": "Radiomics feature set"}], "text": "Radiomics feature set"},
                 **common, "focus": [_ref("BodyStructure", bs["id"])],
                 "method": {"coding": [{"system": codes.CS_IMAGE_TYPE, "code": itype}],
-                           "text": _settings_text(run.settings)},
+                           "text": _settings_text(run)},
                 "note": [{"text": f"image type {itype}; segment {seg.segment_number} '{seg.label}'; "
                                   f"settings hash {h}"}],
                 "extension": _uid_ext(run),
             }
             members, comps = [], []
+            todo: list[tuple[str, list[dict[str, str]], str, Any, str | None]] = []
             for key, fclass, fname, value in sorted(by_type[itype]):
                 fdef = table.get(f"{fclass}_{fname}")
                 coding = [{"system": codes.CS_PYRADIOMICS, "code": f"{fclass}_{fname}", "display": f"{fclass} {fname}"}]
                 if fdef and fdef.ibsi_code:
                     coding.append({"system": CS_IBSI, "code": fdef.ibsi_code, "display": fdef.ibsi_name})
+                coding += seg.extra_codings.get(key, [])
                 if fdef is None:
                     out.issues.append({"tag": key, "value": str(value), "rule": "feature not in features.csv; "
                                        "coded with the pyradiomics CodeSystem only, unit 1"})
+                todo.append((key, coding, f"{itype} {fclass} {fname}", value, fdef.unit_kind if fdef else "1"))
+            for cf in sorted(coded_by_type.get(itype, []), key=lambda c: c.key):
+                todo.append((cf.key, [{"system": cf.system, "code": cf.code, "display": cf.display}],
+                             f"{itype} {cf.display}", cf.value, cf.unit_kind))
+            for key, coding, text, value, unit_kind in todo:
                 num, reason = (None, "error") if failed else _number(value)
-                code_cc = {"coding": coding, "text": f"{itype} {fclass} {fname}"}
-                item: dict[str, Any] = {"code": code_cc}
+                item: dict[str, Any] = {"code": {"coding": coding, "text": text}}
+                calibrated = True
                 if num is not None:
-                    ucum, disp, calibrated = unit_for(fclass, fname, run.modality)
-                    item["valueQuantity"] = {"value": num, "unit": disp, "system": codes.UCUM, "code": ucum}
+                    if unit_kind is None:
+                        item["valueQuantity"] = {"value": num}
+                    else:
+                        ucum, disp, calibrated = unit_of_kind(unit_kind, run.modality)
+                        item["valueQuantity"] = {"value": num, "unit": disp, "system": codes.UCUM, "code": ucum}
                 else:
                     item["dataAbsentReason"] = _absent(reason or "error", failed or f"value {value!r}")
                     out.absent += 1
@@ -296,7 +338,7 @@ def map_run(run: RadiomicsRun, *, layout: str = "members") -> MapResult:
                        "category": [{"coding": [{"system": codes.OBSERVATION_CATEGORY, "code": "imaging"}]}],
                        **common, "focus": [_ref("BodyStructure", bs["id"])],
                        "method": {"coding": [{"system": codes.CS_IMAGE_TYPE, "code": itype}]}, **item}
-                if "valueQuantity" in item and not unit_for(fclass, fname, run.modality)[2]:
+                if "valueQuantity" in item and not calibrated:
                     obs["note"] = [{"text": f"{run.modality or 'non-CT'} intensities have no calibrated unit"}]
                 out.resources.append(obs)
                 members.append(_ref("Observation", fid))
@@ -311,12 +353,16 @@ def map_run(run: RadiomicsRun, *, layout: str = "members") -> MapResult:
     return out
 
 
-def _settings_text(settings: dict[str, Any]) -> str:
+def _settings_text(run: RadiomicsRun) -> str:
+    settings = run.settings
     s = settings.get("setting", {}) or {}
+    if not isinstance(s, dict):
+        s = {}
     parts = [f"{k}={s[k]}" for k in ("binWidth", "binCount", "resampledPixelSpacing", "normalize", "label")
              if k in s and s[k] is not None]
-    itypes = ",".join(sorted((settings.get("imageType") or {}).keys()))
-    return "pyradiomics " + " ".join(parts) + (f" imageTypes={itypes}" if itypes else "")
+    imagetype = settings.get("imageType")
+    itypes = ",".join(sorted(imagetype.keys())) if isinstance(imagetype, dict) else ""
+    return f"{run.software} " + " ".join(parts) + (f" imageTypes={itypes}" if itypes else "")
 
 
 def _uid_ext(run: RadiomicsRun) -> list[dict[str, Any]]:

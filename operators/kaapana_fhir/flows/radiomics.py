@@ -323,7 +323,8 @@ def run_from_result_file(path: str | Path, *, study_uid: str, seg_series_uid: st
                          seg_sop_uid: str | None = None, modality: str = "CT", image_series_uid: str | None = None,
                          settings: dict[str, Any] | None = None, pyradiomics_version: str = "unknown",
                          patient_system: str | None = None) -> tuple[RadiomicsRun, list[dict[str, Any]], str]:
-    """A :class:`RadiomicsRun` from a result file computed elsewhere (Kaapana / pyradiomics JSON or CSV).
+    """A :class:`RadiomicsRun` from a result file computed elsewhere (Kaapana / pyradiomics JSON or CSV, MITK
+    CLGlobalImageFeatures XML / xq JSON / CSV; MITK files set the Device name, version and settings).
 
     Without ``seg_sop_uid`` the SEG series UID keys the ids (an issue says so).
     """
@@ -333,8 +334,10 @@ def run_from_result_file(path: str | Path, *, study_uid: str, seg_series_uid: st
     if not seg_sop_uid:
         issues.append({"tag": "SOPInstanceUID (0008,0018)", "value": seg_series_uid,
                        "rule": "SEG SOP Instance UID not given; ids keyed by the SEG series UID"})
+    src = next((s.source for s in segs if s.source), None) or {}  # e.g. MITK XML: software, version, CLI settings
     run = RadiomicsRun(patient_value=patient_value, study_uid=study_uid, seg_sop_uid=seg_sop_uid or seg_series_uid,
                        segments=segs, image_series_uid=image_series_uid, seg_series_uid=seg_series_uid,
-                       modality=modality, settings=settings or {"source": fmt},
-                       pyradiomics_version=pyradiomics_version, patient_system=patient_system)
+                       modality=modality, settings=settings or src.get("settings") or {"source": fmt},
+                       pyradiomics_version=src.get("version") or pyradiomics_version, patient_system=patient_system,
+                       software=src.get("software") or "pyradiomics")
     return run, issues, fmt
