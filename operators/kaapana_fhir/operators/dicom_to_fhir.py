@@ -6,19 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from kaapana_fhir.airflow_compat import BaseOperator
+from kaapana_fhir.operators._conf_values import as_uid_list as _as_list
 
 #: workflow_form keys a run may set (Kaapana UI / REST trigger); they override the constructor values.
 FORM_KEYS = ("patient_system", "timezone", "endpoint_address", "include_instances", "include_device", "wado",
              "missing_series")
-
-
-def _as_list(value: Any) -> list[str]:
-    """A UID list from a list, a single UID, a comma/whitespace separated string or None."""
-    if value is None or value == "" or value == "None":
-        return []
-    if isinstance(value, str):
-        return [v for v in value.replace(",", " ").split() if v]
-    return [str(v).strip() for v in value if str(v).strip()]
 
 
 def _bool(value: Any) -> bool:

@@ -6,17 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from kaapana_fhir.airflow_compat import BaseOperator
+from kaapana_fhir.operators._conf_values import as_uid_list as _as_list
 
 #: workflow_form keys a run may set (Kaapana UI / REST trigger); they override the constructor values.
 FORM_KEYS = ("settings", "settings_preset", "layout", "patient_system")
-
-
-def _as_list(value: Any) -> list[str]:
-    if value is None or value == "" or value == "None":
-        return []
-    if isinstance(value, str):
-        return [v for v in value.replace(",", " ").split() if v]
-    return [str(v).strip() for v in value if str(v).strip()]
 
 
 def seg_series_from_conf(conf: dict[str, Any] | None) -> list[str]:
