@@ -1,0 +1,1 @@
+"""flows.dicom_to_fhir."""

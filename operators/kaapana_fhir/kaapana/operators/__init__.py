@@ -1,0 +1,1 @@
+"""kaapana.operators."""
