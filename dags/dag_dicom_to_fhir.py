@@ -4,7 +4,7 @@ Triggered by ``kaapana_fhir_dicom_to_fhir_trigger_rule.json`` on every incoming 
 ``data_form.identifiers`` = SeriesInstanceUIDs), by the incoming-DICOM service conf (``studyInstanceUID`` /
 ``seriesInstanceUID``) or from the workflow UI with a dataset. On plain Airflow the studies are resolved
 first and synced with one mapped task per study (``.expand``); in Kaapana the container operator handles
-the batch (``kaapana_fhir.operators.runtime``).
+the batch (``kaapana_fhir.kaapana.runtime``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kaapana_fhir.airflow_compat import DAG, task
-from kaapana_fhir.core.identifiers import DEFAULT_PATIENT_SYSTEM
-from kaapana_fhir.operators.runtime import flow_operator, in_kaapana, kaapana_cleaner, kaapana_input_operator
+from kaapana_fhir.core.ids import DEFAULT_PATIENT_SYSTEM
+from kaapana_fhir.kaapana.runtime import flow_operator, in_kaapana, kaapana_cleaner, kaapana_input_operator
 
 ui_forms: dict[str, Any] = {
     "documentation_form": {"path": "/user_guide/extensions.html#dicom-to-fhir"},

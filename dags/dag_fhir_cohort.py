@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kaapana_fhir.airflow_compat import DAG, Param, ShortCircuitOperator, TriggerDagRunOperator
-from kaapana_fhir.operators.runtime import flow_operator, in_kaapana, kaapana_cleaner
+from kaapana_fhir.kaapana.runtime import flow_operator, in_kaapana, kaapana_cleaner
 
 ui_forms: dict[str, Any] = {
     "documentation_form": {"path": "/user_guide/extensions.html#fhir-cohort"},

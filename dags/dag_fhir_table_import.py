@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 from kaapana_fhir.airflow_compat import DAG, Param
-from kaapana_fhir.operators.runtime import flow_operator
+from kaapana_fhir.kaapana.runtime import flow_operator
 
 ui_forms = {
     "documentation_form": {"path": "/user_guide/extensions.html#kaapana-fhir"},

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from kaapana_fhir.airflow_compat import DAG
-from kaapana_fhir.operators.runtime import flow_operator, kaapana_cleaner, kaapana_input_operator
+from kaapana_fhir.kaapana.runtime import flow_operator, kaapana_cleaner, kaapana_input_operator
 
 ui_forms = {
     "documentation_form": {"path": "/user_guide/extensions.html#radiomics-to-fhir"},

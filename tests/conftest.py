@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from kaapana_fhir import devstack
 from kaapana_fhir.clients.dicomweb import DicomWeb
 from kaapana_fhir.clients.fhir import FhirClient
 from kaapana_fhir.clients.s3 import ObjectStore
+from kaapana_fhir.dev import stack as devstack
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"

@@ -20,11 +20,10 @@ sys.path.insert(0, str(HERE.parents[1]))
 
 from kaapana_fhir.clients.fhir import FhirClient
 from kaapana_fhir.core import bundle
-from kaapana_fhir.core import cohort as C
-from kaapana_fhir.core import report as R
-from kaapana_fhir.core.views import load_view, run_view, shipped_views
-from kaapana_fhir.flows.cohort import RELATED, fetch_and_flatten, load_views
-
+from kaapana_fhir.core.cohort import report as R
+from kaapana_fhir.core.cohort import tables as C
+from kaapana_fhir.core.cohort.views import load_view, run_view, shipped_views
+from kaapana_fhir.flows.cohort.flow import RELATED, fetch_and_flatten, load_views
 from tests.support.cohort_data import cohort_resources
 
 

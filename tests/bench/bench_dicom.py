@@ -23,9 +23,9 @@ import requests
 
 from kaapana_fhir.clients.dicomweb import DicomWeb
 from kaapana_fhir.clients.fhir import FhirClient
-from kaapana_fhir.core.dicom import MappingOptions, SeriesInput, map_study
+from kaapana_fhir.core.dicom.mapping import MappingOptions, SeriesInput, map_study
 from kaapana_fhir.core.validate import validate_resource
-from kaapana_fhir.flows.dicom_to_fhir import sync_studies
+from kaapana_fhir.flows.dicom_to_fhir.flow import sync_studies
 
 
 class _TimedSession(requests.Session):
@@ -147,8 +147,9 @@ def run(ctx):  # noqa: ANN001, ANN201
                             note="dicom2fhir builds pydantic models, i.e. validates too"))
 
     # end-to-end Orthanc -> HAPI
-    from tests.support.dicom_json import ct_series
     from pydicom.uid import generate_uid
+
+    from tests.support.dicom_json import ct_series
 
     st = ctx.stack()
     n_e2e = 20 if ctx.quick else 200

@@ -9,7 +9,7 @@ import requests
 
 from kaapana_fhir.clients.fhir import FhirClient
 from kaapana_fhir.core import bundle
-from kaapana_fhir.core.identifiers import patient_id
+from kaapana_fhir.core.ids import patient_id
 
 
 def _entries(tag: str, n: int) -> list[dict]:

@@ -14,10 +14,10 @@ import uuid
 from kaapana_fhir.clients.dicomweb import DicomWeb
 from kaapana_fhir.clients.fhir import FhirClient
 from kaapana_fhir.core.bundle import transaction
-from kaapana_fhir.demo_data import demo_case, fetch_pyradiomics_sdist, lung1_full_case
-from kaapana_fhir.demo_dicom import write_case
-from kaapana_fhir.flows import radiomics as flow
-from kaapana_fhir.flows.radiomics_dicom import read_dicom_dir
+from kaapana_fhir.dev.demo_data import demo_case, fetch_pyradiomics_sdist, lung1_full_case
+from kaapana_fhir.dev.demo_dicom import write_case
+from kaapana_fhir.flows.radiomics import flow as flow
+from kaapana_fhir.flows.radiomics.compute import read_dicom_dir
 
 
 def run(ctx):  # noqa: ANN001, ANN201

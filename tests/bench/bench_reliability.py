@@ -55,9 +55,8 @@ def _worker(kind: str, args: dict[str, Any]) -> dict[str, Any]:
     from kaapana_fhir.clients.dicomweb import DicomWeb
     from kaapana_fhir.clients.fhir import FhirClient
     from kaapana_fhir.core.tables import load_mapping, open_table
-    from kaapana_fhir.flows.dicom_to_fhir import sync_studies
-    from kaapana_fhir.flows.table_import import import_table
-
+    from kaapana_fhir.flows.dicom_to_fhir.flow import sync_studies
+    from kaapana_fhir.flows.tables.flow import import_table
     from tests.reliability.helpers import LONG_MAPPING, long_csv
 
     mapping = load_mapping(LONG_MAPPING, source="bench")
@@ -105,9 +104,9 @@ def _measure(kind: str, args: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 
 def run(ctx):
-    from kaapana_fhir.clients.dicomweb import DicomWeb
     from run import Row
 
+    from kaapana_fhir.clients.dicomweb import DicomWeb
     from tests.reliability.helpers import store_studies
 
     st = ctx.stack()

@@ -18,10 +18,11 @@ import uuid
 from pathlib import Path
 
 import requests
+
 from kaapana_fhir.clients.fhir import FhirClient
 from kaapana_fhir.core.bundle import transaction
 from kaapana_fhir.core.tables import TableMapper, iter_entries, load_mapping, open_table, scan
-from kaapana_fhir.flows.table_import import import_table
+from kaapana_fhir.flows.tables.flow import import_table
 
 COLUMNS = 20
 CHUNK = 500

@@ -45,7 +45,7 @@ class BenchContext:
 
     def stack(self) -> Any:
         if self._stack is None:
-            from kaapana_fhir import devstack
+            from kaapana_fhir.dev import stack as devstack
 
             if os.environ.get("FHIR_BASE_URL") and os.environ.get("DICOMWEB_URL") and os.environ.get("S3_ENDPOINT_URL"):
                 st = devstack.Stack(str(self.workdir))

@@ -13,14 +13,14 @@ from typing import Any
 
 import pandas as pd
 import pytest
+
 from kaapana_fhir.clients.fhir import FhirClient
 from kaapana_fhir.clients.s3 import ObjectStore
 from kaapana_fhir.core import bundle
-from kaapana_fhir.core import cohort as C
-from kaapana_fhir.core import report as R
+from kaapana_fhir.core.cohort import report as R
+from kaapana_fhir.core.cohort import tables as C
 from kaapana_fhir.core.validate import validate_resource
-from kaapana_fhir.flows.cohort import fetch_and_flatten, load_views, run_cohort
-
+from kaapana_fhir.flows.cohort.flow import fetch_and_flatten, load_views, run_cohort
 from tests.support.cohort_data import patient_resources
 
 pytestmark = pytest.mark.integration
@@ -224,7 +224,7 @@ def test_notebook_runs_against_the_stack(stack: Any, lung_cohort: dict[str, Any]
     monkeypatch.setenv("FHIR_BASE_URL", stack.fhir_url)
     monkeypatch.setenv("COHORT_PATIENT_SEARCH", f"Patient?identifier={lung_cohort['system']}|")
     monkeypatch.delenv("COHORT_TABLE", raising=False)
-    nb = nbformat.read(REPO / "operators" / "kaapana_fhir" / "notebooks" / "cohort_analysis.ipynb", as_version=4)
+    nb = nbformat.read(REPO / "operators" / "kaapana_fhir" / "dev" / "notebooks" / "cohort_analysis.ipynb", as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3").execute()
     text = io.StringIO()
     for cell in nb.cells:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kaapana_fhir import devstack
+from kaapana_fhir.dev import stack as devstack
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
 
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _run_demo(state: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FHIR_BASE_URL", "DICOMWEB_URL",
                                                                      "S3_", "ORTHANC_URL"))}
-    return subprocess.run([sys.executable, "-m", "kaapana_fhir.demo", "--state-dir", str(state), *extra],
+    return subprocess.run([sys.executable, "-m", "kaapana_fhir.dev.demo", "--state-dir", str(state), *extra],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=1200)
 
 

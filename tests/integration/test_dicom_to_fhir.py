@@ -16,10 +16,10 @@ from pydicom.uid import generate_uid
 from kaapana_fhir.clients.dicomweb import DicomWeb
 from kaapana_fhir.clients.fhir import FhirClient
 from kaapana_fhir.core.codes import SYSTEM_DICOM_UID
-from kaapana_fhir.core.dicom import MappingOptions
-from kaapana_fhir.core.identifiers import stable_id
+from kaapana_fhir.core.dicom.mapping import MappingOptions
+from kaapana_fhir.core.ids import stable_id
 from kaapana_fhir.exceptions import DicomWebError, ResourceNotFound
-from kaapana_fhir.flows.dicom_to_fhir import sync_studies
+from kaapana_fhir.flows.dicom_to_fhir.flow import sync_studies
 from tests.support.dicom_json import ct_series
 
 pytestmark = pytest.mark.integration
@@ -137,7 +137,7 @@ def test_two_series_concurrently_end_in_one_study(dicomweb: DicomWeb, dicomweb_u
 
 
 def test_pacs_unreachable_names_url_and_writes_nothing(fhir: FhirClient) -> None:
-    from kaapana_fhir.devstack import free_port
+    from kaapana_fhir.dev.stack import free_port
 
     url = f"http://127.0.0.1:{free_port()}/dicom-web"
     study = generate_uid()
@@ -153,7 +153,7 @@ def test_dag_as_kaapana_triggers_it(airflow_home: Path, stack_env: dict[str, str
                                     dicomweb: DicomWeb, fhir: FhirClient, two_studies: dict[str, Any]) -> None:
     from airflow.models import DagBag
 
-    from kaapana_fhir.core.trigger_rules import build_confs, load_rules
+    from kaapana_fhir.kaapana.trigger_rules import build_confs, load_rules
 
     for k, v in stack_env.items():
         monkeypatch.setenv(k, v)

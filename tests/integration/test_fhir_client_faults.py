@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from kaapana_fhir.clients.fhir import FhirClient, RetryPolicy
-from kaapana_fhir.core.identifiers import patient_id
+from kaapana_fhir.core.ids import patient_id
 from kaapana_fhir.exceptions import FhirServerError
 from tests.support.fault_proxy import FaultPlan, FaultProxy
 

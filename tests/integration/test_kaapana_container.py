@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kaapana_fhir.core.identifiers import patient_id
-from kaapana_fhir.flows.table_synthetic import synthetic_lung1_csv
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from kaapana_fhir.core.ids import patient_id
+from kaapana_fhir.dev.synthetic_tables import synthetic_lung1_csv
 
 pytestmark = pytest.mark.integration
 
@@ -205,8 +206,8 @@ def test_radiomics_for_a_copied_seg_series(
     are read from DICOMweb, features land in FHIR."""
     import shutil
 
-    from kaapana_fhir.demo_data import make_demo_dataset
-    from kaapana_fhir.flows.radiomics_dicom import read_dicom_dir
+    from kaapana_fhir.dev.demo_data import make_demo_dataset
+    from kaapana_fhir.flows.radiomics.compute import read_dicom_dir
 
     prefix = "KCR" + uuid.uuid4().hex[:6].upper()
     manifest = make_demo_dataset(

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from kaapana_fhir.core import codes
-from kaapana_fhir.core.identifiers import patient_id, stable_id
-from kaapana_fhir.demo_data import demo_case, make_demo_dataset
-from kaapana_fhir.flows.radiomics import load_settings
-from kaapana_fhir.flows.radiomics_dicom import read_dicom_dir
+from kaapana_fhir.core.ids import patient_id, stable_id
+from kaapana_fhir.dev.demo_data import demo_case, make_demo_dataset
+from kaapana_fhir.flows.radiomics.compute import read_dicom_dir
+from kaapana_fhir.flows.radiomics.flow import load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
 
@@ -39,7 +39,7 @@ def test_radiomics_dag_end_to_end(tmp_path: Path, stack_env: dict, airflow_home:
     for p in pats:
         dicomweb.store(read_dicom_dir(p["ct_dir"]) + read_dicom_dir(p["seg_file"]))
 
-    from kaapana_fhir.airflow_runner import run_dag
+    from kaapana_fhir.dev.airflow_runner import run_dag
 
     conf = {"data_form": {"identifiers": [p["seg_series_uid"] for p in pats]}}
     first = run_dag("radiomics-to-fhir", conf)

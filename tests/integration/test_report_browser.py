@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from kaapana_fhir.clients.fhir import FhirClient
 from kaapana_fhir.core import bundle
-from kaapana_fhir.core import cohort as C
-from kaapana_fhir.core import report as R
-from kaapana_fhir.core.views import load_view, run_view, shipped_views
-from kaapana_fhir.flows.report import data_from_fhir, write_report
-
+from kaapana_fhir.core.cohort import report as R
+from kaapana_fhir.core.cohort import tables as C
+from kaapana_fhir.core.cohort.views import load_view, run_view, shipped_views
+from kaapana_fhir.flows.cohort.report import data_from_fhir, write_report
 from tests.support import browser
 from tests.support.cohort_data import cohort_resources, patient_resources
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from pydicom.data import get_testdata_file
 from pydicom import dcmread
+from pydicom.data import get_testdata_file
 
 from kaapana_fhir.clients.fhir import FhirClient, RetryPolicy
 from kaapana_fhir.core import bundle
-from kaapana_fhir.core.identifiers import patient_id
+from kaapana_fhir.core.ids import patient_id
 from kaapana_fhir.exceptions import FhirConnectionError, FhirServerError
 
 pytestmark = pytest.mark.integration
@@ -94,7 +94,7 @@ def test_fhir_validate_operation(fhir: FhirClient) -> None:
 
 
 def test_fhir_server_down_names_url_quickly() -> None:
-    from kaapana_fhir.devstack import free_port
+    from kaapana_fhir.dev.stack import free_port
 
     url = f"http://127.0.0.1:{free_port()}/fhir"
     client = FhirClient(url, timeout=(2, 5), retry=RetryPolicy(max_attempts=2, initial_wait=0.01))

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kaapana_fhir.core.identifiers import DEFAULT_PATIENT_SYSTEM, patient_id
-from kaapana_fhir.flows.table_synthetic import synthetic_lung1_csv
+
+from kaapana_fhir.core.ids import DEFAULT_PATIENT_SYSTEM, patient_id
+from kaapana_fhir.dev.synthetic_tables import synthetic_lung1_csv
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
 
@@ -141,7 +142,7 @@ def test_upload_watch_import_reimport(dags: dict[str, Any], s3: Any, fhir: Any) 
 def test_server_down_mid_file_leaves_complete_chunks_and_retry_finishes(fhir: Any) -> None:
     from kaapana_fhir.core.tables import load_preset, open_table
     from kaapana_fhir.exceptions import FhirConnectionError
-    from kaapana_fhir.flows.table_import import import_table
+    from kaapana_fhir.flows.tables.flow import import_table
 
     class DiesAfter:
         """The real client, but the server 'goes down' after ``n`` committed transactions."""

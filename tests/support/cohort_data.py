@@ -11,7 +11,7 @@ import random
 from typing import Any
 
 from kaapana_fhir.core import codes
-from kaapana_fhir.core.identifiers import patient_id, stable_id
+from kaapana_fhir.core.ids import patient_id, stable_id
 
 STAGES = ["I", "II", "IIIa", "IIIb"]
 HISTOLOGY = [("35917007", "adenocarcinoma"), ("28899001", "squamous cell carcinoma"), ("22687000", "large cell")]

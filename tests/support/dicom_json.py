@@ -6,7 +6,7 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
-from kaapana_fhir.core.dicom import SeriesInput
+from kaapana_fhir.core.dicom.mapping import SeriesInput
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 SERIES = "1.2.826.0.1.3680043.8.498.1.1"

@@ -12,7 +12,7 @@ import responses
 from kaapana_fhir.clients.fhir import FhirClient, RetryPolicy, redact_url
 from kaapana_fhir.clients.s3 import safe_local_path
 from kaapana_fhir.core import bundle
-from kaapana_fhir.core.identifiers import (
+from kaapana_fhir.core.ids import (
     DEFAULT_PATIENT_SYSTEM,
     is_valid_fhir_id,
     normalize_uid,

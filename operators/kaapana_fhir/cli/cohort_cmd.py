@@ -56,8 +56,8 @@ def _client(url: str | None):
 
 
 def run_cohort_cmd(args: argparse.Namespace) -> int:
-    from kaapana_fhir.core import cohort as C
-    from kaapana_fhir.flows.cohort import run_cohort
+    from kaapana_fhir.core.cohort import tables as C
+    from kaapana_fhir.flows.cohort.flow import run_cohort
 
     out = Path(args.out)
     if out.suffix.lower() not in (".parquet", ".csv"):
@@ -84,7 +84,7 @@ def run_cohort_cmd(args: argparse.Namespace) -> int:
 
 
 def run_report_cmd(args: argparse.Namespace) -> int:
-    from kaapana_fhir.flows.report import data_from_fhir, data_from_table, write_report
+    from kaapana_fhir.flows.cohort.report import data_from_fhir, data_from_table, write_report
 
     if args.cohort:
         data = data_from_table(args.cohort, title=args.title)

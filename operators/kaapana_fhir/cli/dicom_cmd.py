@@ -18,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-from kaapana_fhir.core.identifiers import DEFAULT_PATIENT_SYSTEM
+from kaapana_fhir.core.ids import DEFAULT_PATIENT_SYSTEM
 from kaapana_fhir.exceptions import ConfigError
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,8 @@ def _issuers(pairs: list[str]) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     from kaapana_fhir.clients.dicomweb import DicomWeb
     from kaapana_fhir.clients.fhir import FhirClient
-    from kaapana_fhir.core.dicom import MappingOptions
-    from kaapana_fhir.flows.dicom_to_fhir import sync_files, sync_studies
+    from kaapana_fhir.core.dicom.mapping import MappingOptions
+    from kaapana_fhir.flows.dicom_to_fhir.flow import sync_files, sync_studies
 
     if bool(args.dicomweb) == bool(args.files):
         raise ConfigError("give exactly one source: --dicomweb URL (with --study/--series) or --files PATH...")

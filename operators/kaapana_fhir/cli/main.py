@@ -22,7 +22,7 @@ SUBCOMMAND_MODULES = (
     "kaapana_fhir.cli.dicom_cmd",
     "kaapana_fhir.cli.tables_cmd",
     "kaapana_fhir.cli.radiomics_cmd",
-    "kaapana_fhir.cli.kaapana_cmd",
+    "kaapana_fhir.kaapana.entry",
     "kaapana_fhir.cli.cohort_cmd",
 )
 

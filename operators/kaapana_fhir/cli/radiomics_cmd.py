@@ -48,7 +48,7 @@ def _out_args(p: argparse.ArgumentParser) -> None:
 def _emit(args: argparse.Namespace, run: object, layout: str, extra: dict) -> int:
     from kaapana_fhir.clients.fhir import FhirClient
     from kaapana_fhir.core.bundle import transaction
-    from kaapana_fhir.flows.radiomics import entries_for, write_run
+    from kaapana_fhir.flows.radiomics.flow import entries_for, write_run
 
     if args.fhir:
         summary = write_run(FhirClient(args.fhir), run, layout=layout)
@@ -66,7 +66,7 @@ def _emit(args: argparse.Namespace, run: object, layout: str, extra: dict) -> in
 
 
 def run_compute(args: argparse.Namespace) -> int:
-    from kaapana_fhir.flows.radiomics import compute_from_files, resolve_settings
+    from kaapana_fhir.flows.radiomics.flow import compute_from_files, resolve_settings
 
     if args.settings and args.preset:
         raise ConfigError("give either --settings or --preset, not both")
@@ -80,7 +80,7 @@ def run_compute(args: argparse.Namespace) -> int:
 
 
 def run_map(args: argparse.Namespace) -> int:
-    from kaapana_fhir.flows.radiomics import run_from_result_file
+    from kaapana_fhir.flows.radiomics.flow import run_from_result_file
 
     run, issues, fmt = run_from_result_file(
         args.result, study_uid=args.study, seg_series_uid=args.seg_series, patient_value=args.patient_id,

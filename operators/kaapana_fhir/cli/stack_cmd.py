@@ -1,4 +1,4 @@
-"""``kaapana-fhir stack up|down|env``: the local stack of real servers (see :mod:`kaapana_fhir.devstack`)."""
+"""``kaapana-fhir stack up|down|env``: the local stack of real servers (see :mod:`kaapana_fhir.dev.stack`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from kaapana_fhir import devstack
+from kaapana_fhir.dev import stack as devstack
 
 log = logging.getLogger(__name__)
 

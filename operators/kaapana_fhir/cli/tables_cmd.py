@@ -78,7 +78,7 @@ def write_rejected_csv(path: str, rejected: list[dict[str, Any]]) -> None:
 def run_import(args: argparse.Namespace) -> int:
     from kaapana_fhir.clients.fhir import FhirClient
     from kaapana_fhir.core.tables import TableRejected, load_mapping, open_table
-    from kaapana_fhir.flows.table_import import import_table, resolve_mapping
+    from kaapana_fhir.flows.tables.flow import import_table, resolve_mapping
 
     data = _read(args.file)
     mapping_text = None

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kaapana_fhir import devstack
+from kaapana_fhir.dev import stack as devstack
 from kaapana_fhir.exceptions import KaapanaFhirError
 
-log = logging.getLogger("kaapana_fhir.demo")
+log = logging.getLogger("kaapana_fhir.dev.demo")
 
 BUCKET = "project-admin"
 DEMO_TIMEZONE = "Europe/Berlin"
@@ -85,7 +85,7 @@ def run(state_dir: Path, n_patients: int = 5, out: Any = sys.stdout) -> dict[str
     for k, v in stack.env().items():
         os.environ[k] = v
     with prog.step("prepare Airflow (SQLite under the demo dir)"):
-        from kaapana_fhir import airflow_runner
+        from kaapana_fhir.dev import airflow_runner as airflow_runner
 
         airflow_runner.configure(state_dir / "airflow", _dags_folder(), connections(stack))
         airflow_runner.dagbag()
@@ -93,9 +93,9 @@ def run(state_dir: Path, n_patients: int = 5, out: Any = sys.stdout) -> dict[str
     from kaapana_fhir.clients.dicomweb import DicomWeb
     from kaapana_fhir.clients.fhir import FhirClient
     from kaapana_fhir.clients.s3 import ObjectStore
-    from kaapana_fhir.core.trigger_rules import build_confs, load_rules
-    from kaapana_fhir.demo_data import make_demo_dataset
-    from kaapana_fhir.flows.table_synthetic import synthetic_lung1_csv
+    from kaapana_fhir.dev.demo_data import make_demo_dataset
+    from kaapana_fhir.dev.synthetic_tables import synthetic_lung1_csv
+    from kaapana_fhir.kaapana.trigger_rules import build_confs, load_rules
 
     fhir = FhirClient(stack.fhir_url)
     pacs = DicomWeb(stack.dicomweb_url)
@@ -202,11 +202,11 @@ def _print_summary(s: dict[str, Any], head: str, state_dir: Path, out: Any) -> N
     w(f"FHIR server:    {s['fhir_url']}  (try {s['fhir_url']}/Patient?_count=10)\n")
     w(f"Orthanc:        {s['orthanc_url']}/app/explorer.html\n")
     w(f"summary JSON:   {state_dir / 'summary.json'}\n")
-    w("stop everything: make demo-down   (or: python -m kaapana_fhir.demo --down)\n")
+    w("stop everything: make demo-down   (or: python -m kaapana_fhir.dev.demo --down)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m kaapana_fhir.demo", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m kaapana_fhir.dev.demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--state-dir", default=".demo-data", help="where the demo keeps its servers and data")
     ap.add_argument("--patients", type=int, default=5)
     ap.add_argument("--down", action="store_true", help="stop the servers the demo started")

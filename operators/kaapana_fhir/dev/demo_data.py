@@ -36,7 +36,7 @@ from kaapana_fhir.exceptions import ConfigError
 
 log = logging.getLogger(__name__)
 
-DEMO_DATA = Path(str(files("kaapana_fhir") / "data" / "demo"))
+DEMO_DATA = Path(str(files("kaapana_fhir") / "dev" / "data" / "demo"))
 CROP_IMAGE = DEMO_DATA / "lung1_crop_image.nrrd"
 CROP_LABEL = DEMO_DATA / "lung1_crop_label.nrrd"
 #: Crop box of lung1 (index space, x/y/z start and size) that holds the whole tumour (z 32-34).
@@ -92,7 +92,7 @@ class DemoCase:
 def _load_crop() -> tuple[sitk.Image, sitk.Image]:
     if not CROP_IMAGE.exists() or not CROP_LABEL.exists():
         raise ConfigError(f"demo source {CROP_IMAGE} is missing; rebuild it with "
-                          "kaapana_fhir.demo_data.extract_lung1_crop(<pyradiomics sdist>)")
+                          "kaapana_fhir.dev.demo_data.extract_lung1_crop(<pyradiomics sdist>)")
     return sitk.ReadImage(str(CROP_IMAGE)), sitk.ReadImage(str(CROP_LABEL))
 
 
@@ -182,7 +182,7 @@ def make_demo_dataset(out_dir: str | Path, n_patients: int = 5, seed: int = 0,
     UIDs depend on seed and PatientID. Returns the manifest: ``{"source": ..., "patients": [{patient_id, study_uid, ct_series_uid,
     seg_series_uid, seg_sop_uid, ct_dir, seg_file, segments: [{number, label, voxels, slices}], variant}]}``.
     """
-    from kaapana_fhir.demo_dicom import write_case
+    from kaapana_fhir.dev.demo_dicom import write_case
 
     if n_patients < 1:
         raise ConfigError(f"n_patients must be >= 1 (got {n_patients})")
@@ -197,7 +197,7 @@ def make_demo_dataset(out_dir: str | Path, n_patients: int = 5, seed: int = 0,
         log.info("demo patient %s: %d CT slices, %d segment(s)", case.patient_id, WINDOW[2], len(case.masks))
     manifest = {
         "source": "pyradiomics 3.0.1 sdist data/lung1_{image,label}.nrrd (BSD-3-Clause, "
-                  "Copyright 2017 Harvard Medical School), cropped and varied by kaapana_fhir.demo_data",
+                  "Copyright 2017 Harvard Medical School), cropped and varied by kaapana_fhir.dev.demo_data",
         "seed": seed,
         "patients": patients,
     }

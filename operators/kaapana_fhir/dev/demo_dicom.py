@@ -16,13 +16,13 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
 from pydicom.valuerep import format_number_as_ds
 
-from kaapana_fhir.demo_data import STUDY_DATE, det_uid
+from kaapana_fhir.dev.demo_data import STUDY_DATE, det_uid
 
 if TYPE_CHECKING:
-    from kaapana_fhir.demo_data import DemoCase
+    from kaapana_fhir.dev.demo_data import DemoCase
 
 
 def _ds(v: float) -> str:

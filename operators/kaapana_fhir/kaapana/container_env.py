@@ -1,8 +1,8 @@
 """Flow parameters → string env vars for the ``kaapana-fhir`` processing container (no Airflow, no Kaapana).
 
 Kaapana passes parameters as env vars; the container reads them back with
-:meth:`kaapana_fhir.kaapana_env.KaapanaRun.param` (``NAME`` upper-cased; lists/dicts as JSON).
-Endpoints from the chart's site settings (:func:`kaapana_fhir.kaapana_env.site_settings`) come first;
+:meth:`kaapana_fhir.kaapana.env.KaapanaRun.param` (``NAME`` upper-cased; lists/dicts as JSON).
+Endpoints from the chart's site settings (:func:`kaapana_fhir.kaapana.env.site_settings`) come first;
 flow parameters and ``env_vars`` override them. Airflow-only parameters (``*_conn_id``) and Jinja
 templates (``{{ ... }}``: the container reads ``conf.json`` itself) are not passed.
 """
@@ -14,7 +14,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from kaapana_fhir.kaapana_env import site_settings
+from kaapana_fhir.kaapana.env import site_settings
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """``kaapana-fhir kaapana-run TASK``: entry point of the ``kaapana-fhir`` processing container.
 
-Honours Kaapana's container contract (see :mod:`kaapana_fhir.kaapana_env`): reads ``WORKFLOW_DIR``,
+Honours Kaapana's container contract (see :mod:`kaapana_fhir.kaapana.env`): reads ``WORKFLOW_DIR``,
 ``BATCH_NAME``, ``OPERATOR_IN_DIR``, ``OPERATOR_OUT_DIR`` and ``$WORKFLOW_DIR/conf/conf.json``, takes
 endpoints (``FHIR_BASE_URL``, ``DICOMWEB_URL``, ``S3_ENDPOINT_URL``/``MINIO_URL``) and tokens from the env,
 calls one flow, and writes ``$WORKFLOW_DIR/$OPERATOR_OUT_DIR/kaapana-fhir-result.json``.
@@ -16,9 +16,9 @@ import logging
 import time
 from typing import Any
 
-from kaapana_fhir import kaapana_env
-from kaapana_fhir.cli import kaapana_tasks
 from kaapana_fhir.exceptions import KaapanaFhirError
+from kaapana_fhir.kaapana import env as kaapana_env
+from kaapana_fhir.kaapana import tasks as kaapana_tasks
 
 log = logging.getLogger(__name__)
 

@@ -51,7 +51,7 @@ def site_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     path = (
         Path(env[SETTINGS_ENV])
         if env.get(SETTINGS_ENV)
-        else Path(__file__).resolve().parents[1] / SETTINGS_FILE
+        else Path(__file__).resolve().parents[2] / SETTINGS_FILE
     )
     if not path.is_file():
         return {}

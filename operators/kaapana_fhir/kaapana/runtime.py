@@ -2,7 +2,7 @@
 
 One DAG file serves both::
 
-    from kaapana_fhir.operators.runtime import flow_operator, kaapana_input_operator, kaapana_cleaner
+    from kaapana_fhir.kaapana.runtime import flow_operator, kaapana_input_operator, kaapana_cleaner
 
     to_fhir = flow_operator("dicom-to-fhir", dag=dag, task_id="dicom-to-fhir", fhir_conn_id="fhir_default")
 
@@ -33,19 +33,19 @@ _KAAPANA_PLUGIN_MODULE = "kaapana.operators.KaapanaBaseOperator"
 FLOWS: dict[str, tuple[str, str]] = {
     "dicom-to-fhir": (
         "kaapana_fhir.operators.dicom_to_fhir:DicomToFhirOperator",
-        "kaapana_fhir.kaapana.DicomToFhirKaapanaOperator:DicomToFhirKaapanaOperator",
+        "kaapana_fhir.kaapana.operators.DicomToFhirKaapanaOperator:DicomToFhirKaapanaOperator",
     ),
     "import-table": (
         "kaapana_fhir.operators.csv_import:CsvImportOperator",
-        "kaapana_fhir.kaapana.CsvImportKaapanaOperator:CsvImportKaapanaOperator",
+        "kaapana_fhir.kaapana.operators.CsvImportKaapanaOperator:CsvImportKaapanaOperator",
     ),
     "radiomics": (
         "kaapana_fhir.operators.radiomics:RadiomicsToFhirOperator",
-        "kaapana_fhir.kaapana.RadiomicsToFhirKaapanaOperator:RadiomicsToFhirKaapanaOperator",
+        "kaapana_fhir.kaapana.operators.RadiomicsToFhirKaapanaOperator:RadiomicsToFhirKaapanaOperator",
     ),
     "cohort": (
         "kaapana_fhir.operators.fhir_query:FhirQueryOperator",
-        "kaapana_fhir.kaapana.FhirQueryKaapanaOperator:FhirQueryKaapanaOperator",
+        "kaapana_fhir.kaapana.operators.FhirQueryKaapanaOperator:FhirQueryKaapanaOperator",
     ),
 }
 #: keyword arguments that belong to the Airflow task, not to the flow (passed to either class unchanged)

@@ -1,6 +1,6 @@
 """The tasks of ``kaapana-fhir kaapana-run``: adapt Kaapana's workflow dir / conf to the flows' functions.
 
-Each task takes a :class:`~kaapana_fhir.kaapana_env.KaapanaRun` and returns a JSON-able summary, or raises
+Each task takes a :class:`~kaapana_fhir.kaapana.env.KaapanaRun` and returns a JSON-able summary, or raises
 :class:`NothingToDo` (exit 126, task skipped) or a :class:`~kaapana_fhir.exceptions.KaapanaFhirError`
 (exit 1). A summary with a non-empty ``failed`` list also fails the task.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from kaapana_fhir.exceptions import ConfigError, KaapanaFhirError
-from kaapana_fhir.kaapana_env import KaapanaRun
+from kaapana_fhir.kaapana.env import KaapanaRun
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ def object_store(k: KaapanaRun) -> Any:
 
 # ---------------------------------------------------------------------------------------------- tasks
 def dicom_to_fhir(k: KaapanaRun) -> dict[str, Any]:
-    from kaapana_fhir.core.dicom import MappingOptions
-    from kaapana_fhir.flows import dicom_to_fhir as flow
+    from kaapana_fhir.core.dicom.mapping import MappingOptions
+    from kaapana_fhir.flows.dicom_to_fhir import flow as flow
 
     opts: dict[str, Any] = {}
     for name in ("patient_system", "timezone", "accession_system"):
@@ -153,7 +153,7 @@ def _read_mapping(k: KaapanaRun, base: Path) -> str | None:
 
 def import_table(k: KaapanaRun) -> dict[str, Any]:
     from kaapana_fhir.core.tables import TableRejected, open_table
-    from kaapana_fhir.flows import table_import as flow
+    from kaapana_fhir.flows.tables import flow as flow
 
     files = [
         p
@@ -210,7 +210,7 @@ def _small(rep: dict[str, Any]) -> dict[str, Any]:
 
 
 def radiomics(k: KaapanaRun) -> dict[str, Any]:
-    from kaapana_fhir.flows import radiomics as flow
+    from kaapana_fhir.flows.radiomics import flow as flow
 
     # batch elements (folder name = SeriesInstanceUID) that hold input files: a copied SEG series
     seg_uids = (
@@ -245,7 +245,7 @@ def cohort(k: KaapanaRun) -> dict[str, Any]:
     """Same conf keys as ``FhirQueryOperator``: ``fhir_search`` (or ``searches``), ``patient_search``,
     ``filters``, ``views``, ``modality``, ``dataset_name``, ``bucket``, ``prefix``, ``upload``,
     ``page_size``."""
-    from kaapana_fhir.flows import cohort as flow
+    from kaapana_fhir.flows.cohort import flow as flow
 
     out_dir = k.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -268,7 +268,7 @@ def cohort(k: KaapanaRun) -> dict[str, Any]:
         )
     summary = flow.run_cohort(fhir_client(k), out_dir, **kw)
     # The dashboard belongs to the cohort task in Kaapana too (no second container needed).
-    from kaapana_fhir.flows.report import report_job
+    from kaapana_fhir.flows.cohort.report import report_job
 
     rep = report_job(out_dir, store=kw.get("store"), bucket=kw.get("bucket"), prefix=kw.get("prefix", "fhir-cohort"),
                      group_by=str(k.param("group_by") or "") or None)

@@ -54,7 +54,7 @@ class CsvImportOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from kaapana_fhir.exceptions import ConfigError, MappingError
-        from kaapana_fhir.flows.table_import import import_object
+        from kaapana_fhir.flows.tables.flow import import_object
         from kaapana_fhir.hooks.fhir import FhirHook, ObjectStoreHook
 
         conf = _conf(context)
@@ -82,7 +82,7 @@ class FhirImportWatcherOperator(BaseOperator):
 
     The returned list feeds ``TriggerDagRunOperator.partial(...).expand(conf=...)``. Objects returned
     are marked ``pending`` in the bucket's ``.kaapana-fhir-state/`` so the next run does not trigger them
-    again (see :mod:`kaapana_fhir.flows.table_watch`).
+    again (see :mod:`kaapana_fhir.flows.tables.watch`).
 
     :param bucket: bucket to watch (templated; conf ``bucket`` overrides).
     :param prefix: key prefix to watch (templated), default ``fhir-import/``.
@@ -107,7 +107,7 @@ class FhirImportWatcherOperator(BaseOperator):
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
         from kaapana_fhir.exceptions import ConfigError
-        from kaapana_fhir.flows.table_watch import find_new_objects
+        from kaapana_fhir.flows.tables.watch import find_new_objects
         from kaapana_fhir.hooks.fhir import ObjectStoreHook
 
         conf = _conf(context)

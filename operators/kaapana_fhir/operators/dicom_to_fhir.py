@@ -1,4 +1,4 @@
-"""Airflow operators of the ``dicom-to-fhir`` flow (thin: conf → :mod:`kaapana_fhir.flows.dicom_to_fhir`)."""
+"""Airflow operators of the ``dicom-to-fhir`` flow (thin: conf → :mod:`kaapana_fhir.flows.dicom_to_fhir.flow`)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ class ResolveDicomStudiesOperator(BaseOperator):
         self.missing_series = missing_series
 
     def execute(self, context: Any) -> list[str]:
-        from kaapana_fhir.flows.dicom_to_fhir import resolve_study_uids
+        from kaapana_fhir.flows.dicom_to_fhir.flow import resolve_study_uids
         from kaapana_fhir.hooks.fhir import DicomWebHook
 
         conf = _conf(context)
@@ -145,10 +145,10 @@ class DicomToFhirOperator(BaseOperator):
         self.max_issues = max_issues
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from kaapana_fhir.core.dicom import MappingOptions
-        from kaapana_fhir.core.identifiers import DEFAULT_PATIENT_SYSTEM
+        from kaapana_fhir.core.dicom.mapping import MappingOptions
+        from kaapana_fhir.core.ids import DEFAULT_PATIENT_SYSTEM
         from kaapana_fhir.exceptions import MappingError
-        from kaapana_fhir.flows.dicom_to_fhir import sync_studies
+        from kaapana_fhir.flows.dicom_to_fhir.flow import sync_studies
         from kaapana_fhir.hooks.fhir import DicomWebHook, FhirHook
 
         conf = _conf(context)

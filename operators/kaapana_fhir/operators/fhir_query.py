@@ -81,7 +81,7 @@ class FhirQueryOperator(BaseOperator):
         self.page_size = page_size
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from kaapana_fhir.flows.cohort import run_cohort
+        from kaapana_fhir.flows.cohort.flow import run_cohort
         from kaapana_fhir.hooks.fhir import FhirHook, ObjectStoreHook
 
         conf = _conf(context)

@@ -1,4 +1,4 @@
-"""Airflow operator of the radiomics flow (thin: conf → :mod:`kaapana_fhir.flows.radiomics`)."""
+"""Airflow operator of the radiomics flow (thin: conf → :mod:`kaapana_fhir.flows.radiomics.flow`)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ class RadiomicsToFhirOperator(BaseOperator):
         self.max_issues = max_issues
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from kaapana_fhir.flows.radiomics import run_for_series
+        from kaapana_fhir.flows.radiomics.flow import run_for_series
         from kaapana_fhir.hooks.fhir import DicomWebHook, FhirHook
 
         dr = context.get("dag_run") if hasattr(context, "get") else None

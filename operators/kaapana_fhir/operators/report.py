@@ -31,7 +31,7 @@ class CohortReportOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from kaapana_fhir.exceptions import ConfigError
-        from kaapana_fhir.flows.report import report_job
+        from kaapana_fhir.flows.cohort.report import report_job
         from kaapana_fhir.hooks.fhir import ObjectStoreHook
 
         q = context["ti"].xcom_pull(task_ids=self.query_task_id) or {}

@@ -28,7 +28,7 @@ from tests.support.kaapana_packaging import (
 )
 
 PROBE = REPO / "tests" / "support" / "dagbag_probe.py"
-KAAPANA_OPERATORS = REPO / "operators" / "kaapana_fhir" / "kaapana"
+KAAPANA_OPERATORS = REPO / "operators" / "kaapana_fhir" / "kaapana" / "operators"
 PLATFORM_ENV = {
     k: f"http://{k.lower().replace('_', '-')}.services.svc:8080"
     for k in (
@@ -121,7 +121,7 @@ def test_image_layout_only_uses_installer_folders(image_root: Path) -> None:
     # never shadow fhir.resources' top-level `fhir` package or pyradiomics (`radiomics`)
     assert not top & {"fhir", "radiomics", "kaapana", "operators"}
     assert (dags / "kaapana_fhir" / "__init__.py").is_file()
-    assert (dags / "kaapana_fhir" / "kaapana" / "DicomToFhirKaapanaOperator.py").is_file()
+    assert (dags / "kaapana_fhir" / "kaapana" / "operators" / "DicomToFhirKaapanaOperator.py").is_file()
     assert {p.name for p in dag_files()} <= top
     assert not list(dags.rglob("__pycache__"))
 
@@ -189,7 +189,7 @@ def test_dagbag_from_image_layout_has_no_import_errors(kaapana_bag: dict, image_
 def test_flow_tasks_run_as_kaapana_container_operators(kaapana_bag: dict) -> None:
     """In Kaapana the four flow operators run as KaapanaBaseOperators with the kaapana-fhir image; their
     in-process classes (runtime.FLOWS) are not used there."""
-    from kaapana_fhir.operators.runtime import FLOWS
+    from kaapana_fhir.kaapana.runtime import FLOWS
 
     in_process = {target.replace(":", ".") for target, _ in FLOWS.values()}
     for dag_id, dag in kaapana_bag["dags"].items():

@@ -9,11 +9,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from kaapana_fhir import kaapana_env
-from kaapana_fhir.exceptions import ConfigError
-from kaapana_fhir.kaapana.container_env import container_env
-from kaapana_fhir.operators import runtime
 
+from kaapana_fhir.exceptions import ConfigError
+from kaapana_fhir.kaapana import env as kaapana_env
+from kaapana_fhir.kaapana import runtime as runtime
+from kaapana_fhir.kaapana.container_env import container_env
 from tests.support.kaapana_packaging import STUB_PLUGIN
 
 PLATFORM_ENV = (

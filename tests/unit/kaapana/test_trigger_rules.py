@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from kaapana_fhir.core.trigger_rules import build_confs, load_rules, matching_dags
 from kaapana_fhir.exceptions import ConfigError
+from kaapana_fhir.kaapana.trigger_rules import build_confs, load_rules, matching_dags
 
 
 def series(uid: str, modality: str) -> dict:
@@ -41,7 +41,7 @@ def test_bad_rule_files(tmp_path: Path) -> None:
 
 
 def test_shipped_trigger_rules_parse() -> None:
-    dags = Path(__file__).resolve().parents[2] / "dags"
+    dags = Path(__file__).resolve().parents[3] / "dags"
     files = sorted(dags.glob("*trigger_rule.json"))
     rules = load_rules(files)
     for f in files:

@@ -12,7 +12,7 @@ from kaapana_fhir.operators.radiomics import RadiomicsToFhirOperator, seg_series
 
 pytestmark = pytest.mark.airflow
 
-DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "dag_radiomics_to_fhir.py"
+DAG_FILE = Path(__file__).resolve().parents[3] / "dags" / "dag_radiomics_to_fhir.py"
 
 
 def test_seg_series_from_all_trigger_paths() -> None:

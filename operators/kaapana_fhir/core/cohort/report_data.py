@@ -1,4 +1,4 @@
-"""Numbers behind the cohort dashboard (pandas only; rendering is in :mod:`kaapana_fhir.core.report`).
+"""Numbers behind the cohort dashboard (pandas only; rendering is in :mod:`kaapana_fhir.core.cohort.report`).
 
 DICOM data completeness (:func:`completeness`) is judged on what the DICOM flow wrote into FHIR:
 
@@ -44,7 +44,7 @@ class ReportData:
 
 
 def from_cohort(cohort: Any, *, title: str = "Cohort overview", source: str = "") -> ReportData:
-    """From a :class:`kaapana_fhir.core.cohort.Cohort`."""
+    """From a :class:`kaapana_fhir.core.cohort.tables.Cohort`."""
     return ReportData(cohort.patients, cohort.radiomics_long, cohort.series, cohort.studies,
                       list(cohort.clinical_variables), title, source)
 

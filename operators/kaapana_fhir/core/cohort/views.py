@@ -40,7 +40,7 @@ from kaapana_fhir.exceptions import MappingError
 
 log = logging.getLogger(__name__)
 
-VIEWS_DIR = Path(__file__).resolve().parents[1] / "data" / "views"
+VIEWS_DIR = Path(__file__).resolve().parents[2] / "data" / "views"
 _MODEL = _fhirpath_models["r4"]
 
 

@@ -13,7 +13,7 @@ from importlib import resources
 from typing import Any
 
 from kaapana_fhir.core.codes import CS_DCM, SNOMED
-from kaapana_fhir.core.dicom_values import first_str
+from kaapana_fhir.core.dicom.values import first_str
 
 #: FHIR system of sopClass codings (R4 ImagingStudy.series.instance.sopClass).
 SYSTEM_URN_IETF = "urn:ietf:rfc:3986"

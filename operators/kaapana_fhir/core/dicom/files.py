@@ -1,4 +1,4 @@
-"""DICOM files / instance-level DICOM JSON → :class:`~kaapana_fhir.core.dicom.SeriesInput` per study (pure).
+"""DICOM files / instance-level DICOM JSON → :class:`~kaapana_fhir.core.dicom.mapping.SeriesInput` per study (pure).
 
 Used by the ``--files`` mode (no PACS) and by tests/benchmarks that start from ready-made DICOM JSON.
 """
@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from kaapana_fhir.core import dicom_values as dv
-from kaapana_fhir.core.dicom import SeriesInput, study_uid_of
+from kaapana_fhir.core.dicom import values as dv
+from kaapana_fhir.core.dicom.mapping import SeriesInput, study_uid_of
 from kaapana_fhir.exceptions import MappingError
 
 
@@ -43,7 +43,7 @@ def dataset_to_json(ds: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 def group_instances(records: list[tuple[str, dict[str, Any]]]
-                    ) -> tuple["OrderedDict[str, list[SeriesInput]]", list[dict[str, str]]]:
+                    ) -> tuple[OrderedDict[str, list[SeriesInput]], list[dict[str, str]]]:
     """Instance-level DICOM JSON (``(source, json)``) → series per study, plus failures.
 
     The first instance of a series provides the series attributes; instances are kept for the optional

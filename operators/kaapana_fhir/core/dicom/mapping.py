@@ -21,10 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kaapana_fhir.core import dicom_codes as dc
-from kaapana_fhir.core import dicom_values as dv
 from kaapana_fhir.core.codes import ENDPOINT_CONNECTION_TYPE, SYSTEM_DICOM_UID, TAG_SOURCE, V2_0203
-from kaapana_fhir.core.identifiers import (
+from kaapana_fhir.core.dicom import codes as dc
+from kaapana_fhir.core.dicom import values as dv
+from kaapana_fhir.core.ids import (
     DEFAULT_PATIENT_SYSTEM,
     normalize_uid,
     patient_id,

@@ -15,7 +15,7 @@ import copy
 import json
 from typing import Any
 
-from kaapana_fhir.core.dicom import finish_study, sort_series
+from kaapana_fhir.core.dicom.mapping import finish_study, sort_series
 
 _SERVER_META = ("versionId", "lastUpdated", "source")
 

@@ -25,7 +25,7 @@ from importlib.resources import files
 from typing import Any
 
 from kaapana_fhir.core import codes
-from kaapana_fhir.core.identifiers import DEFAULT_PATIENT_SYSTEM, patient_id, stable_id, uid_urn
+from kaapana_fhir.core.ids import DEFAULT_PATIENT_SYSTEM, patient_id, stable_id, uid_urn
 from kaapana_fhir.exceptions import MappingError
 
 #: Package CodeSystem for IBSI feature codes (no official FHIR URI exists; content = fragment).

@@ -1,4 +1,4 @@
-"""Parsers of radiomics results computed elsewhere → :class:`~kaapana_fhir.core.radiomics_map.SegmentFeatures`.
+"""Parsers of radiomics results computed elsewhere → :class:`~kaapana_fhir.core.radiomics.mapping.SegmentFeatures`.
 
 Formats (detected from the content):
 
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree.ElementTree import ParseError
 
-from kaapana_fhir.core.radiomics_map import CodedFeature, SegmentFeatures
+from kaapana_fhir.core.radiomics.mapping import CodedFeature, SegmentFeatures
 from kaapana_fhir.exceptions import MappingError
 
 _DCMQI_NAME = re.compile(r"--(\d+)--([^/]*?)(?:\.(?:nii\.gz|nii|nrrd|mha|mhd))?$")
@@ -188,7 +188,7 @@ _VOL_UNITLESS = re.compile(r"^(Sphericity|Asphericity|Compactness [12]|Spherical
 
 
 def mitk_unit_kind(feature_class: str, name: str) -> str | None:
-    """:data:`~kaapana_fhir.core.radiomics_map.UNITS` kind of a MITK feature, ``None`` when not known."""
+    """:data:`~kaapana_fhir.core.radiomics.mapping.UNITS` kind of a MITK feature, ``None`` when not known."""
     if feature_class == "First Order":
         if name in _FO_INTENSITY or re.fullmatch(r"\d+th Percentile", name):
             return "intensity"

@@ -1,6 +1,6 @@
 """Mapping table rows to FHIR R4 Patient / Observation / Condition (pure; no I/O).
 
-Ids are deterministic (:mod:`kaapana_fhir.core.identifiers`):
+Ids are deterministic (:mod:`kaapana_fhir.core.ids`):
 
 * ``Patient.id = patient_id(patient.identifier_system, <key cell>)`` (the same function as DICOM);
 * ``Observation.id = stable_id("Observation", <Patient.id>, <column>, <effective time>, <instance key>)``;
@@ -20,14 +20,16 @@ the mCODE histology-morphology-behavior extension.
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from kaapana_fhir.core import codes
-from kaapana_fhir.core.identifiers import normalize_patient_value, patient_id, stable_id
+from kaapana_fhir.core.ids import normalize_patient_value, patient_id, stable_id
 from kaapana_fhir.core.tables import values as V
+from kaapana_fhir.core.tables.units import ucum_problem
 from kaapana_fhir.exceptions import MappingError
 
 TAG = {"system": codes.TAG_SOURCE, "code": "clinical-table"}
@@ -90,12 +92,24 @@ class TableMapper:
         self.date_order = src.get("date_order", "dmy")
         self.system = mapping["patient"]["identifier_system"]
         self.cols: dict[str, str] = {}
+        checks = mapping.get("checks") or {}
+        self.date_min = _window(checks.get("date_min", "1900-01-01"))
+        self.date_max = _window(checks.get("date_max", "today"))
+        self.empty_cells = mapping.get("empty_cells", "keep")
+
+    @property
+    def key_label(self) -> str:
+        """The patient key as named in reports: its column, the joined key columns or ``(row number)``."""
+        pm = self.m["patient"]
+        return pm.get("key") or "+".join(pm.get("key_columns") or []) or "(row number)"
 
     # ------------------------------------------------------------------ header
     def wanted_columns(self) -> list[tuple[str, str]]:
         """(mapping key path, column name) of every column the mapping reads."""
         m = self.m
-        out = [("patient.key", m["patient"]["key"])]
+        pm = m["patient"]
+        out = [("patient.key", pm["key"])] if pm.get("key") else \
+            [(f"patient.key_columns[{i}]", c) for i, c in enumerate(pm.get("key_columns") or [])]
         for k in ("gender", "birth_date", "deceased"):
             if m["patient"].get(k):
                 out.append((f"patient.{k}.column", m["patient"][k]["column"]))
@@ -104,6 +118,10 @@ class TableMapper:
             out.append(("effective.column", m["effective"]["column"]))
         for i, o in enumerate(m["observations"]):
             out.append((f"observations[{i}].column", o["column"]))
+            if o.get("code_from"):
+                out.append((f"observations[{i}].code_from.column", o["code_from"]["column"]))
+            if o["value"].get("unit_column"):
+                out.append((f"observations[{i}].value.unit_column", o["value"]["unit_column"]))
             out += [(f"observations[{i}].components[{j}].column", c["column"]) for j, c in enumerate(o.get(
                 "components", []))]
             if (o.get("effective") or {}).get("column"):
@@ -152,6 +170,8 @@ class TableMapper:
         mode = spec.get("unmapped", "error")
         if mode == "text":
             return {"__text__": str(raw).strip()}
+        if mode == "code":
+            return {"code": str(raw).strip()}
         if mode == "absent":
             return None
         allowed = ", ".join(list(table)[:12])
@@ -192,7 +212,7 @@ class TableMapper:
                 return "valueBoolean", bool(hit) if isinstance(hit, bool) else V.parse_boolean(str(hit))
             return "valueBoolean", V.parse_boolean(str(raw))
         if t == "dateTime":
-            return "valueDateTime", V.parse_date(raw, date_order=self.date_order)
+            return "valueDateTime", self.date(raw)
         if t == "CodeableConcept":
             cc = self._concept(spec, raw)
             return ("dataAbsentReason", ABSENT) if cc is None else ("valueCodeableConcept", cc)
@@ -205,27 +225,54 @@ class TableMapper:
         spec = spec or self.m.get("effective") or {}
         if spec.get("column"):
             raw = self._raw(row, spec["column"])
-            return "" if raw is None else V.parse_date(raw, date_order=self.date_order)
+            return "" if raw is None else self.date(raw)
         return V.parse_date(spec["date"]) if spec.get("date") else ""
+
+    def date(self, raw: Any) -> str:
+        """A FHIR date/dateTime from a cell, inside the plausible window (``checks.date_min``/``date_max``)."""
+        text = V.parse_date(raw, date_order=self.date_order)
+        day = text[:10]
+        lo, hi = self.date_min.isoformat(), self.date_max.isoformat()
+        # partial dates (YYYY, YYYY-MM) compare on their own precision
+        if day < lo[:len(day)]:
+            raise V.CellError(f"date {text} is before {lo} (rule: plausible dates, checks.date_min)")
+        if day > hi[:len(day)]:
+            raise V.CellError(f"date {text} is after {hi} (rule: plausible dates, checks.date_max)")
+        return text
 
     # ------------------------------------------------------------------ rows
     def map_row(self, rownum: int, row: dict[str, Any]) -> tuple[MappedRow | None, list[RowIssue]]:
         """Map one row; returns (mapped row or None, issues). Any issue means the row is invalid."""
         issues: list[RowIssue] = []
 
+        reported: set[str] = set()
+
         def bad(col: str, raw: Any, rule: str) -> None:
-            issues.append(RowIssue(rownum, self.cols.get(col, col), "" if raw is None else str(raw), rule))
+            real = self.cols.get(col, col)
+            if real in reported:  # one error per cell, even when several resources read it
+                return
+            reported.add(real)
+            issues.append(RowIssue(rownum, real, "" if raw is None else str(raw), rule))
 
         if row.get("__extra__"):
             bad("(row)", "|".join(map(str, row["__extra__"]))[:200],
                 "more cells than header columns (wrong delimiter or unquoted field?)")
             return None, issues
         pm = self.m["patient"]
-        key_raw = row.get(self.cols[pm["key"]])
+        if pm.get("key_generated") == "row-number":
+            key_raw: Any = str(rownum)
+            key_col = "(row number)"
+        elif pm.get("key_columns"):
+            parts = [self._raw(row, c) for c in pm["key_columns"]]
+            key_col = pm["key_columns"][parts.index(None)] if None in parts else pm["key_columns"][0]
+            key_raw = None if None in parts else "|".join(str(p).strip() for p in parts)
+        else:
+            key_col = pm["key"]
+            key_raw = row.get(self.cols[key_col])
         try:
             pkey = normalize_patient_value(key_raw if not V.is_na(key_raw, self.na) else "")
         except MappingError:
-            bad(pm["key"], key_raw, "patient key is missing (rule: patient.key required in every row)")
+            bad(key_col, key_raw, "patient key is missing (rule: the patient key is required in every row)")
             return None, issues
         pid = patient_id(self.system, pkey)
         subject = {"reference": f"Patient/{pid}"}
@@ -251,7 +298,7 @@ class TableMapper:
             raw = self._raw(row, pm["birth_date"]["column"])
             if raw is not None:
                 try:
-                    pf["birthDate"] = V.parse_date(raw, date_order=self.date_order)[:10]
+                    pf["birthDate"] = self.date(raw)[:10]
                 except V.CellError as exc:
                     bad(pm["birth_date"]["column"], raw, exc.rule)
         instance = "|".join(str(self._raw(row, c) or "") for c in self.m.get("instance_columns", []))
@@ -271,6 +318,27 @@ class TableMapper:
             h.update(repr(sorted((k, repr(v)) for k, v in r.items())).encode())
         return MappedRow(pkey, pid, pf, resources, instance, h.digest()), []
 
+    def _unit(self, spec: dict[str, Any], row: dict[str, Any], bad: Any) -> dict[str, Any] | None:
+        """The value spec with this row's unit (``value.unit_column`` + ``unit_map``, UCUM-checked)."""
+        if not spec.get("unit_column"):
+            return spec
+        ucol = spec["unit_column"]
+        uraw = self._raw(row, ucol)
+        if uraw is None:
+            if spec.get("unit"):
+                return spec
+            bad(ucol, None, "unit is missing for a measured value (rule: value.unit_column)")
+            return None
+        text = str(uraw).strip()
+        umap = {k.strip().lower(): v for k, v in (spec.get("unit_map") or {}).items()}
+        code = umap.get(text.lower(), text)
+        if spec.get("unit_system", codes.UCUM) == codes.UCUM:
+            problem = ucum_problem(code)
+            if problem:
+                bad(ucol, uraw, f"{problem}; add it to value.unit_map")
+                return None
+        return {**spec, "unit": code, "unit_code": code, "unit_aliases": [*spec.get("unit_aliases", ()), text, code]}
+
     def _observation(self, obs: dict[str, Any], row: dict[str, Any], pid: str, subject: dict[str, str],
                      instance: str, bad: Any) -> dict[str, Any] | None:
         col = obs["column"]
@@ -279,19 +347,42 @@ class TableMapper:
             if obs.get("required"):
                 bad(col, None, "value is required (rule: observations.required)")
             return None
+        code: dict[str, Any] | None = codeable(obs["code"], col) if obs.get("code") else None
+        variant = ""
+        if obs.get("code_from"):
+            cf = obs["code_from"]
+            craw = self._raw(row, cf["column"])
+            if craw is None:
+                bad(cf["column"], None, f"the measurement in {col!r} has no test/assay name "
+                                        "(rule: observations.code_from)")
+                return None
+            try:
+                cc = self._concept(cf, craw)
+            except V.CellError as exc:
+                bad(cf["column"], craw, exc.rule)
+                return None
+            if cc is None:
+                return None
+            variant = str(craw).strip()
+            shown = next((c["display"] for c in cc.get("coding", []) if c.get("display")), variant)
+            code = {"coding": [*cc.get("coding", []), *(code or {}).get("coding", [])], "text": shown}
+        spec = self._unit(obs["value"], row, bad)
+        if spec is None or code is None:
+            return None
         try:
-            vkey, val = self.value(obs["value"], raw)
+            vkey, val = self.value(spec, raw)
             when = self._when(obs.get("effective"), row)
         except V.CellError as exc:
             bad(col, raw, exc.rule)
             return None
+        parts = (pid, col, when, instance, variant) if variant else (pid, col, when, instance)
         res: dict[str, Any] = {
-            "resourceType": "Observation", "id": stable_id("Observation", pid, col, when, instance),
+            "resourceType": "Observation", "id": stable_id("Observation", *parts),
             "meta": {"tag": [dict(TAG)]}, "status": "final"}
         cat = obs.get("category") or self.m.get("category")
         if cat:
             res["category"] = [{"coding": [{"system": codes.OBSERVATION_CATEGORY, "code": cat}]}]
-        res["code"] = codeable(obs["code"], col)
+        res["code"] = code
         res["subject"] = subject
         if when:
             res["effectiveDateTime"] = when
@@ -358,6 +449,10 @@ class TableMapper:
                                "identifier": [{"system": self.system, "value": pkey}]}
         res.update({k: fields[k] for k in ("gender", "birthDate", "deceasedBoolean") if k in fields})
         return res
+
+
+def _window(value: str) -> _dt.date:
+    return _dt.date.today() if value == "today" else _dt.date.fromisoformat(value)
 
 
 def is_empty_row(row: dict[str, Any]) -> bool:

@@ -25,7 +25,8 @@ from kaapana_fhir.core.bundle import put_entry
 from kaapana_fhir.core.tables.build import RowIssue, TableMapper, is_empty_row
 from kaapana_fhir.core.tables.reader import Table
 from kaapana_fhir.core.validate import validate_resource
-from kaapana_fhir.exceptions import MappingError
+from kaapana_fhir.core.tables.mapping import pending_edits
+from kaapana_fhir.exceptions import ConfigError, MappingError
 
 #: At most this many issues are kept in a report (the count is always exact).
 MAX_REPORTED_ISSUES = 1000
@@ -99,8 +100,29 @@ class TableRejected(MappingError):
         self.report = report
 
 
-def scan(table: Table, mapper: TableMapper, *, validate_kinds: bool = True) -> ScanResult:
-    """Validate every row of ``table`` (pass 1). Structural problems raise :class:`MappingError`."""
+class MappingIncomplete(ConfigError):
+    """The mapping still has ``TODO`` placeholders or ``review`` markers; ``items`` lists them."""
+
+    def __init__(self, name: str, items: list[str]) -> None:
+        shown = "; ".join(items[:20]) + (f"; ... {len(items) - 20} more" if len(items) > 20 else "")
+        super().__init__(f"mapping {name}: {len(items)} item(s) to fill in or confirm before any import: {shown} "
+                         "(rule: no TODO placeholders or review markers; nothing was written)")
+        self.items = items
+
+
+def check_ready(mapping: dict[str, Any]) -> None:
+    """Refuse a mapping that still holds ``TODO`` placeholders or ``review`` markers (generated, untouched)."""
+    items = pending_edits({k: v for k, v in mapping.items() if k != "value_maps"}) + pending_edits(
+        mapping.get("value_maps") or {}, "value_maps")
+    if items:
+        raise MappingIncomplete(str(mapping.get("name", "mapping")), items)
+
+
+def scan(table: Table, mapper: TableMapper, *, validate_kinds: bool = True, require_ready: bool = True) -> ScanResult:
+    """Validate every row of ``table`` (pass 1). Structural problems raise :class:`MappingError`; a mapping
+    with ``TODO``/``review`` items raises :class:`MappingIncomplete` before any row is read."""
+    if require_ready:
+        check_ready(mapper.m)
     mapper.bind(table.header, delimiter=table.delimiter)
     res = ScanResult()
     kinds: set[tuple[str, str]] = set()

@@ -28,8 +28,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from kaapana_fhir.clients.fhir import FhirClient
-from kaapana_fhir.core import cohort as C
-from kaapana_fhir.core.views import CompiledView, compile_view, load_view, shipped_views
+from kaapana_fhir.core.cohort import tables as C
+from kaapana_fhir.core.cohort.views import CompiledView, compile_view, load_view, shipped_views
 from kaapana_fhir.exceptions import ConfigError
 
 log = logging.getLogger(__name__)

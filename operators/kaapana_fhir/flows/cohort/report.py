@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from kaapana_fhir.clients.fhir import FhirClient, redact_url
-from kaapana_fhir.core import cohort as C
-from kaapana_fhir.core import report as R
-from kaapana_fhir.core import report_data as RD
-from kaapana_fhir.flows.cohort import fetch_and_flatten, load_views
+from kaapana_fhir.core.cohort import report as R
+from kaapana_fhir.core.cohort import report_data as RD
+from kaapana_fhir.core.cohort import tables as C
+from kaapana_fhir.flows.cohort.flow import fetch_and_flatten, load_views
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ Entry points
 Concurrency: each study is rebuilt from the PACS and written in one transaction; Patient and ImagingStudy
 are read first and written with ``If-Match`` (HAPI answers a stale version with 409, others with 412),
 retried after re-reading; series present on the server but missing from this run's PACS read are kept
-(:func:`~kaapana_fhir.core.dicom_merge.merge_imaging_study`), and a create that overwrote a concurrent
+(:func:`~kaapana_fhir.core.dicom.merge.merge_imaging_study`), and a create that overwrote a concurrent
 create is detected from the returned version and merged back. Unchanged resources are not written.
 All PACS reads of a call happen before the first write, so an unreachable PACS writes nothing.
 """
@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from kaapana_fhir.core import bundle as fb
-from kaapana_fhir.core import dicom_values as dv
-from kaapana_fhir.core.dicom import MappingOptions, SeriesInput, StudyMapping, map_study
-from kaapana_fhir.core.dicom_files import dataset_to_json, group_instances
-from kaapana_fhir.core.dicom_merge import comparable, merge_imaging_study, merge_patient, same_content
-from kaapana_fhir.core.identifiers import normalize_uid
+from kaapana_fhir.core.dicom import values as dv
+from kaapana_fhir.core.dicom.files import dataset_to_json, group_instances
+from kaapana_fhir.core.dicom.mapping import MappingOptions, SeriesInput, StudyMapping, map_study
+from kaapana_fhir.core.dicom.merge import comparable, merge_imaging_study, merge_patient, same_content
+from kaapana_fhir.core.ids import normalize_uid
 from kaapana_fhir.core.validate import validate_resource
 from kaapana_fhir.exceptions import DicomWebError, FhirServerError, MappingError, ResourceNotFound
 

@@ -2,9 +2,9 @@
 
 ``compute_from_dicomweb`` / ``compute_from_files`` fetch and decode (see :mod:`.radiomics_dicom`), run
 pyradiomics per segment with explicit settings (``data/radiomics/default_settings.yaml`` unless given) and
-return a :class:`ComputeResult` (a :class:`~kaapana_fhir.core.radiomics_map.RadiomicsRun` + report of the
+return a :class:`ComputeResult` (a :class:`~kaapana_fhir.core.radiomics.mapping.RadiomicsRun` + report of the
 image types / features actually computed and of those requested but skipped). ``write_run`` maps with
-:func:`~kaapana_fhir.core.radiomics_map.map_run`, adds minimal Patient / ImagingStudy resources only when the
+:func:`~kaapana_fhir.core.radiomics.mapping.map_run`, adds minimal Patient / ImagingStudy resources only when the
 DICOM flow has not written them yet (HAPI enforces referential integrity) and writes transaction chunks.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from kaapana_fhir.core import bundle
-from kaapana_fhir.core.radiomics_map import (
+from kaapana_fhir.core.radiomics.mapping import (
     RadiomicsRun,
     SegmentFeatures,
     imaging_study_stub,
@@ -30,7 +30,7 @@ from kaapana_fhir.core.radiomics_map import (
 )
 from kaapana_fhir.core.validate import validate_resource
 from kaapana_fhir.exceptions import ConfigError, MappingError, ResourceNotFound
-from kaapana_fhir.flows.radiomics_dicom import (
+from kaapana_fhir.flows.radiomics.compute import (
     Volume,
     build_volume,
     check_seg,
@@ -328,7 +328,7 @@ def run_from_result_file(path: str | Path, *, study_uid: str, seg_series_uid: st
 
     Without ``seg_sop_uid`` the SEG series UID keys the ids (an issue says so).
     """
-    from kaapana_fhir.core.radiomics_results import parse_result_file
+    from kaapana_fhir.core.radiomics.results import parse_result_file
 
     segs, issues, fmt = parse_result_file(path)
     if not seg_sop_uid:

@@ -9,7 +9,7 @@
   Patients that already exist (e.g. written by the DICOM flow) are merged, not replaced: the table sets
   identifier, gender, birthDate and deceased and keeps the other elements.
 * :func:`import_object` does the same for an S3 object and writes ``<name>.import-report.json`` beside it
-  and the watcher state (see :mod:`kaapana_fhir.flows.table_watch`).
+  and the watcher state (see :mod:`kaapana_fhir.flows.tables.watch`).
 
 Policy: rows that disappear from a later version of a file (and cells that become NA) are **not**
 deleted from the FHIR server; delete such resources explicitly if needed.
@@ -41,9 +41,9 @@ from kaapana_fhir.core.tables import (
 )
 from kaapana_fhir.core.tables.mapping import _with_defaults, validate_mapping
 from kaapana_fhir.core.tables.reader import Table
+from kaapana_fhir.dev.synthetic_tables import synthetic_lung1_csv  # noqa: F401  (re-export for the demo)
 from kaapana_fhir.exceptions import ConfigError, FhirServerError, MappingError, ObjectStoreError
-from kaapana_fhir.flows import table_watch as W
-from kaapana_fhir.flows.table_synthetic import synthetic_lung1_csv  # noqa: F401  (re-export for the demo)
+from kaapana_fhir.flows.tables import watch as W
 
 log = logging.getLogger(__name__)
 

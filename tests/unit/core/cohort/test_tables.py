@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from kaapana_fhir.core import cohort as C
-from kaapana_fhir.core import report as R
-from kaapana_fhir.core import report_data as RD
-from kaapana_fhir.core.views import load_view, run_view, shipped_views
-from kaapana_fhir.exceptions import ConfigError
 
+from kaapana_fhir.core.cohort import report as R
+from kaapana_fhir.core.cohort import report_data as RD
+from kaapana_fhir.core.cohort import tables as C
+from kaapana_fhir.core.cohort.views import load_view, run_view, shipped_views
+from kaapana_fhir.exceptions import ConfigError
 from tests.support.cohort_data import cohort_resources, patient_resources
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from kaapana_fhir.core import codes
-from kaapana_fhir.core.views import ViewError, compile_view, load_view, reference_key, run_view, shipped_views
 
+from kaapana_fhir.core import codes
+from kaapana_fhir.core.cohort.views import ViewError, compile_view, load_view, reference_key, run_view, shipped_views
 from tests.support.cohort_data import patient_resources
 
 PATIENTS = [

@@ -7,13 +7,14 @@ recorded and the resources are still produced and valid FHIR R4; only a missing 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from kaapana_fhir.core.codes import SNOMED
-from kaapana_fhir.core.dicom import MappingOptions, SeriesInput, map_study
-from kaapana_fhir.core.dicom_files import group_instances
+from kaapana_fhir.core.dicom.files import group_instances
+from kaapana_fhir.core.dicom.mapping import MappingOptions, SeriesInput, map_study
 from kaapana_fhir.core.validate import validate_resource
 from kaapana_fhir.exceptions import MappingError
 from tests.support.dicom_json import el, series_json

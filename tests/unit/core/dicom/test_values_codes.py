@@ -7,8 +7,8 @@ from importlib import resources
 
 import pytest
 
-from kaapana_fhir.core import dicom_codes as dc
-from kaapana_fhir.core import dicom_values as dv
+from kaapana_fhir.core.dicom import codes as dc
+from kaapana_fhir.core.dicom import values as dv
 from kaapana_fhir.exceptions import ConfigError
 
 

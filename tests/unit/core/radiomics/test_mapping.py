@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kaapana_fhir.core import codes
-from kaapana_fhir.core.radiomics_map import (
+from kaapana_fhir.core.radiomics.mapping import (
     CS_IBSI,
     RadiomicsRun,
     SegmentFeatures,
@@ -19,7 +19,7 @@ from kaapana_fhir.core.radiomics_map import (
     split_feature_key,
     unit_for,
 )
-from kaapana_fhir.core.radiomics_results import parse_csv, parse_json, parse_result_file
+from kaapana_fhir.core.radiomics.results import parse_csv, parse_json, parse_result_file
 from kaapana_fhir.core.validate import validate_resource
 from kaapana_fhir.exceptions import MappingError
 

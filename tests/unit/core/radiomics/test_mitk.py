@@ -10,10 +10,11 @@ import math
 from pathlib import Path
 
 import pytest
+
 from kaapana_fhir.core import codes
 from kaapana_fhir.core.bundle import transaction
-from kaapana_fhir.core.radiomics_map import CS_IBSI, map_run
-from kaapana_fhir.core.radiomics_results import (
+from kaapana_fhir.core.radiomics.mapping import CS_IBSI, map_run
+from kaapana_fhir.core.radiomics.results import (
     CS_MITK,
     MITK_SOFTWARE,
     mitk_unit_kind,
@@ -24,7 +25,7 @@ from kaapana_fhir.core.radiomics_results import (
 )
 from kaapana_fhir.core.validate import validate_bundle
 from kaapana_fhir.exceptions import MappingError
-from kaapana_fhir.flows.radiomics import entries_for, run_from_result_file
+from kaapana_fhir.flows.radiomics.flow import entries_for, run_from_result_file
 
 MASK = "1.2.826.0.1.3680043.8.498.1--2--Liver Tumor.nrrd"
 NAMES = ["First Order::Mean", "First Order::Biased Variance", "First Order::Skewness", "First Order::Minimum",

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from kaapana_fhir.core.identifiers import DEFAULT_PATIENT_SYSTEM, patient_id
+from kaapana_fhir.core.ids import DEFAULT_PATIENT_SYSTEM, patient_id
 from kaapana_fhir.core.tables import TableRejected, load_mapping, open_table
 from kaapana_fhir.core.tables.reader import MAX_FIELD_CHARS
 from kaapana_fhir.exceptions import ConfigError, MappingError
-from kaapana_fhir.flows.table_import import import_table, resolve_mapping
+from kaapana_fhir.flows.tables.flow import import_table, resolve_mapping
 
 MAPPING = """
 version: 1

@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 from kaapana_fhir.core import codes
-from kaapana_fhir.core.identifiers import DEFAULT_PATIENT_SYSTEM, patient_id
+from kaapana_fhir.core.ids import DEFAULT_PATIENT_SYSTEM, patient_id
 from kaapana_fhir.core.tables import TableMapper, iter_entries, load_preset, open_table, scan
 from kaapana_fhir.core.validate import validate_resource
-from kaapana_fhir.flows.table_synthetic import LUNG1_COLUMNS, lung1_ids, synthetic_lung1_csv
+from kaapana_fhir.dev.synthetic_tables import LUNG1_COLUMNS, lung1_ids, synthetic_lung1_csv
 
 ROW = "LUNG1-001,68.5,2,0,0,IIIa,squamous cell carcinoma,male,500,1\n"
 
@@ -135,7 +135,7 @@ def test_cli_mapping_init_writes_a_valid_mapping(tmp_path: Path) -> None:
 
 
 def test_existing_dicom_patient_is_merged_not_replaced() -> None:
-    from kaapana_fhir.flows.table_import import write_chunks
+    from kaapana_fhir.flows.tables.flow import write_chunks
 
     pid = patient_id(DEFAULT_PATIENT_SYSTEM, "LUNG1-001")
     existing = {"resourceType": "Patient", "id": pid, "meta": {"versionId": "3", "tag": [

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from kaapana_fhir.core.identifiers import patient_id
+from kaapana_fhir.core.ids import patient_id
 from kaapana_fhir.core.tables import TableMapper, iter_entries, open_table, scan
 from kaapana_fhir.core.tables.redcap import CS_REDCAP_FIELD, derive_mapping, parse_choices
 from kaapana_fhir.core.validate import validate_resource
 from kaapana_fhir.exceptions import ConfigError
-from kaapana_fhir.flows.table_import import resolve_mapping
+from kaapana_fhir.flows.tables.flow import resolve_mapping
 
 DICTIONARY = '''"Variable / Field Name","Form Name","Section Header","Field Type","Field Label","Choices, Calculations, OR Slider Labels","Field Note","Text Validation Type OR Show Slider Number","Text Validation Min","Text Validation Max"
 record_id,demographics,,text,Record ID,,,,,

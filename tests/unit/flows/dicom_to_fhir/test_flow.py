@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from kaapana_fhir.core.dicom import MappingOptions
-from kaapana_fhir.core.dicom_merge import same_content
+from kaapana_fhir.core.dicom.mapping import MappingOptions
+from kaapana_fhir.core.dicom.merge import same_content
 from kaapana_fhir.exceptions import DicomWebError, FhirServerError, ResourceNotFound
-from kaapana_fhir.flows import dicom_to_fhir as flow
+from kaapana_fhir.flows.dicom_to_fhir import flow as flow
 from tests.support.dicom_json import STUDY, series_json
 
 
@@ -106,7 +107,7 @@ S2 = series_json(series=STUDY + ".2", SeriesNumber="2", Modality="PT")
 
 
 def _study_id() -> str:
-    from kaapana_fhir.core.identifiers import stable_id
+    from kaapana_fhir.core.ids import stable_id
 
     return stable_id("ImagingStudy", STUDY)
 
@@ -154,7 +155,7 @@ def test_create_race_merges_the_overwritten_version_back() -> None:
 
 def test_patient_from_clinical_table_is_kept_and_completed() -> None:
     fhir = FakeFhir()
-    from kaapana_fhir.core.identifiers import DEFAULT_PATIENT_SYSTEM, patient_id
+    from kaapana_fhir.core.ids import DEFAULT_PATIENT_SYSTEM, patient_id
 
     pid = patient_id(DEFAULT_PATIENT_SYSTEM, "PAT-1")
     fhir.put({"resourceType": "Patient", "id": pid, "gender": "male",

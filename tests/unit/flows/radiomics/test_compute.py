@@ -14,11 +14,11 @@ from pydicom.sr.codedict import codes as dcodes
 
 from kaapana_fhir.cli.main import main as cli_main
 from kaapana_fhir.core.validate import validate_bundle
-from kaapana_fhir.demo_data import demo_case, make_demo_dataset
-from kaapana_fhir.demo_dicom import ct_datasets
+from kaapana_fhir.dev.demo_data import demo_case, make_demo_dataset
+from kaapana_fhir.dev.demo_dicom import ct_datasets
 from kaapana_fhir.exceptions import ConfigError, MappingError
-from kaapana_fhir.flows import radiomics as flow
-from kaapana_fhir.flows.radiomics_dicom import read_dicom_dir
+from kaapana_fhir.flows.radiomics import flow as flow
+from kaapana_fhir.flows.radiomics.compute import read_dicom_dir
 
 SEED = 7
 
@@ -73,7 +73,7 @@ def test_features_equal_pyradiomics_on_same_volumes(demo: dict, index: int) -> N
 def test_normal_minus_z_and_shuffled_files_give_correct_geometry(demo: dict) -> None:
     p = demo["patients"][4]
     cts = read_dicom_dir(p["ct_dir"])
-    from kaapana_fhir.flows.radiomics_dicom import build_volume
+    from kaapana_fhir.flows.radiomics.compute import build_volume
 
     vol = build_volume(cts)
     case = demo_case(4, SEED, "RADU")

@@ -7,9 +7,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kaapana_fhir.flows import table_watch as W
-from kaapana_fhir.flows.table_import import import_object
-from kaapana_fhir.flows.table_synthetic import lung1_ids, synthetic_lung1_csv
+
+from kaapana_fhir.dev.synthetic_tables import lung1_ids, synthetic_lung1_csv
+from kaapana_fhir.flows.tables import watch as W
+from kaapana_fhir.flows.tables.flow import import_object
 
 moto = pytest.importorskip("moto")
 BUCKET = "watch-test"

@@ -32,7 +32,8 @@ import org.springframework.context.annotation.Import;
         SubscriptionProcessorConfig.class,
         SubscriptionChannelConfig.class,
         StorageBeans.class,
-        ServerBeans.class})
+        ServerBeans.class,
+        BatchBeans.class})
 public class FhirTestServer {
     public static void main(String[] args) {
         SpringApplication.run(FhirTestServer.class, args);

@@ -46,7 +46,9 @@ public class StorageBeans {
 
     @Bean
     public JpaStorageSettings jpaStorageSettings(
-            @Value("${kaapanafhir.allow-external-references:true}") boolean allowExternal) {
+            @Value("${kaapanafhir.allow-external-references:true}") boolean allowExternal,
+            @Value("${kaapanafhir.bulk-export.enabled:true}") boolean bulkExport,
+            @Value("${kaapanafhir.bulk-export.retention-hours:2}") int bulkExportRetentionHours) {
         JpaStorageSettings s = new JpaStorageSettings();
         // Tests read back what they wrote immediately: do not serve 60-s cached search results.
         s.setReuseCachedSearchResultsForMillis(null);
@@ -54,12 +56,40 @@ public class StorageBeans {
         // Clients choose ids for deterministic upserts (PUT Resource/<id>).
         s.setResourceClientIdStrategy(JpaStorageSettings.ClientIdStrategyEnum.ANY);
         s.setAutoCreatePlaceholderReferenceTargets(false);
+        // Bulk Data $export runs as a batch2 job; small (one-chunk) jobs are advanced at once instead of waiting for
+        // the next maintenance pass (see BatchBeans for the pass interval).
+        s.setEnableTaskBulkExportJobExecution(bulkExport);
+        s.setBulkExportFileRetentionPeriodHours(bulkExportRetentionHours);
+        s.setJobFastTrackingEnabled(true);
         return s;
     }
 
+    /**
+     * Partitions as the HAPI starter image configures them in our chart (request-tenant mode): default partition id
+     * 0, no references across partitions, search hashes without the partition, and conditional creates may match
+     * the same identifier in different partitions (two projects may hold the same PatientID).
+     *
+     * <p>Database partition mode (HAPI 8.0+) puts PARTITION_ID into every primary and unique key. Without it HAPI
+     * 8.8 keeps the unique index (RES_TYPE, FHIR_ID) and the same client-assigned id (our deterministic ids) in two
+     * partitions fails with HAPI-0825 (measured). The mode fixes the schema: a database created without it cannot
+     * be opened with it (HAPI checks at start-up), so {@code kaapanafhir.partitioning.database-mode=false} exists
+     * for old persistent demo databases.
+     */
     @Bean
-    public PartitionSettings partitionSettings() {
-        return new PartitionSettings();
+    public PartitionSettings partitionSettings(
+            @Value("${kaapanafhir.partitioning.enabled:true}") boolean enabled,
+            @Value("${kaapanafhir.partitioning.database-mode:true}") boolean databaseMode,
+            @Value("${kaapanafhir.partitioning.default-partition-id:0}") int defaultPartitionId) {
+        PartitionSettings p = new PartitionSettings();
+        if (enabled) {
+            p.setPartitioningEnabled(true);
+            p.setDatabasePartitionMode(databaseMode);
+            p.setDefaultPartitionId(defaultPartitionId);
+            p.setIncludePartitionInSearchHashes(false);
+            p.setAllowReferencesAcrossPartitions(PartitionSettings.CrossPartitionReferenceMode.NOT_ALLOWED);
+            p.setConditionalCreateDuplicateIdentifiersEnabled(true);
+        }
+        return p;
     }
 
     @Bean
