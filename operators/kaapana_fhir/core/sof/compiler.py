@@ -100,6 +100,59 @@ def _flat_get(coll: list[Any], keys: tuple[str, ...]) -> list[Any]:
     return out
 
 
+def _generate_chain(steps: tuple[tuple[str, ...], ...], base: Fn | None) -> Fn:
+    """Straight-line Python for a member chain ``a.b.c`` (fast path for the usual single-item focus)."""
+    lines = ["def run(f, env):", "    cur = base(f, env)" if base is not None else "    cur = f"]
+    for keys in steps:
+        lines += ["    if not cur:", "        return cur"]
+        if len(keys) == 1:
+            lines += [
+                "    if len(cur) == 1:",
+                "        x = cur[0]",
+                "        if x.__class__ is not dict:",
+                "            return []",
+                f"        v = x.get({keys[0]!r})",
+                "        if v is None:",
+                "            return []",
+                "        if v.__class__ is list:",
+                "            cur = [y for y in v if y is not None] if None in v else v",
+                "        else:",
+                "            cur = [v]",
+                "    else:",
+                f"        cur = _flat_get(cur, {keys!r})",
+            ]
+        else:
+            lines.append(f"    cur = _flat_get(cur, {keys!r})")
+    lines.append("    return cur")
+    if base is None and len(steps[0]) == 1:
+        # the same chain from one node (the usual case: a column path on the resource or forEach item)
+        k0 = steps[0][0]
+        lines += ["def run_node(x, env):", "    if x.__class__ is not dict:", "        return []",
+                  f"    v = x.get({k0!r})", "    if v is None:", "        return []"]
+        if len(steps) == 1:
+            lines += ["    if v.__class__ is list:", "        return [y for y in v if y is not None] if None in v else v",
+                      "    return [v]"]
+        else:
+            lines += ["    if v.__class__ is not list:", "        return run_rest([v], env)",
+                      "    return run_rest([y for y in v if y is not None] if None in v else v, env)"]
+    scope: dict[str, Any] = {"base": base, "_flat_get": _flat_get}
+    if base is None and len(steps[0]) == 1 and len(steps) > 1:
+        scope["run_rest"] = _generate_chain(steps[1:], None)
+    exec("\n".join(lines), scope)  # noqa: S102 - generated from model element names (validated identifiers)
+    fn: Fn = scope["run"]
+    if "run_node" in scope:
+        fn._node = scope["run_node"]  # type: ignore[attr-defined]
+    return fn
+
+
+def _const_fn(val: list[Any]) -> Fn:
+    def const(f: list[Any], env: Env) -> list[Any]:
+        return val
+
+    const._const = val  # type: ignore[attr-defined]
+    return const
+
+
 def _eq(a: Any, b: Any) -> bool:
     if (a.__class__ is bool) != (b.__class__ is bool):
         return False
@@ -188,7 +241,7 @@ class Compiler:
             st = EMPTY_T
         else:
             raise Unsupported(lt)
-        return (lambda f, env: val), st
+        return _const_fn(val), st
 
     def _ExternalConstantTerm(self, node: dict[str, Any], focus: SType) -> tuple[Fn, SType]:
         inner = node["children"][0]["children"][0]
@@ -199,8 +252,7 @@ class Compiler:
             raise Unsupported("%resource")  # the resource type is not known here; rare in views
         if name in self.constants:
             value, st = self.constants[name]
-            val = [value]
-            return (lambda f, env: val), st
+            return _const_fn([value]), st
         raise Unsupported(f"%{name}")
 
     # ---------------------------------------------------------------- invocations
@@ -252,29 +304,7 @@ class Compiler:
         else:
             steps = (keys,)
             base = left
-        single = tuple(s[0] if len(s) == 1 else None for s in steps)
-
-        def run(f: list[Any], env: Env) -> list[Any]:
-            cur = base(f, env) if base is not None else f
-            for i, ks in enumerate(steps):
-                if not cur:
-                    return cur
-                k = single[i]
-                if k is None:
-                    cur = _flat_get(cur, ks)
-                    continue
-                nxt: list[Any] = []
-                for x in cur:
-                    if x.__class__ is dict:
-                        v = x.get(k)
-                        if v is not None:
-                            if v.__class__ is list:
-                                nxt.extend(v)
-                            else:
-                                nxt.append(v)
-                cur = nxt
-            return cur
-
+        run = _generate_chain(steps, base)
         run._chain = steps  # type: ignore[attr-defined]
         run._base = base  # type: ignore[attr-defined]
         return run
@@ -308,7 +338,13 @@ class Compiler:
                     "lower", "upper", "trim", "length", "lowBoundary", "highBoundary", "hasValue"):
             arity(0) if name != "exists" else arity(0, 1)
         if name == "first":
-            return (lambda f, env: src(f, env)[:1]), focus
+            def first(f: list[Any], env: Env) -> list[Any]:
+                return src(f, env)[:1]
+
+            src_node = getattr(src, "_node", None)
+            if src_node is not None:
+                first._node = lambda x, env: src_node(x, env)[:1]  # type: ignore[attr-defined]
+            return first, focus
         if name == "last":
             return (lambda f, env: src(f, env)[-1:]), focus
         if name == "count":
@@ -328,8 +364,20 @@ class Compiler:
             cond, _ = self.expr(params[0], focus)
             what = f"{name}()"
 
-            def where(f: list[Any], env: Env) -> list[Any]:
-                return [x for x in src(f, env) if _truth(cond([x], env), what) is True]
+            pred = getattr(cond, "_pred", None)
+            if pred is not None:
+                def where(f: list[Any], env: Env) -> list[Any]:
+                    out = []
+                    for x in src(f, env):
+                        r = pred(x)
+                        if r is None:
+                            r = _truth(cond([x], env), what)
+                        if r is True:
+                            out.append(x)
+                    return out
+            else:
+                def where(f: list[Any], env: Env) -> list[Any]:
+                    return [x for x in src(f, env) if _truth(cond([x], env), what) is True]
 
             if name == "where":
                 return where, focus
@@ -390,7 +438,16 @@ class Compiler:
         if name == "getResourceKey":
             if focus is None or focus[0] != "complex":
                 raise Unsupported("getResourceKey() on an unknown type")
-            return (lambda f, env: [x["id"] for x in src(f, env) if x.__class__ is dict and x.get("id")]), STRING
+            def resource_key(f: list[Any], env: Env) -> list[Any]:
+                return [x["id"] for x in src(f, env) if x.__class__ is dict and x.get("id")]
+
+            if left is None:
+                def resource_key_node(x: Any, env: Env) -> list[Any]:
+                    rid = x.get("id") if x.__class__ is dict else None
+                    return [rid] if rid else []
+
+                resource_key._node = resource_key_node  # type: ignore[attr-defined]
+            return resource_key, STRING
         if name == "getReferenceKey":
             arity(0, 1)
             if focus is None or focus[0] != "complex":
@@ -515,6 +572,35 @@ class Compiler:
         if ka != kb and "empty" not in (ka, kb):
             raise Unsupported("equality of mixed types")
         neg = op == "!="
+        const = getattr(b, "_const", None)
+        steps = getattr(a, "_chain", None)
+        if ka == kb and ka in ("string", "number") and const is not None and len(const) == 1:
+            c = const[0]
+
+            def eq_const(f: list[Any], env: Env) -> list[Any]:
+                x = a(f, env)
+                if not x:
+                    return []
+                if len(x) == 1:
+                    return [(x[0] == c) != neg]
+                return [neg]
+
+            if steps is not None and len(steps) == 1 and len(steps[0]) == 1 and getattr(a, "_base", 1) is None:
+                key = steps[0][0]
+
+                def pred(x: Any) -> bool | None:
+                    """The same test on one item of a where() input (None: not decidable here)."""
+                    if x.__class__ is not dict:
+                        return None
+                    v = x.get(key)
+                    if v is None:
+                        return None
+                    if v.__class__ is list:
+                        return None
+                    return (v == c) != neg
+
+                eq_const._pred = pred  # type: ignore[attr-defined]
+            return eq_const, BOOLEAN
 
         def eq(f: list[Any], env: Env) -> list[Any]:
             x = a(f, env)
@@ -556,6 +642,17 @@ class Compiler:
         ka, kb = kind_of(at), kind_of(bt)
         if ka is None or kb is None or "date" in (ka, kb) or (ka != kb and "empty" not in (ka, kb)):
             raise Unsupported("membership of unknown, date or mixed types")
+
+        if ka == kb and ka in ("string", "number"):
+            def member_fast(f: list[Any], env: Env) -> list[Any]:
+                x = a(f, env)
+                if not x:
+                    return []
+                if len(x) > 1:
+                    raise TypeError(f"'{op}' expects a single item, got {len(x)}")
+                return [x[0] in b(f, env)]
+
+            return member_fast, BOOLEAN
 
         def member(f: list[Any], env: Env) -> list[Any]:
             x = a(f, env)

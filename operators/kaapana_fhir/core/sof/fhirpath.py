@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 from collections.abc import Mapping
 from decimal import Decimal
@@ -74,6 +75,13 @@ def external_constants(path: str) -> set[str]:
 
 # ---------------------------------------------------------------------- SQL-on-FHIR key functions
 def reference_key(reference: Any, rtype: str | None = None) -> str | None:
+    if isinstance(reference, str):
+        return _reference_key(reference, rtype)
+    return None
+
+
+@functools.lru_cache(maxsize=65536)
+def _reference_key(reference: str, rtype: str | None) -> str | None:
     """Key of ``Reference.reference``: ``Patient/1``, ``http://x/fhir/Patient/1/_history/2`` → ``1``.
 
     ``None`` for a missing, contained (``#x``) or ``urn:`` reference, and when ``rtype`` is given and the

@@ -56,6 +56,7 @@ class _Path:
     type: SType
     compiled: bool
     needs_plain: bool = True
+    inner: Any = None  # the compiled list function (focus list, env) -> list
 
 
 @dataclass
@@ -64,6 +65,7 @@ class _Column:
     path: _Path
     collection: bool
     where: str
+    get: Callable[[Any, Env], Any] | None = None
 
 
 @dataclass
@@ -134,7 +136,7 @@ class CompiledView:
                 def fn(node: Any, env: Env, _inner: Any = inner) -> list[Any]:
                     return _inner([node], env)  # type: ignore[no-any-return]
 
-                p = _Path(text, fn, st, True, needs_plain=focus is None)
+                p = _Path(text, fn, st, True, needs_plain=focus is None, inner=inner)
                 self.paths.append(p)
                 return p
         if text == "$this":  # fhirpathpy defines $this only inside functions; the focus is meant
@@ -185,8 +187,9 @@ class CompiledView:
                               for i, t in enumerate(spec["repeat"])]
         for i, col in enumerate(spec.get("column", [])):
             cw = f"{where}.column[{i}]"
-            sel.columns.append(_Column(col["name"], self._path(col["path"], item_type, f"{cw}.path"),
-                                       bool(col.get("collection")), cw))
+            c = _Column(col["name"], self._path(col["path"], item_type, f"{cw}.path"), bool(col.get("collection")), cw)
+            c.get = self._getter(c)
+            sel.columns.append(c)
         sel.selects = [self._select(s, item_type, f"{where}.select[{i}]") for i, s in enumerate(spec.get("select", []))]
         sel.union = [self._select(s, item_type, f"{where}.unionAll[{i}]")
                      for i, s in enumerate(spec.get("unionAll", []))]
@@ -209,17 +212,56 @@ class CompiledView:
         finally:
             self.engine = saved
 
-    def _simple_columns(self) -> list[_Column] | None:
+    def _simple_columns(self) -> list[Callable[[Any, Env], Any]] | None:
         """The columns when the view is one plain select (no iteration, nesting or union): fast path."""
         sels = self.root.selects
-        cols: list[_Column] = []
+        cols: list[Callable[[Any, Env], Any]] = []
         for s in sels:
             if s.kind or s.selects or s.union:
                 return None
-            cols.extend(s.columns)
+            cols.extend(c.get for c in s.columns if c.get is not None)
         return cols
 
     # ------------------------------------------------------------------ evaluation
+    def _getter(self, col: _Column) -> Callable[[Any, Env], Any]:
+        """``get(node, env) -> cell value`` for one column (compiled fast path where possible)."""
+        inner = col.path.inner
+        if inner is None or col.path.needs_plain:
+            return lambda node, env: self._value(col, node, env)
+        if col.collection:
+            return lambda node, env: [plain(v) if v.__class__ is dict else v for v in inner([node], env)]
+        many = self._many
+        node_fn = getattr(inner, "_node", None)
+        if node_fn is not None:
+            def get_node(node: Any, env: Env) -> Any:
+                vals = node_fn(node, env)
+                if not vals:
+                    return None
+                if len(vals) == 1:
+                    v = vals[0]
+                    return plain(v) if v.__class__ is dict else v
+                return many(col, vals, env)
+
+            return get_node
+
+        def get(node: Any, env: Env) -> Any:
+            vals = inner([node], env)
+            if not vals:
+                return None
+            if len(vals) == 1:
+                v = vals[0]
+                return plain(v) if v.__class__ is dict else v
+            return many(col, vals, env)
+
+        return get
+
+    def _many(self, col: _Column, vals: list[Any], env: Env) -> Any:
+        res = env[0]
+        raise ViewDefinitionError(
+            self.name, f"{col.where}.path",
+            f"column {col.name!r} ({col.path.text}) returned {len(vals)} values for "
+            f"{res.get('resourceType')}/{res.get('id')} (rule: set collection: true or narrow the path)")
+
     def _value(self, col: _Column, node: Any, env: Env) -> Any:
         vals = col.path.fn(node, env)
         if col.collection:
@@ -227,11 +269,7 @@ class CompiledView:
         if not vals:
             return None
         if len(vals) > 1:
-            res = env[0]
-            raise ViewDefinitionError(
-                self.name, f"{col.where}.path",
-                f"column {col.name!r} ({col.path.text}) returned {len(vals)} values for "
-                f"{res.get('resourceType')}/{res.get('id')} (rule: set collection: true or narrow the path)")
+            self._many(col, vals, env)
         v = vals[0]
         return plain(v) if col.path.needs_plain or v.__class__ is dict else v
 
@@ -270,7 +308,7 @@ class CompiledView:
         return out
 
     def _inner(self, sel: _Select, node: Any, env: Env) -> list[tuple[Any, ...]]:
-        rows = [tuple([self._value(c, node, env) for c in sel.columns])]
+        rows = [tuple([c.get(node, env) for c in sel.columns])]  # type: ignore[misc]
         for sub in sel.selects:
             sub_rows = self._rows(sub, node, env)
             if not sub_rows:
@@ -288,7 +326,7 @@ class CompiledView:
             return False
         env: Env = (resource, 0)
         for i, w in enumerate(self.where):
-            res = w.fn(resource, env)
+            res = w.inner([resource], env) if w.inner is not None else w.fn(resource, env)
             if not res:
                 return False
             v = plain(res[0]) if w.needs_plain else res[0]
@@ -308,7 +346,7 @@ class CompiledView:
         env: Env = (resource, 0)
         try:
             if self._simple is not None:
-                return [tuple([self._value(c, resource, env) for c in self._simple])]
+                return [tuple([g(resource, env) for g in self._simple])]
             return self._rows(self.root, resource, env)
         except ViewDefinitionError:
             raise

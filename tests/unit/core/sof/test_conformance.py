@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from kaapana_fhir.core.sof import ViewDefinitionError, compile_view
 
 SUITE = Path(__file__).resolve().parents[3] / "data" / "sql-on-fhir-v2"
