@@ -1,0 +1,627 @@
+"""Retrieval API: framework-neutral request handling (no Flask, no FastAPI, no Airflow).
+
+:func:`handle` takes a method, a path below ``/api/`` and the query parameters and returns an
+:class:`ApiResponse`; the Flask (Airflow 2) and FastAPI (Airflow 3) adapters only authenticate and translate.
+The spec is ``openapi.yaml`` beside this file (served at ``api/openapi.yaml``).
+
+Data comes from the FHIR server (project base URL, see :mod:`.settings`): the cohort is fetched and
+flattened with the shipped ViewDefinitions (:mod:`kaapana_fhir.flows.cohort.flow`), joined
+(:mod:`kaapana_fhir.core.cohort.tables`), and kept in memory per (FHIR base, searches) together with the
+server's state (the newest entry of ``_history``). A request re-checks the state at most every
+``KAAPANA_FHIR_WEB_STATE_TTL`` seconds and rebuilds when it changed. Filters, segment-label selection,
+paging and formats work on the cached table.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from kaapana_fhir.web import settings as S
+from kaapana_fhir.web import survival
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+OPENAPI = HERE / "openapi.yaml"
+MAX_LIMIT = 100_000
+DEFAULT_LIMIT = 100
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+FORMATS = {"json": "application/json", "csv": "text/csv; charset=utf-8",
+           "parquet": "application/vnd.apache.parquet"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class ApiResponse:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> ApiResponse:
+    return ApiResponse(status, json.dumps(obj, allow_nan=False, default=str).encode(), "application/json",
+                       headers or {})
+
+
+def error(status: int, message: str) -> ApiResponse:
+    return _json({"error": message, "status": status}, status)
+
+
+# ---------------------------------------------------------------------- cohort definitions
+@dataclass(frozen=True)
+class CohortDefinition:
+    """A saved cohort: which patients to fetch (``patient_search`` or full ``searches``), then ``filters`` on the
+    cohort table (``column<op>value``, ops ``= != > < >= <= ~ in``) and an optional ``segment_label``."""
+
+    id: str
+    title: str = ""
+    description: str = ""
+    patient_search: str = ""
+    searches: tuple[str, ...] = ()
+    filters: tuple[str, ...] = ()
+    segment_label: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["searches"], d["filters"] = list(self.searches), list(self.filters)
+        return d
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], source: str = "") -> CohortDefinition:
+        if not isinstance(data, Mapping):
+            raise ApiError(400, f"{source}: a cohort definition is a JSON object")
+        cid = str(data.get("id") or "")
+        if not _ID_RE.match(cid):
+            raise ApiError(400, f"{source}: cohort id {cid!r} (rule: letters, digits, '.', '_', '-'; max 64)")
+
+        def strs(key: str) -> tuple[str, ...]:
+            v = data.get(key) or []
+            if isinstance(v, str):
+                v = [v]
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise ApiError(400, f"{source}: {key} must be a list of strings")
+            return tuple(x for x in v if x.strip())
+
+        return cls(cid, str(data.get("title") or cid), str(data.get("description") or ""),
+                   str(data.get("patient_search") or ""), strs("searches"), strs("filters"),
+                   str(data.get("segment_label") or ""))
+
+
+BUILTIN = (CohortDefinition("all", "All patients", "Every patient of the project with their data"),)
+
+
+def definitions(st: S.WebSettings) -> dict[str, CohortDefinition]:
+    out = {d.id: d for d in BUILTIN}
+    if st.cohorts_dir and st.cohorts_dir.is_dir():
+        for p in sorted(st.cohorts_dir.glob("*.json")):
+            try:
+                data = json.loads(p.read_text(encoding="utf-8"))
+            except ValueError as exc:
+                log.warning("cohort definition %s is not valid JSON (%s); skipped", p, exc)
+                continue
+            try:
+                d = CohortDefinition.from_json(data, str(p))
+            except ApiError as exc:
+                log.warning("cohort definition skipped: %s", exc.message)
+                continue
+            out[d.id] = d
+    return out
+
+
+# ---------------------------------------------------------------------- server state + cache
+def _default_client(base: str) -> Any:
+    from kaapana_fhir.clients.fhir import FhirClient
+
+    return FhirClient(base, timeout=(5.0, 300.0))
+
+
+def server_state(client: Any) -> str:
+    """Token that changes when anything is written: the newest ``_history`` entry (id, version, time)."""
+    b = client.request("GET", "_history", params={"_count": "1"}).json()
+    e = (b.get("entry") or [{}])[0]
+    r = e.get("resource") or {}
+    meta = r.get("meta") or {}
+    return "|".join(str(x) for x in (e.get("fullUrl") or r.get("id"), meta.get("versionId"), meta.get("lastUpdated"),
+                                     (e.get("request") or {}).get("method"), b.get("total")))
+
+
+@dataclass
+class Entry:
+    cohort: Any
+    table: Any  # pandas DataFrame (patient x segment)
+    units: dict[str, str]
+    state: str
+    built_at: float
+    build_seconds: float
+    views: dict[str, list[dict[str, Any]]]
+    selections: OrderedDict[tuple[Any, ...], Any] = field(default_factory=OrderedDict)
+
+
+class CohortService:
+    """Builds and caches cohorts per (FHIR base, searches); thread-safe."""
+
+    def __init__(self, client_factory: Callable[[str], Any] = _default_client, max_entries: int = 8) -> None:
+        self.client_factory = client_factory
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[Any, ...], Entry] = OrderedDict()
+        self._states: dict[str, tuple[float, str]] = {}
+        self._locks: dict[tuple[Any, ...], threading.Lock] = {}
+        self._lock = threading.Lock()
+        self.builds = 0
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._states.clear()
+
+    def state(self, base: str, ttl: float) -> str:
+        now = time.monotonic()
+        hit = self._states.get(base)
+        if hit and now - hit[0] < ttl:
+            return hit[1]
+        st = server_state(self.client_factory(base))
+        self._states[base] = (now, st)
+        return st
+
+    def entry(self, base: str, d: CohortDefinition, ttl: float) -> Entry:
+        key = (base, d.patient_search, d.searches)
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            state = self.state(base, ttl)
+            e = self._entries.get(key)
+            if e is not None and e.state == state:
+                self._entries.move_to_end(key)
+                return e
+            e = self._build(base, d, state)
+            with self._lock:
+                self._entries[key] = e
+                self._entries.move_to_end(key)
+                while len(self._entries) > self.max_entries:
+                    self._entries.popitem(last=False)
+            return e
+
+    def _build(self, base: str, d: CohortDefinition, state: str) -> Entry:
+        from kaapana_fhir.core.cohort import tables as C
+        from kaapana_fhir.flows.cohort.flow import fetch_and_flatten, load_views
+
+        t0 = time.perf_counter()
+        client = self.client_factory(base)
+        _, rows = fetch_and_flatten(client, load_views(), searches=list(d.searches),
+                                    patient_search=d.patient_search or None)
+        cohort = C.build_cohort(rows)
+        table = cohort.table
+        units = _units(rows, cohort)
+        self.builds += 1
+        secs = time.perf_counter() - t0
+        log.info("cohort %s from %s: %d patients, %d rows in %.2fs", d.id, base, len(cohort.patients), len(table), secs)
+        return Entry(cohort, table, units, state, time.time(), secs, rows)
+
+
+def _units(rows: Mapping[str, list[dict[str, Any]]], cohort: Any) -> dict[str, str]:
+    """Column → unit (UCUM code or text), the most frequent one seen for clinical values and features."""
+    counts: dict[str, dict[str, int]] = {}
+    for r in rows.get("clinical_observation", []):
+        if r.get("variable") and r.get("value_unit"):
+            counts.setdefault(str(r["variable"]), {}).setdefault(str(r["value_unit"]), 0)
+            counts[str(r["variable"])][str(r["value_unit"])] += 1
+    for r in rows.get("radiomics_feature", []):
+        if r.get("feature") and r.get("unit"):
+            it = r.get("image_type") or "original"
+            col = str(r["feature"]) if it == "original" else f"{it}_{r['feature']}"
+            counts.setdefault(col, {}).setdefault(str(r["unit"]), 0)
+            counts[col][str(r["unit"])] += 1
+    out = {k: max(v.items(), key=lambda kv: kv[1])[0] for k, v in counts.items()}
+    for c in list(getattr(cohort, "clinical_variables", [])) + list(getattr(cohort, "feature_columns", [])):
+        for suffix in ("_clinical", "_radiomics"):
+            if c.endswith(suffix) and c[: -len(suffix)] in out:
+                out[c] = out[c[: -len(suffix)]]
+    return out
+
+
+SERVICE = CohortService()
+
+
+# ---------------------------------------------------------------------- request parsing
+class Query:
+    def __init__(self, items: Sequence[tuple[str, str]] | Mapping[str, Any]) -> None:
+        if isinstance(items, Mapping):
+            pairs: list[tuple[str, str]] = []
+            for k, v in items.items():
+                pairs.extend((k, str(x)) for x in (v if isinstance(v, (list, tuple)) else [v]))
+            items = pairs
+        self.items = [(str(k), str(v)) for k, v in items]
+
+    def get(self, key: str, default: str = "") -> str:
+        for k, v in reversed(self.items):
+            if k == key:
+                return v
+        return default
+
+    def all(self, key: str) -> list[str]:
+        return [v for k, v in self.items if k == key]
+
+    def int(self, key: str, default: int, lo: int, hi: int) -> int:
+        raw = self.get(key, "")
+        if raw == "":
+            return default
+        try:
+            v = int(raw)
+        except ValueError:
+            raise ApiError(400, f"query parameter {key}={raw!r} is not an integer") from None
+        if not lo <= v <= hi:
+            raise ApiError(400, f"query parameter {key}={v} is out of range [{lo}, {hi}]")
+        return v
+
+
+@dataclass
+class Ctx:
+    st: S.WebSettings
+    service: CohortService
+    q: Query
+    project: str = ""
+    base: str = ""
+
+
+def _selection(ctx: Ctx, cid: str) -> tuple[CohortDefinition, Entry, Any]:
+    """The cohort table after the definition's and the request's filters and segment label."""
+    from kaapana_fhir.core.cohort import tables as C
+    from kaapana_fhir.exceptions import ConfigError
+
+    defs = definitions(ctx.st)
+    if cid not in defs:
+        raise ApiError(404, f"cohort definition {cid!r} not found (known: {', '.join(sorted(defs))})")
+    d = defs[cid]
+    e = ctx.service.entry(ctx.base, d, ctx.st.state_ttl)
+    filters = tuple(d.filters) + tuple(f for f in ctx.q.all("filter") if f.strip())
+    label = ctx.q.get("segment_label", d.segment_label).strip()
+    key = (filters, label)
+    hit = e.selections.get(key)
+    if hit is not None:
+        e.selections.move_to_end(key)
+        return d, e, hit
+    t = e.table
+    if label:
+        if "segment_label" not in t:
+            t = t.iloc[0:0]
+        else:
+            t = t[t["segment_label"].astype(str).str.lower() == label.lower()]
+    try:
+        t = C.filter_patients(t, list(filters))
+    except ConfigError as exc:
+        raise ApiError(400, str(exc)) from None
+    t = t.reset_index(drop=True)
+    e.selections[key] = t
+    while len(e.selections) > 64:
+        e.selections.popitem(last=False)
+    return d, e, t
+
+
+def _page(ctx: Ctx, df: Any, what: str) -> ApiResponse:
+    fmt = ctx.q.get("format", "json").lower()
+    if fmt not in FORMATS:
+        raise ApiError(400, f"format={fmt!r}: use json, csv or parquet")
+    offset = ctx.q.int("offset", 0, 0, 10**9)
+    limit = ctx.q.int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    cols = [c for c in ctx.q.get("columns", "").split(",") if c.strip()]
+    if cols:
+        missing = [c for c in cols if c not in df.columns]
+        if missing:
+            raise ApiError(400, f"columns {missing} are not in the {what} table")
+        df = df[cols]
+    total = len(df)
+    page = df.iloc[offset:offset + limit]
+    headers = {"X-Total-Count": str(total)}
+    if fmt == "csv":
+        return ApiResponse(200, to_csv(page), FORMATS["csv"], headers)
+    if fmt == "parquet":
+        return ApiResponse(200, to_parquet(page), FORMATS["parquet"], headers)
+    rows = json.loads(page.to_json(orient="records", date_format="iso", default_handler=str))
+    nxt = offset + limit if offset + limit < total else None
+    return _json({"project": ctx.project, "total": total, "offset": offset, "limit": limit,
+                  "next_offset": nxt, "columns": [str(c) for c in df.columns], "rows": rows}, headers=headers)
+
+
+def to_csv(df: Any) -> bytes:
+    """Spreadsheet-safe CSV (text that would run as a formula gets a ``'``), lists/dicts as JSON."""
+    import csv
+
+    import pandas as pd
+
+    from kaapana_fhir.core.cohort.tables import spreadsheet_safe
+
+    out = df.copy()
+    for c in out.columns:
+        if not pd.api.types.is_numeric_dtype(out[c]) and not pd.api.types.is_bool_dtype(out[c]):
+            out[c] = out[c].map(lambda v: spreadsheet_safe(json.dumps(v) if isinstance(v, (list, dict)) else v),
+                                na_action="ignore").astype(object)
+    out.columns = [spreadsheet_safe(str(c)) for c in out.columns]
+    buf = io.StringIO()
+    out.to_csv(buf, index=False, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
+    return buf.getvalue().encode("utf-8")
+
+
+def to_parquet(df: Any) -> bytes:
+    import tempfile
+
+    from kaapana_fhir.core.cohort.tables import write_parquet
+
+    with tempfile.TemporaryDirectory(prefix="kf-web-") as tmp:
+        p = write_parquet(df, Path(tmp) / "page.parquet")
+        return p.read_bytes()
+
+
+# ---------------------------------------------------------------------- endpoints
+def _is_num(s: Any) -> bool:
+    import pandas as pd
+
+    return bool(pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s))
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return None
+    return v
+
+
+_ID_COLUMNS = ("patient_key", "identifier_system", "patient_id", "segment_key")
+
+
+def ep_summary(ctx: Ctx, cid: str) -> ApiResponse:
+    from kaapana_fhir.core.cohort import report_data as RD
+
+    d, e, t = _selection(ctx, cid)
+    patients = t.drop_duplicates("patient_key") if "patient_key" in t else t
+    feats = set(e.cohort.feature_columns)
+    clinical = set(e.cohort.clinical_variables)
+    cols = []
+    for c in t.columns:
+        if c in _ID_COLUMNS:
+            continue
+        level = "segment" if c in feats or c in ("segment_label",) else "patient"
+        s = t[c] if level == "segment" else patients[c]
+        kind = "numeric" if _is_num(s) else "categorical"
+        info: dict[str, Any] = {"name": str(c), "kind": kind, "level": level, "unit": e.units.get(str(c), ""),
+                                "group": "feature" if c in feats else ("clinical" if c in clinical else "imaging")}
+        if kind == "numeric":
+            info.update({k: _finite(v) for k, v in RD.summary(s).items()})
+        else:
+            cats = RD.categories(s)
+            info.update(n=int(s.notna().sum()), missing=int(s.isna().sum()), categories=cats)
+        cols.append(info)
+    labels: list[str] = []
+    if "segment_label" in e.table:
+        labels = sorted({str(v) for v in e.table["segment_label"].dropna()})
+    mods = sorted({m for v in patients.get("modalities", []) if isinstance(v, str) for m in v.split(",") if m})
+    return _json({"cohort": d.to_json(), "project": ctx.project,
+                  "fhir_base_url": ctx.st.public_fhir_base(ctx.project),
+                  "links": {"fhir": ctx.st.public_fhir_base(ctx.project), "dicomweb": ctx.st.public_dicomweb_url,
+                            "ohif": ctx.st.ohif_url},
+                  "patients": int(patients["patient_key"].nunique()) if "patient_key" in t else len(t),
+                  "rows": len(t), "total_patients": int(len(e.cohort.patients)), "segment_labels": labels,
+                  "modalities": mods, "columns": cols,
+                  "built_at": e.built_at, "build_seconds": round(e.build_seconds, 3)})
+
+
+_TRUE = {"1", "true", "yes", "y", "dead", "deceased", "event"}
+
+
+def _event(v: Any) -> bool | None:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, (int, float)):
+        return v != 0
+    s = str(v).strip().lower()
+    return s in _TRUE if s else None
+
+
+def ep_km(ctx: Ctx, cid: str) -> ApiResponse:
+    import pandas as pd
+
+    d, e, t = _selection(ctx, cid)
+    tcol = ctx.q.get("time")
+    ecol = ctx.q.get("event", "deceased")
+    gcol = ctx.q.get("group", "")
+    for c in (tcol, ecol, gcol):
+        if c and c not in t.columns:
+            raise ApiError(400, f"column {c!r} is not in the cohort table")
+    if not tcol:
+        raise ApiError(400, "query parameter time (a numeric column, e.g. Survival.time) is required")
+    p = t.drop_duplicates("patient_key") if "patient_key" in t else t
+    times = pd.to_numeric(p[tcol], errors="coerce")
+    if times.dropna().lt(0).any():
+        raise ApiError(400, f"column {tcol!r} has negative times (rule: time >= 0)")
+    events = p[ecol].map(_event) if ecol else pd.Series(True, index=p.index)
+    ok = times.notna() & events.notna()
+    groups: dict[str, Any] = {}
+    if gcol:
+        g = p[gcol]
+        if _is_num(g):
+            med = float(pd.to_numeric(g, errors="coerce").median())
+            g = pd.to_numeric(g, errors="coerce").map(
+                lambda v: None if pd.isna(v) else (f"<= {med:.4g}" if v <= med else f"> {med:.4g}"))
+        ok &= g.notna()
+        for name in sorted({str(v) for v in g[ok]}):
+            groups[name] = ok & (g.astype(str) == name)
+    else:
+        groups["all"] = ok
+    curves = []
+    for name, m in groups.items():
+        km = survival.kaplan_meier(times[m].tolist(), [bool(x) for x in events[m]])
+        curves.append({"group": name, "n": km.n, "events": km.events, "median": km.median, "times": km.times,
+                       "survival": km.survival, "at_risk": km.at_risk})
+    lr = survival.logrank([(times[m].tolist(), [bool(x) for x in events[m]]) for m in groups.values()])
+    return _json({"project": ctx.project, "time": tcol, "event": ecol, "group": gcol or None,
+                  "unit": e.units.get(tcol, ""), "n": int(ok.sum()), "missing": int((~ok).sum()),
+                  "curves": curves,
+                  "logrank": None if lr is None else {"statistic": _finite(lr.statistic), "df": lr.df,
+                                                      "p_value": _finite(lr.p_value)}})
+
+
+def ep_scatter(ctx: Ctx, cid: str) -> ApiResponse:
+    import pandas as pd
+
+    d, e, t = _selection(ctx, cid)
+    x, y = ctx.q.get("x"), ctx.q.get("y")
+    for c in (x, y):
+        if not c or c not in t.columns:
+            raise ApiError(400, f"x and y must be columns of the cohort table (got {c!r})")
+    xs, ys = pd.to_numeric(t[x], errors="coerce"), pd.to_numeric(t[y], errors="coerce")
+    ok = xs.notna() & ys.notna()
+    n = int(ok.sum())
+    r = float(xs[ok].rank().corr(ys[ok].rank())) if n > 2 else None  # Spearman = Pearson of ranks
+    pts = {"x": xs[ok].tolist(), "y": ys[ok].tolist(),
+           "patient_id": [str(v) for v in t.loc[ok, "patient_id"]] if "patient_id" in t else [],
+           "segment_label": [None if pd.isna(v) else str(v) for v in t.loc[ok, "segment_label"]]
+           if "segment_label" in t else []}
+    return _json({"project": ctx.project, "x": x, "y": y, "x_unit": e.units.get(x, ""), "y_unit": e.units.get(y, ""),
+                  "n": n, "missing": int(len(t) - n), "spearman_r": _finite(r), **pts})
+
+
+def _series(ctx: Ctx, e: Entry, t: Any) -> Any:
+    import pandas as pd
+
+    s = e.cohort.series
+    if s.empty or "patient_key" not in t:
+        return pd.DataFrame(columns=["patient_id", "study_uid", "series_uid", "modality", "ohif_url",
+                                     "dicomweb_url", "fhir_imaging_study_url", "fhir_patient_url"])
+    s = s[s["patient_key"].isin(set(t["patient_key"]))].copy()
+    fhir = ctx.st.public_fhir_base(ctx.project)
+    dw = ctx.st.public_dicomweb_url
+    ohif = ctx.st.ohif_url
+    s["ohif_url"] = [f"{ohif}?StudyInstanceUIDs={quote(str(st), safe='')}&initialSeriesInstanceUID="
+                     f"{quote(str(se), safe='')}" for st, se in zip(s["study_uid"], s["series_uid"], strict=False)]
+    s["dicomweb_url"] = [f"{dw}/studies/{quote(str(st), safe='')}/series/{quote(str(se), safe='')}"
+                         for st, se in zip(s["study_uid"], s["series_uid"], strict=False)]
+    s["fhir_imaging_study_url"] = [f"{fhir}/ImagingStudy/{quote(str(k), safe='')}" for k in s["study_key"]]
+    s["fhir_patient_url"] = [f"{fhir}/Patient/{quote(str(k), safe='')}" for k in s["patient_key"]]
+    return s.reset_index(drop=True)
+
+
+def ep_view_rows(ctx: Ctx, name: str) -> ApiResponse:
+    import pandas as pd
+
+    from kaapana_fhir.core.cohort import tables as C
+    from kaapana_fhir.core.cohort.views import shipped_views
+    from kaapana_fhir.exceptions import ConfigError
+
+    if name not in shipped_views():
+        raise ApiError(404, f"ViewDefinition {name!r} not found (shipped: {', '.join(shipped_views())})")
+    d = CohortDefinition("all")
+    e = ctx.service.entry(ctx.base, d, ctx.st.state_ttl)
+    df = pd.DataFrame(e.views.get(name, []))
+    try:
+        df = C.filter_patients(df, [f for f in ctx.q.all("filter") if f.strip()])
+    except ConfigError as exc:
+        raise ApiError(400, str(exc)) from None
+    return _page(ctx, df.reset_index(drop=True), f"view {name}")
+
+
+def ep_views() -> ApiResponse:
+    from kaapana_fhir.core.cohort.views import compile_view, load_view, shipped_views
+
+    out = []
+    for n in shipped_views():
+        v = load_view(n)
+        out.append({"name": n, "resource": v.get("resource"), "title": v.get("title") or v.get("name") or n,
+                    "columns": compile_view(v).columns})
+    return _json({"views": out})
+
+
+def ep_definition(ctx: Ctx, cid: str) -> ApiResponse:
+    defs = definitions(ctx.st)
+    if cid not in defs:
+        raise ApiError(404, f"cohort definition {cid!r} not found (known: {', '.join(sorted(defs))})")
+    d = defs[cid]
+    extra = [f for f in ctx.q.all("filter") if f.strip()]
+    label = ctx.q.get("segment_label", d.segment_label)
+    if extra or label != d.segment_label:  # the definition built in the explorer, ready to save
+        d = CohortDefinition(d.id if not extra and label == d.segment_label else f"{d.id}-custom",
+                             d.title, d.description, d.patient_search, d.searches, tuple(d.filters) + tuple(extra),
+                             label)
+    return _json(d.to_json())
+
+
+def handle(method: str, path: str, query: Sequence[tuple[str, str]] | Mapping[str, Any] = (),
+           *, st: S.WebSettings | None = None, service: CohortService | None = None) -> ApiResponse:
+    """Answer ``method path?query`` (path relative to ``api/``)."""
+    try:
+        return _route(method.upper(), path.strip("/"), Query(query), st, service or SERVICE)
+    except ApiError as exc:
+        return error(exc.status, exc.message)
+    except S.SettingsError as exc:
+        return error(400, str(exc))
+    except Exception as exc:  # noqa: BLE001 - the API answers 502 with the reason instead of a bare 500
+        from kaapana_fhir.exceptions import KaapanaFhirError
+
+        if isinstance(exc, KaapanaFhirError) or exc.__class__.__module__.startswith(("requests", "urllib3")):
+            log.warning("api %s %s: %s", method, path, exc)
+            return error(502, f"FHIR server: {exc}")
+        log.exception("api %s %s failed", method, path)
+        return error(500, f"internal error ({exc.__class__.__name__}); see the server log")
+
+
+def _route(method: str, path: str, q: Query, st: S.WebSettings | None, service: CohortService) -> ApiResponse:
+    if method not in ("GET", "HEAD"):
+        raise ApiError(405, f"method {method} is not allowed (the API is read-only)")
+    parts = [p for p in path.split("/") if p]
+    if parts == ["openapi.yaml"]:
+        return ApiResponse(200, OPENAPI.read_bytes(), "application/yaml")
+    st = st or S.load()
+    ctx = Ctx(st, service, q)
+    if parts == ["health"]:
+        return _json({"status": "ok", "projects": list(st.projects)})
+    if parts == ["projects"]:
+        return _json({"projects": [{"name": p, "fhir_base_url": st.public_fhir_base(p)} for p in st.projects]})
+    if parts == ["views"]:
+        return ep_views()
+    if parts == ["cohorts"]:
+        return _json({"cohorts": [d.to_json() for d in definitions(st).values()]})
+    ctx.project = st.check_project(q.get("project") or None)
+    ctx.base = st.fhir_base(ctx.project)
+    if len(parts) == 3 and parts[0] == "views" and parts[2] == "rows":
+        return ep_view_rows(ctx, parts[1])
+    if len(parts) >= 2 and parts[0] == "cohorts":
+        cid = parts[1]
+        if not _ID_RE.match(cid):
+            raise ApiError(404, "cohort definition not found (rule: id of letters, digits, '.', '_', '-')")
+        if len(parts) == 2:
+            return ep_definition(ctx, cid)
+        sub = parts[2] if len(parts) == 3 else ""
+        if sub == "rows":
+            _, _, t = _selection(ctx, cid)
+            return _page(ctx, t, "cohort")
+        if sub == "series":
+            _, e, t = _selection(ctx, cid)
+            return _page(ctx, _series(ctx, e, t), "series")
+        if sub == "summary":
+            return ep_summary(ctx, cid)
+        if sub == "km":
+            return ep_km(ctx, cid)
+        if sub == "scatter":
+            return ep_scatter(ctx, cid)
+    raise ApiError(404, f"no such endpoint: api/{'/'.join(parts)}")

@@ -1,0 +1,73 @@
+"""Airflow 2.11 adapter: a Flask AppBuilder view at ``/kaapana-fhir/`` (explorer page, static files, API).
+
+Authentication is Airflow's: the page needs a logged-in user allowed to see the website
+(``has_access_view``, redirects to the login page otherwise); the API accepts the session or any of
+``[api] auth_backends`` (e.g. ``airflow.api.auth.backend.basic_auth`` for Grafana and notebooks) and answers
+401/403 as JSON instead of redirecting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.api_connexion.exceptions import Unauthenticated
+from airflow.auth.managers.models.resource_details import AccessView
+from airflow.www.auth import has_access_view
+from airflow.www.extensions.init_auth_manager import get_auth_manager
+from flask import Response, request
+from flask_appbuilder import BaseView, expose
+
+from kaapana_fhir.web import api, pages
+
+ROUTE = "/kaapana-fhir"
+
+
+def _out(r: api.ApiResponse) -> Response:
+    resp = Response(r.body if request.method != "HEAD" else b"", status=r.status, content_type=r.content_type)
+    for k, v in r.headers.items():
+        resp.headers[k] = v
+    return resp
+
+
+def _api_auth() -> api.ApiResponse | None:
+    """None when the caller may use the API, else the 401/403 answer."""
+    am = get_auth_manager()
+    if not am.is_logged_in():
+        from airflow.api_connexion.security import check_authentication
+
+        try:
+            check_authentication()
+        except Unauthenticated:
+            return api.error(401, "not authenticated: log in to Airflow or send credentials accepted by "
+                                  "[api] auth_backends")
+    if not am.is_authorized_view(access_view=AccessView.WEBSITE):
+        return api.error(403, "forbidden: your Airflow role may not use the website")
+    return None
+
+
+class KaapanaFhirView(BaseView):
+    """Cohort explorer + retrieval API."""
+
+    route_base = ROUTE
+    default_view = "explorer"
+
+    @expose("/")
+    @has_access_view(AccessView.WEBSITE)
+    def explorer(self) -> Any:
+        return _out(pages.page())
+
+    @expose("/static/<string:name>")
+    @has_access_view(AccessView.WEBSITE)
+    def static_file(self, name: str) -> Any:
+        return _out(pages.static(name))
+
+    @expose("/api/<path:path>", methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"])
+    def api(self, path: str) -> Any:
+        denied = _api_auth()
+        if denied is not None:
+            return _out(denied)
+        return _out(api.handle(request.method, path, list(request.args.items(multi=True))))
+
+
+def appbuilder_views() -> list[dict[str, Any]]:
+    return [{"name": "Cohort explorer", "category": "Kaapana FHIR", "view": KaapanaFhirView()}]
