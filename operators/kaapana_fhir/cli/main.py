@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES = (
     "kaapana_fhir.cli.radiomics_cmd",
     "kaapana_fhir.kaapana.entry",
     "kaapana_fhir.cli.cohort_cmd",
+    "kaapana_fhir.cli.view_cmd",
 )
 
 log = logging.getLogger("kaapana_fhir.cli")

@@ -130,7 +130,8 @@ def _generate_chain(steps: tuple[tuple[str, ...], ...], base: Fn | None) -> Fn:
         lines += ["def run_node(x, env):", "    if x.__class__ is not dict:", "        return []",
                   f"    v = x.get({k0!r})", "    if v is None:", "        return []"]
         if len(steps) == 1:
-            lines += ["    if v.__class__ is list:", "        return [y for y in v if y is not None] if None in v else v",
+            lines += ["    if v.__class__ is list:",
+                      "        return [y for y in v if y is not None] if None in v else v",
                       "    return [v]"]
         else:
             lines += ["    if v.__class__ is not list:", "        return run_rest([v], env)",
@@ -611,7 +612,7 @@ class Compiler:
                 return []
             if len(x) != len(y):
                 return [neg]
-            r = all(_eq(p, q) for p, q in zip(x, y))
+            r = all(_eq(p, q) for p, q in zip(x, y, strict=True))
             return [r != neg]
 
         return eq, BOOLEAN

@@ -357,7 +357,7 @@ class CompiledView:
     def rows(self, resource: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Rows of one resource as dicts (empty when another type or ``where`` is not true)."""
         cols = self.columns
-        return [dict(zip(cols, t)) for t in self.tuples(resource)]
+        return [dict(zip(cols, t, strict=True)) for t in self.tuples(resource)]
 
     def run(self, resources: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
         for res in resources:
