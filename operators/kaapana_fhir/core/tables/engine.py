@@ -23,9 +23,9 @@ from typing import Any
 
 from kaapana_fhir.core.bundle import put_entry
 from kaapana_fhir.core.tables.build import RowIssue, TableMapper, is_empty_row
+from kaapana_fhir.core.tables.mapping import pending_edits
 from kaapana_fhir.core.tables.reader import Table
 from kaapana_fhir.core.validate import validate_resource
-from kaapana_fhir.core.tables.mapping import pending_edits
 from kaapana_fhir.exceptions import ConfigError, MappingError
 
 #: At most this many issues are kept in a report (the count is always exact).

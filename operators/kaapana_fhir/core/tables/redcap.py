@@ -57,7 +57,8 @@ COLUMNS = ("field_name", "form_name", "section_header", "field_type", "field_lab
            "validation", "validation_min", "validation_max", "identifier", "branching_logic", "required",
            "custom_alignment", "question_number", "matrix_group", "matrix_ranking", "field_annotation")
 _ALIASES = {
-    "variablefieldname": "field_name", "fieldname": "field_name", "variable": "field_name", "variablename": "field_name",
+    "variablefieldname": "field_name", "fieldname": "field_name", "variable": "field_name",
+    "variablename": "field_name",
     "formname": "form_name", "instrument": "form_name", "sectionheader": "section_header",
     "fieldtype": "field_type", "fieldlabel": "field_label", "choicescalculationsorsliderlabels": "choices",
     "selectchoicesorcalculations": "choices", "choices": "choices", "fieldnote": "field_note",
@@ -315,8 +316,8 @@ def derive_mapping(dictionary_text: str, *, header: list[str] | None = None, nam
     proj = project or name
     d = _Deriver(dd, present=present, project=proj, review=review)
     key = dd.fields[0].name
-    patient: dict[str, Any] = {"key": key,
-                               "identifier_system": identifier_system or f"urn:kaapana-fhir:redcap:{slug(proj)}:record-id"}
+    system = identifier_system or f"urn:kaapana-fhir:redcap:{slug(proj)}:record-id"
+    patient: dict[str, Any] = {"key": key, "identifier_system": system}
     date_order = "dmy"
     handled: set[str] = {key}
 

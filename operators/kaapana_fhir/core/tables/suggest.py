@@ -91,13 +91,14 @@ class ColumnProfile:
                 "examples": self.examples[:3], "unique": self.unique}
 
 
-_NUM_SUFFIX = re.compile(r"^\s*[+-]?[0-9][0-9.,]*\s*([^\d\s].{0,15})$")
+_NUM_SUFFIX = re.compile(r"^\s*([+-]?[0-9][0-9.,]*)\s*([^\d\s.,+-][^\d]{0,15})$")
 
 
 def _classify(v: str) -> list[str]:
     out = []
+    m = _NUM_SUFFIX.match(v)
     try:
-        d = V.parse_decimal(v)
+        d = V.parse_decimal(m.group(1) if m else v)
         out.append("integer" if d == d.to_integral_value() else "decimal")
     except V.CellError:
         pass
@@ -142,7 +143,7 @@ def profile_table(table: Table, *, max_rows: int = MAX_PROFILE_ROWS) -> tuple[li
                 p.kinds[k] = p.kinds.get(k, 0) + 1
             m = _NUM_SUFFIX.match(v)
             if m:
-                p.unit_suffixes[m.group(1).strip()] = p.unit_suffixes.get(m.group(1).strip(), 0) + 1
+                p.unit_suffixes[m.group(2).strip()] = p.unit_suffixes.get(m.group(2).strip(), 0) + 1
     return [prof[h] for h in cols], n
 
 
@@ -173,9 +174,12 @@ def match_catalogue(profile: ColumnProfile) -> dict[str, Any] | None:
                 score = max(score, 100 + len(a))
             elif len(a) >= 4 and re.search(rf"(^| ){re.escape(a)}( |$)", name):
                 score = max(score, 50 + len(a))
+        vals = {v.lower() for v in profile.distinct} if not profile.overflow else set()
+        if not score and entry.get("values") and len(vals) >= 2 and not any(v.isdigit() for v in vals) \
+                and vals <= {str(k).lower() for k in entry["values"]}:
+            score = 40  # matched by its values alone (e.g. a 'Status' column holding alive/dead)
         if not score:
             continue
-        vals = {v.lower() for v in profile.distinct} if not profile.overflow else set()
         if entry.get("values") and vals and vals <= {str(k).lower() for k in entry["values"]}:
             score += 20
         if entry.get("answers") and vals:
@@ -246,10 +250,12 @@ def _observation(p: ColumnProfile, entry: dict[str, Any] | None) -> dict[str, An
 
 
 def _key(profiles: list[ColumnProfile], table: Table, nrows: int) -> tuple[dict[str, Any], list[str]]:
-    unique = [p for p in profiles if p.unique]
+    # a key is unique and never empty; numbers, dates and known clinical variables only if the name says "id"
+    unique = [p for p in profiles if p.unique and (_ID_NAME.search(p.name) or (
+        p.kind in ("text", "categorical") and match_catalogue(p) is None))]
     notes: list[str] = []
     idlike_unique = [p for p in unique if _ID_NAME.search(p.name)]
-    if idlike_unique or (unique and unique[0].kind in ("text", "integer", "categorical")):
+    if unique:
         chosen = (idlike_unique or unique)[0]
         others = [p.name for p in unique if p is not chosen]
         pat: dict[str, Any] = {"key": chosen.name}
@@ -264,7 +270,8 @@ def _key(profiles: list[ColumnProfile], table: Table, nrows: int) -> tuple[dict[
     for p in idlike:
         alts.append(f"key: {p.name} with instance_columns (it repeats: {p.n_distinct} values in {nrows} rows, "
                     "several rows per patient?)")
-    cands = [p.name for p in profiles if p.missing == 0 and p.n_distinct > 1][:8]
+    cands = [p.name for p in profiles if p.missing == 0 and p.n_distinct > 1 and (
+        _ID_NAME.search(p.name) or (p.kind in ("text", "categorical", "integer") and match_catalogue(p) is None))][:8]
     seen: dict[tuple[str, ...], set[tuple[str, ...]]] = {}
     for pair in combinations(cands, 2):
         seen[pair] = set()

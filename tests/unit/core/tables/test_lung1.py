@@ -7,6 +7,8 @@ import io
 import json
 from pathlib import Path
 
+import pytest
+
 from kaapana_fhir.core import codes
 from kaapana_fhir.core.ids import DEFAULT_PATIENT_SYSTEM, patient_id
 from kaapana_fhir.core.tables import TableMapper, iter_entries, load_preset, open_table, scan
@@ -128,10 +130,17 @@ def test_cli_mapping_init_writes_a_valid_mapping(tmp_path: Path) -> None:
     m = load_mapping(out.read_text())
     assert m["patient"]["key"] == "PatientID"
     assert m["patient"]["gender"]["map"] == {"female": "female", "male": "male"}
-    assert {o["column"]: o["value"]["type"] for o in m["observations"]}["Survival.time"] == "integer"
-    assert all(o["code"]["code"] == "TODO" for o in m["observations"])  # placeholders for the user
-    stage = next(o for o in m["observations"] if o["column"] == "Overall.Stage")
-    assert stage["value"]["type"] == "CodeableConcept" and "IIIa" in stage["value"]["map"]
+    obs = {o["column"]: o for o in m["observations"]}
+    # catalogue suggestions (LOINC/UCUM) are marked for review, unknown columns keep TODO placeholders
+    assert obs["Survival.time"]["code"]["code"] == "survival-time" and "review" in obs["Survival.time"]
+    assert obs["age"]["code"] == {"system": "http://loinc.org", "code": "30525-0", "display": "Age"}
+    assert obs["age"]["value"]["unit"] == "a" and "review" in obs["age"]
+    assert obs["Overall.Stage"]["code"]["code"] == "21908-9"
+    assert "review" in m["patient"]["gender"]
+    # never silently final: the import refuses it and lists what to do
+    from kaapana_fhir.core.tables.engine import MappingIncomplete, check_ready
+    with pytest.raises(MappingIncomplete, match="review"):
+        check_ready(m)
 
 
 def test_existing_dicom_patient_is_merged_not_replaced() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from kaapana_fhir.core.ids import patient_id
 from kaapana_fhir.core.tables import TableMapper, iter_entries, open_table, scan
 from kaapana_fhir.core.tables.redcap import CS_REDCAP_FIELD, derive_mapping, parse_choices
@@ -59,11 +60,11 @@ def test_dictionary_derivation() -> None:
     assert m["instance_columns"] == ["redcap_repeat_instrument", "redcap_repeat_instance"]
     types = {o["column"]: o["value"]["type"] for o in m["observations"]}
     assert types == {"smoker": "boolean", "ecog": "CodeableConcept", "symptoms___1": "boolean",
-                     "symptoms___2": "boolean", "visit_date": "dateTime", "weight": "decimal",
+                     "symptoms___2": "boolean", "visit_date": "dateTime", "weight": "Quantity",
                      "pack_years": "integer", "comment": "string"}
     ecog = next(o for o in m["observations"] if o["column"] == "ecog")
     assert ecog["value"]["map"]["1"] == {"code": "1", "display": "Restricted"}
-    assert next(o for o in m["observations"] if o["column"] == "smoker")["code"]["display"] == "Smoker"
+    assert next(o for o in m["observations"] if o["column"] == "smoker")["code"][-1]["display"] == "Smoker"
     assert m["source"]["date_order"] == "dmy"
 
 
@@ -80,7 +81,8 @@ def test_redcap_preset_needs_dictionary() -> None:
 def test_csv_export_with_repeating_instruments() -> None:
     res = _resources(EXPORT.encode(), "export.csv")
     pats = [r for r in res if r["resourceType"] == "Patient"]
-    assert [p["id"] for p in pats] == [patient_id(None, "R1"), patient_id(None, "R2")]
+    system = "urn:kaapana-fhir:redcap:redcap:record-id"  # one identifier system per REDCap project
+    assert [p["id"] for p in pats] == [patient_id(system, "R1"), patient_id(system, "R2")]
     assert pats[0]["gender"] == "male" and pats[0]["birthDate"] == "1960-05-01"
     weights = [r for r in res if r["resourceType"] == "Observation" and r["code"]["text"] == "weight"]
     assert sorted(w["valueQuantity"]["value"] for w in weights) == [69, 70.5]
@@ -92,9 +94,9 @@ def test_csv_export_with_repeating_instruments() -> None:
     assert comments == {"first, visit", "=cmd"}
     ecog = next(r for r in res if r.get("code", {}).get("text") == "ecog" and r["subject"]["reference"].endswith(
         pats[0]["id"]))
-    assert ecog["valueCodeableConcept"]["coding"][0] == {"system": "urn:kaapana-fhir:redcap:ecog", "code": "2",
+    assert ecog["valueCodeableConcept"]["coding"][0] == {"system": "urn:kaapana-fhir:redcap:redcap:ecog", "code": "2",
                                                         "display": "Ambulatory"}
-    assert ecog["code"]["coding"][0]["system"] == CS_REDCAP_FIELD
+    assert ecog["code"]["coding"][-1]["system"] == CS_REDCAP_FIELD
     for r in res:
         validate_resource(r)
 
