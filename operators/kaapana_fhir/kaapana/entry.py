@@ -1,4 +1,9 @@
-"""``kaapana-fhir kaapana-run TASK``: entry point of the ``kaapana-fhir`` processing container.
+"""``kaapana-fhir kaapana-run [TASK]``: entry point of the ``kaapana-fhir`` processing container.
+
+The image's ``ENTRYPOINT`` is ``kaapana-fhir kaapana-run`` with no task: Kaapana 0.6 starts the pod without
+command/args, so the task comes from the pod's env (``KAAPANA_FHIR_TASK`` from our operators' ``env_vars``,
+else ``TASK_ID`` / ``DAG_ID``; :func:`kaapana_fhir.kaapana.tasks.select_task`). Naming a task on the command
+line (``docker run <image> cohort``) is for manual runs.
 
 Honours Kaapana's container contract (see :mod:`kaapana_fhir.kaapana.env`): reads ``WORKFLOW_DIR``,
 ``BATCH_NAME``, ``OPERATOR_IN_DIR``, ``OPERATOR_OUT_DIR`` and ``$WORKFLOW_DIR/conf/conf.json``, takes
@@ -29,15 +34,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run one flow as a Kaapana processing container "
         "(WORKFLOW_DIR / OPERATOR_IN_DIR / conf.json contract)",
     )
-    p.add_argument("task", choices=sorted(kaapana_tasks.TASKS), help="which flow to run")
+    p.add_argument("task", nargs="?", default=None, choices=sorted(kaapana_tasks.TASKS),
+                   help="which flow to run (default: from the env, KAAPANA_FHIR_TASK / TASK_ID / DAG_ID)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     k = kaapana_env.load()
+    task = kaapana_tasks.select_task(k.env, args.task)
     started = time.monotonic()
     base: dict[str, Any] = {
-        "task": args.task,
+        "task": task,
         "run_id": k.run_id,
         "dag_id": k.dag_id,
         "operator_in_dir": k.operator_in_dir,
@@ -45,14 +52,14 @@ def run(args: argparse.Namespace) -> int:
     }
     log.info(
         "kaapana-run %s: workflow dir %s, batch %s, in %s, out %s",
-        args.task,
+        task,
         k.workflow_dir,
         k.batch_name,
         k.operator_in_dir,
         k.operator_out_dir,
     )
     try:
-        summary = kaapana_tasks.TASKS[args.task](k)
+        summary = kaapana_tasks.TASKS[task](k)
     except kaapana_tasks.NothingToDo as exc:
         k.write_result(
             {**base, "status": "skipped", "reason": str(exc), "seconds": round(time.monotonic() - started, 3)}
@@ -82,11 +89,11 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         log.error(
             "kaapana-run %s: %d item(s) failed, first: %s; details in %s",
-            args.task,
+            task,
             len(failed),
             failed[0],
             path,
         )
         return 1
-    log.info("kaapana-run %s done; result in %s", args.task, path)
+    log.info("kaapana-run %s done; result in %s", task, path)
     return 0

@@ -79,12 +79,12 @@ def build_confs(rules: Iterable[Mapping[str, Any]], series: Iterable[Mapping[str
         uid = (s.get("0020000E") or {}).get("Value", [""])[0]
         for dag_id, settings in matching_dags(rules, s).items():
             if settings.get("single_execution"):
-                conf = {k: v for k, v in settings.items()}
+                conf = dict(settings.items())
                 conf["data_form"] = {"identifiers": [uid]}
                 per_series.setdefault(dag_id, []).append(conf)
             else:
                 grouped.setdefault(dag_id, (settings, []))[1].append(uid)
-    out: dict[str, list[dict]] = {k: v for k, v in per_series.items()}
+    out: dict[str, list[dict]] = dict(per_series.items())
     for dag_id, (settings, uids) in grouped.items():
         conf = dict(settings)
         conf["data_form"] = {"identifiers": uids}

@@ -1,47 +1,28 @@
-"""Kaapana container operator for the ``dicom-to-fhir`` flow (``kaapana-fhir kaapana-run dicom-to-fhir``)."""
+"""Kaapana container operator of the ``dicom-to-fhir`` flow."""
 
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from kaapana.blueprints.kaapana_global_variables import DEFAULT_REGISTRY, KAAPANA_BUILD_VERSION
-from kaapana.operators.KaapanaBaseOperator import KaapanaBaseOperator
 
-from kaapana_fhir.kaapana.container_env import container_env
+from kaapana_fhir.kaapana.operators.KaapanaFhirBaseOperator import KaapanaFhirBaseOperator
 
 
-class DicomToFhirKaapanaOperator(KaapanaBaseOperator):
-    """DICOM series of the batch (files in ``operator_in_dir``, else ``data_form.identifiers`` via DICOMweb) →
-    Patient / ImagingStudy / Endpoint in FHIR.
-
-    Parameters are the in-process operator's keyword arguments; they reach the container as upper-case env
-    vars (``workflow_form`` keys of the run override them). ``fhir_base_url`` defaults to the container's
-    ``FHIR_BASE_URL`` resolution (workflow_form → env → in-cluster ``hapi-fhir-service``).
+class DicomToFhirKaapanaOperator(KaapanaFhirBaseOperator):
+    """DICOM series of the batch (files in ``operator_in_dir``, else ``data_form.identifiers`` via
+    DICOMweb) → Patient / ImagingStudy / Endpoint / Device in FHIR.
     """
 
-    def __init__(
-        self,
-        dag: Any,
-        name: str = "dicom-to-fhir",
-        *,
-        env_vars: dict[str, str] | None = None,
-        ram_mem_mb: int = 1000,
-        ram_mem_mb_lmt: int = 4000,
-        execution_timeout: timedelta = timedelta(minutes=60),
-        **kwargs: Any,
-    ) -> None:
-        flow_params = kwargs.pop("flow_params", None) or {}
+    TASK: ClassVar[str] = "dicom-to-fhir"
+    RAM_MB: ClassVar[tuple[int, int]] = (1000, 4000)
+    TIMEOUT: ClassVar[timedelta] = timedelta(minutes=60)
+
+    def __init__(self, dag: Any, name: str = "dicom-to-fhir", **kwargs: Any) -> None:
         super().__init__(
-            dag=dag,
-            name=name,
+            dag,
+            name,
             image=f"{DEFAULT_REGISTRY}/kaapana-fhir:{KAAPANA_BUILD_VERSION}",
-            image_pull_secrets=["registry-secret"],
-            cmds=["kaapana-fhir"],
-            arguments=["kaapana-run", "dicom-to-fhir"],
-            env_vars=container_env("dicom-to-fhir", flow_params, env_vars),
-            ram_mem_mb=ram_mem_mb,
-            ram_mem_mb_lmt=ram_mem_mb_lmt,
-            execution_timeout=execution_timeout,
             **kwargs,
         )

@@ -1,46 +1,26 @@
-"""Kaapana container operator for the ``radiomics`` flow (``kaapana-fhir kaapana-run radiomics``)."""
+"""Kaapana container operator of the ``radiomics`` flow."""
 
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from kaapana.blueprints.kaapana_global_variables import DEFAULT_REGISTRY, KAAPANA_BUILD_VERSION
-from kaapana.operators.KaapanaBaseOperator import KaapanaBaseOperator
 
-from kaapana_fhir.kaapana.container_env import container_env
+from kaapana_fhir.kaapana.operators.KaapanaFhirBaseOperator import KaapanaFhirBaseOperator
 
 
-class RadiomicsToFhirKaapanaOperator(KaapanaBaseOperator):
-    """SEG series (+ referenced image) → pyradiomics features → FHIR Observations.
+class RadiomicsToFhirKaapanaOperator(KaapanaFhirBaseOperator):
+    """SEG series (+ referenced image) → pyradiomics features → FHIR Observations."""
 
-    Parameters are the in-process operator's keyword arguments; they reach the container as upper-case env
-    vars (``workflow_form`` keys of the run override them). ``fhir_base_url`` defaults to the container's
-    ``FHIR_BASE_URL`` resolution (workflow_form → env → in-cluster ``hapi-fhir-service``).
-    """
+    TASK: ClassVar[str] = "radiomics"
+    RAM_MB: ClassVar[tuple[int, int]] = (3000, 8000)
+    TIMEOUT: ClassVar[timedelta] = timedelta(minutes=120)
 
-    def __init__(
-        self,
-        dag: Any,
-        name: str = "radiomics-to-fhir",
-        *,
-        env_vars: dict[str, str] | None = None,
-        ram_mem_mb: int = 3000,
-        ram_mem_mb_lmt: int = 8000,
-        execution_timeout: timedelta = timedelta(minutes=120),
-        **kwargs: Any,
-    ) -> None:
-        flow_params = kwargs.pop("flow_params", None) or {}
+    def __init__(self, dag: Any, name: str = "radiomics-to-fhir", **kwargs: Any) -> None:
         super().__init__(
-            dag=dag,
-            name=name,
+            dag,
+            name,
             image=f"{DEFAULT_REGISTRY}/kaapana-fhir:{KAAPANA_BUILD_VERSION}",
-            image_pull_secrets=["registry-secret"],
-            cmds=["kaapana-fhir"],
-            arguments=["kaapana-run", "radiomics"],
-            env_vars=container_env("radiomics", flow_params, env_vars),
-            ram_mem_mb=ram_mem_mb,
-            ram_mem_mb_lmt=ram_mem_mb_lmt,
-            execution_timeout=execution_timeout,
             **kwargs,
         )
