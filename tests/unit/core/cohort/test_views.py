@@ -1,4 +1,4 @@
-"""SQL-on-FHIR v2 semantics of the ViewDefinition runner (core/views.py) and the shipped views."""
+"""SQL-on-FHIR v2 semantics of the ViewDefinition runner (core/sof via core/cohort/views.py) and the shipped views."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def test_reference_key_forms(ref: str, typ: str | None, expected: str | None) ->
 def test_other_resource_types_are_ignored_and_bad_paths_fail_at_compile() -> None:
     v = view([{"column": [{"name": "id", "path": "id"}]}])
     assert run_view(v, [{"resourceType": "Observation", "id": "x"}]) == []
-    with pytest.raises(ViewError, match="cannot compile"):
+    with pytest.raises(ViewError, match="invalid FHIRPath"):
         compile_view(view([{"column": [{"name": "id", "path": "id.where("}]}]))
     with pytest.raises(ViewError, match="resource"):
         compile_view({"resourceType": "ViewDefinition", "name": "x", "select": []})
