@@ -61,7 +61,9 @@ def merge_imaging_study(existing: dict[str, Any] | None, new: dict[str, Any]) ->
     if extra:
         merged["series"] = sort_series(merged.get("series", []) + extra)
         finish_study(merged)
-    merged["meta"] = {"tag": _merge_tags(existing, new)}
+    meta = {k: v for k, v in (merged.get("meta") or {}).items() if k not in _SERVER_META}
+    meta["tag"] = _merge_tags(existing, new)
+    merged["meta"] = meta
     return merged
 
 

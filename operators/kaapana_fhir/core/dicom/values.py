@@ -60,7 +60,7 @@ def first_str(ds: dict[str, Any], key: str) -> str | None:
 
 def strings(ds: dict[str, Any], key: str) -> list[str]:
     """All non-empty string values (multi-valued CS/LO such as ModalitiesInStudy (0008,0061))."""
-    out = []
+    out: list[str] = []
     for v in values(ds, key):
         if v is None or isinstance(v, dict):
             continue
