@@ -2,6 +2,7 @@ package org.kaapanafhir.testserver;
 
 import ca.uhn.fhir.batch2.jobs.export.BulkDataExportProvider;
 import ca.uhn.fhir.context.support.IValidationSupport;
+import ca.uhn.fhir.interceptor.api.IInterceptorService;
 import ca.uhn.fhir.jpa.model.config.PartitionSettings;
 import ca.uhn.fhir.jpa.partition.PartitionManagementProvider;
 import ca.uhn.fhir.rest.server.interceptor.partition.RequestTenantPartitionInterceptor;
@@ -40,6 +41,7 @@ public class ServerBeans {
                                     DatabaseBackedPagingProvider paging, PartitionSettings partitionSettings,
                                     ObjectProvider<PartitionManagementProvider> partitionManagement,
                                     ObjectProvider<BulkDataExportProvider> bulkExport,
+                                    IInterceptorService jpaInterceptors,
                                     @Value("${kaapanafhir.bulk-export.enabled:true}") boolean bulkExportEnabled) {
         RestfulServer server = new RestfulServer(systemDao.getContext());
         server.registerProviders(providers.createProviders());
@@ -52,7 +54,9 @@ public class ServerBeans {
             server.setTenantIdentificationStrategy(new ProjectTenantStrategy());
             RequestTenantPartitionInterceptor tenantInterceptor = new RequestTenantPartitionInterceptor();
             tenantInterceptor.setPartitionSettings(partitionSettings);
-            server.registerInterceptor(tenantInterceptor);
+            // Registered with the JPA interceptor service (not only the REST server's): batch2 jobs such as $export
+            // carry the kick-off request's tenant into their worker steps through its batch-job hooks.
+            jpaInterceptors.registerInterceptor(tenantInterceptor);
             server.registerProvider(partitionManagement.getObject());
         }
         if (bulkExportEnabled) {
