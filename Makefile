@@ -6,12 +6,13 @@ PIP := $(VENV)/bin/pip
 STATE ?= .stack
 DEMO_DIR ?= .demo-data
 
-.PHONY: help install install-helm test-airflow3 install-system install-python build-hapi stack-up stack-down test test-unit bench demo demo-down clean
+.PHONY: lint help install install-helm test-airflow3 install-system install-python build-hapi stack-up stack-down test test-unit bench demo demo-down clean
 
 help:
 	@echo "make demo        # install what is missing, start the stack, run every flow, print the summary"
 	@echo "make test        # install what is missing, run unit + integration tests against real servers"
 	@echo "make bench       # benchmarks with same-run ratios"
+	@echo "make lint        # ruff (rule set in pyproject.toml) and mypy (strict for core/ and clients/)"
 	@echo "make stack-up / stack-down, make demo-down"
 
 install: install-system install-python build-hapi install-helm
@@ -42,6 +43,10 @@ test: install
 test-airflow3:
 	bash .ci/airflow3-check.sh
 
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
 test-unit:
 	$(PY) -m pytest tests -q -m "not integration and not airflow and not browser and not reliability"
 
@@ -49,11 +54,11 @@ bench: install
 	$(PY) tests/bench/run.py
 
 demo:
-	@t0=$$(date +%s); $(MAKE) -s install && $(PY) -m kaapana_fhir.demo --state-dir $(DEMO_DIR); rc=$$?; \
+	@t0=$$(date +%s); $(MAKE) -s install && $(PY) -m kaapana_fhir.dev.demo --state-dir $(DEMO_DIR); rc=$$?; \
 	echo "make demo took $$(( $$(date +%s) - t0 ))s in all (installs, HAPI build and servers included)"; exit $$rc
 
 demo-down:
-	-$(PY) -m kaapana_fhir.demo --state-dir $(DEMO_DIR) --down
+	-$(PY) -m kaapana_fhir.dev.demo --state-dir $(DEMO_DIR) --down
 
 clean: stack-down demo-down
 	rm -rf $(STATE) $(DEMO_DIR) test-artifacts tests/stack/hapi/target

@@ -25,6 +25,8 @@ try:
 except ImportError:  # Airflow 2
     from airflow.decorators import task  # type: ignore[no-redef] # noqa: F401
 
+from airflow.exceptions import AirflowNotFoundException  # noqa: F401  (Airflow 3 re-exports the SDK class here)
+
 try:
     from airflow.exceptions import AirflowSkipException  # noqa: F401
 except ImportError:  # pragma: no cover

@@ -109,7 +109,7 @@ def demo_case(index: int, seed: int = 0, patient_prefix: str = "LUNG1") -> DemoC
     rng = np.random.default_rng(seed * 1000 + index)
     lo, hi = _tumour_bbox(lab)
     start = []
-    for axis, w in zip((0, 1, 2), (WINDOW[2], WINDOW[1], WINDOW[0])):
+    for axis, w in zip((0, 1, 2), (WINDOW[2], WINDOW[1], WINDOW[0]), strict=False):
         n = arr.shape[axis]
         smin, smax = max(0, hi[axis] + 2 - w + 1), min(n - w, lo[axis] - 2)
         start.append(int(rng.integers(smin, smax + 1)) if smax >= smin else max(0, min(n - w, smin)))
@@ -166,7 +166,9 @@ def _morph(m: np.ndarray, *, dilate: bool) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def _to_image(a: np.ndarray, spacing: tuple[float, ...], origin: np.ndarray, direction: tuple[float, ...]) -> sitk.Image:
+def _to_image(
+    a: np.ndarray, spacing: tuple[float, ...], origin: np.ndarray, direction: tuple[float, ...]
+) -> sitk.Image:
     im = sitk.GetImageFromArray(a)
     im.SetSpacing(tuple(float(s) for s in spacing))
     im.SetOrigin(tuple(float(o) for o in origin))
@@ -179,7 +181,8 @@ def make_demo_dataset(out_dir: str | Path, n_patients: int = 5, seed: int = 0,
     """Write ``<out_dir>/<PatientID>/ct/*.dcm`` and ``<PatientID>/seg.dcm`` per patient + ``manifest.json``.
 
     ``patient_prefix`` names the patients (``<prefix>-001``...; tests use unique prefixes on shared servers);
-    UIDs depend on seed and PatientID. Returns the manifest: ``{"source": ..., "patients": [{patient_id, study_uid, ct_series_uid,
+    UIDs depend on seed and PatientID. Returns the manifest:
+    ``{"source": ..., "patients": [{patient_id, study_uid, ct_series_uid,
     seg_series_uid, seg_sop_uid, ct_dir, seg_file, segments: [{number, label, voxels, slices}], variant}]}``.
     """
     from kaapana_fhir.dev.demo_dicom import write_case

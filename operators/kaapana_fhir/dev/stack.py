@@ -32,7 +32,7 @@ from kaapana_fhir.exceptions import ConfigError, KaapanaFhirError
 log = logging.getLogger(__name__)
 
 S3_ACCESS_KEY = "kaapana-test"
-S3_SECRET_KEY = "kaapana-test-secret"  # test-only credentials of the local moto server
+S3_SECRET_KEY = "kaapana-test-secret"  # noqa: S105 - test-only credentials of the local object store
 
 
 class StackError(KaapanaFhirError):

@@ -14,9 +14,11 @@ If the connection does not exist (Kaapana ships none), the hooks fall back to th
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from kaapana_fhir.airflow_compat import BaseHook
+from kaapana_fhir.airflow_compat import AirflowNotFoundException, BaseHook
 from kaapana_fhir.clients.dicomweb import DicomWeb
 from kaapana_fhir.clients.fhir import FhirClient
 from kaapana_fhir.clients.s3 import ObjectStore
@@ -26,10 +28,8 @@ from kaapana_fhir.exceptions import ConfigError
 def _get_connection(conn_id: str) -> Any | None:
     try:
         return BaseHook.get_connection(conn_id)
-    except Exception as exc:  # AirflowNotFoundException (class differs between Airflow 2 and 3)
-        if "isn't defined" in str(exc) or "not found" in str(exc).lower() or type(exc).__name__.endswith("NotFoundException"):
-            return None
-        raise
+    except AirflowNotFoundException:
+        return None
 
 
 def _url_from_conn(conn: Any) -> str:
@@ -48,6 +48,47 @@ def _extra(conn: Any) -> dict[str, Any]:
         return {}
 
 
+@dataclass(frozen=True)
+class _HttpSettings:
+    """Where and how to reach an HTTP service: from the Connection, or from the environment without one."""
+
+    url: str
+    token: str | None = None
+    basic_auth: tuple[str, str] | None = None
+    verify: bool | str = True
+    timeout: float | None = None
+
+
+def _http_settings(conn_id: str, explicit_url: str | None, url_env: str, token_env: str, hint: str) -> _HttpSettings:
+    """Resolve one service's settings: an explicit URL wins, then the Connection, then ``url_env``/``token_env``."""
+    env_token = os.environ.get(token_env) or None
+    if explicit_url:
+        return _HttpSettings(explicit_url, token=env_token)
+    conn = _get_connection(conn_id)
+    if conn is None:
+        url = os.environ.get(url_env)
+        if not url:
+            raise ConfigError(f"no Airflow connection {conn_id!r} and no {url_env} set; {hint}")
+        return _HttpSettings(url, token=env_token)
+    extra = _extra(conn)
+    timeout = extra.get("timeout")
+    return _HttpSettings(
+        _url_from_conn(conn),
+        token=extra.get("token"),
+        basic_auth=(conn.login, conn.password or "") if conn.login else None,
+        verify=extra.get("verify", True),
+        timeout=float(timeout) if timeout is not None else None,
+    )
+
+
+def _test(probe: Callable[[], str]) -> tuple[bool, str]:
+    """Run a connection probe for the UI's Test button: (ok, message); never raises."""
+    try:
+        return True, probe()
+    except Exception as exc:  # report any failure to the UI, never raise
+        return False, str(exc)
+
+
 class FhirHook(BaseHook):
     """Connection → :class:`~kaapana_fhir.clients.fhir.FhirClient`."""
 
@@ -62,26 +103,16 @@ class FhirHook(BaseHook):
         self.base_url = base_url
 
     def get_conn(self) -> FhirClient:
-        if self.base_url:
-            return FhirClient(self.base_url, token=os.environ.get("FHIR_TOKEN") or None)
-        conn = _get_connection(self.fhir_conn_id)
-        if conn is None:
-            url = os.environ.get("FHIR_BASE_URL")
-            if not url:
-                raise ConfigError(f"no Airflow connection {self.fhir_conn_id!r} and no FHIR_BASE_URL set; "
-                                  "create the connection (conn_type fhir, host = FHIR base URL)")
-            return FhirClient(url, token=os.environ.get("FHIR_TOKEN") or None)
-        extra = _extra(conn)
-        auth = (conn.login, conn.password or "") if conn.login else None
-        return FhirClient(_url_from_conn(conn), token=extra.get("token"), basic_auth=auth,
-                          verify=extra.get("verify", True), timeout=float(extra.get("timeout", 120)))
+        st = _http_settings(self.fhir_conn_id, self.base_url, "FHIR_BASE_URL", "FHIR_TOKEN",
+                            "create the connection (conn_type fhir, host = FHIR base URL)")
+        return FhirClient(st.url, token=st.token, basic_auth=st.basic_auth, verify=st.verify,
+                          timeout=st.timeout if st.timeout is not None else 120.0)
 
     def test_connection(self) -> tuple[bool, str]:
-        try:
-            cap = self.get_conn().capabilities()
-            return True, f"FHIR server answered: fhirVersion {cap.get('fhirVersion', '?')}"
-        except Exception as exc:  # report any failure to the UI, never raise
-            return False, str(exc)
+        def probe() -> str:
+            return f"FHIR server answered: fhirVersion {self.get_conn().capabilities().get('fhirVersion', '?')}"
+
+        return _test(probe)
 
 
 class DicomWebHook(BaseHook):
@@ -98,23 +129,16 @@ class DicomWebHook(BaseHook):
         self.url = url
 
     def get_conn(self) -> DicomWeb:
-        if self.url:
-            return DicomWeb(self.url, token=os.environ.get("DICOMWEB_TOKEN") or None)
-        conn = _get_connection(self.dicomweb_conn_id)
-        if conn is None:
-            url = os.environ.get("DICOMWEB_URL")
-            if not url:
-                raise ConfigError(f"no Airflow connection {self.dicomweb_conn_id!r} and no DICOMWEB_URL set")
-            return DicomWeb(url, token=os.environ.get("DICOMWEB_TOKEN") or None)
-        extra = _extra(conn)
-        return DicomWeb(_url_from_conn(conn), token=extra.get("token"), verify=extra.get("verify", True))
+        st = _http_settings(self.dicomweb_conn_id, self.url, "DICOMWEB_URL", "DICOMWEB_TOKEN",
+                            "create the connection (conn_type dicomweb, host = DICOMweb base URL)")
+        return DicomWeb(st.url, token=st.token, verify=st.verify)
 
     def test_connection(self) -> tuple[bool, str]:
-        try:
+        def probe() -> str:
             self.get_conn().search_studies({"limit": 1})
-            return True, "DICOMweb QIDO-RS answered"
-        except Exception as exc:  # report any failure to the UI, never raise
-            return False, str(exc)
+            return "DICOMweb QIDO-RS answered"
+
+        return _test(probe)
 
 
 class ObjectStoreHook(BaseHook):
@@ -144,8 +168,8 @@ class ObjectStoreHook(BaseHook):
                            region=extra.get("region_name", "us-east-1"), verify=extra.get("verify", True))
 
     def test_connection(self) -> tuple[bool, str]:
-        try:
+        def probe() -> str:
             self.get_conn()._client.list_buckets()
-            return True, "S3 answered"
-        except Exception as exc:  # report any failure to the UI, never raise
-            return False, str(exc)
+            return "S3 answered"
+
+        return _test(probe)

@@ -78,7 +78,3 @@ class RadiomicsToFhirOperator(BaseOperator):
                       result["segs"], result["groups"], result["features"], result["absent"],
                       result["computed_image_types"], result["skipped_image_types"])
         return result
-
-
-#: Alias: the compute step and the FHIR write are one operator (no large intermediate XCom).
-RadiomicsOperator = RadiomicsToFhirOperator

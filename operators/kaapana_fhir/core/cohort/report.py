@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
-import json
 import math
 from typing import Any
 
@@ -282,8 +281,3 @@ def render_cohort(cohort: Any, **kw: Any) -> str:
     title = kw.pop("title", "Cohort overview")
     source = kw.pop("source", "")
     return render(RD.from_cohort(cohort, title=title, source=source), **kw)
-
-
-def json_dumps_safe(obj: Any) -> str:
-    """JSON for embedding in HTML script blocks (``<``, ``>``, ``&`` escaped)."""
-    return json.dumps(obj).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")

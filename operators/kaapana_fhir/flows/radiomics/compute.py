@@ -104,7 +104,9 @@ def build_volume(datasets: list[Dataset], *, source: str = "image series") -> Vo
             raise MappingError(f"{source}: instance {ds.SOPInstanceUID} has Rows/Columns (0028,0010/0011) "
                                f"{ds.Rows}x{ds.Columns}, others {rows}x{cols} (rule: one geometry per series)")
         if not np.allclose([float(v) for v in ds.ImageOrientationPatient], iop, atol=1e-4):
-            raise MappingError(f"{source}: instance {ds.SOPInstanceUID} has another ImageOrientationPatient (0020,0032)")
+            raise MappingError(
+                f"{source}: instance {ds.SOPInstanceUID} has another ImageOrientationPatient (0020,0032)"
+            )
         keyed.append((float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)), ds))
     keyed.sort(key=lambda t: t[0])
     pos = np.array([k for k, _ in keyed])
