@@ -23,7 +23,10 @@ log = logging.getLogger(__name__)
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("mapping", help="table mapping tools (init)")
     p.add_argument("action", choices=["init"])
-    p.add_argument("file", help="CSV / xlsx / REDCap export to derive a starting mapping from")
+    p.add_argument("file", nargs="?", help="CSV / xlsx / REDCap export / CDISC ODM XML to derive a mapping from "
+                                           "(optional with --redcap)")
+    p.add_argument("--redcap", metavar="DICT", help="REDCap data dictionary CSV: derive the mapping from it")
+    p.add_argument("--project", help="REDCap project name for identifier/code systems (default: from DICT's name)")
     p.add_argument("-o", "--output", help="write the YAML here (default: stdout)")
     p.set_defaults(func=run_mapping)
 
@@ -31,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("file")
     src = q.add_mutually_exclusive_group(required=True)
     src.add_argument("--mapping", help="mapping YAML")
-    src.add_argument("--preset", help="shipped preset: lung1 or redcap (needs --dictionary)")
+    src.add_argument("--preset", help="shipped preset: lung1, redcap (needs --dictionary) or odm (from the file)")
     q.add_argument("--dictionary", help="REDCap data dictionary CSV (with --preset redcap)")
     dst = q.add_mutually_exclusive_group(required=True)
     dst.add_argument("--fhir", help="FHIR base URL to write to")
@@ -51,16 +54,21 @@ def _read(path: str) -> bytes:
 
 
 def run_mapping(args: argparse.Namespace) -> int:
-    from kaapana_fhir.core.tables import open_table
-    from kaapana_fhir.core.tables.suggest import suggest_mapping, to_yaml
+    from kaapana_fhir.core.tables.init import init_mapping
 
-    table = open_table(_read(args.file), name=Path(args.file).name)
-    text = to_yaml(suggest_mapping(table))
+    dictionary = _read(args.redcap).decode("utf-8-sig", errors="replace") if args.redcap else None
+    res = init_mapping(_read(args.file) if args.file else None, name=Path(args.file or args.redcap or "").name,
+                       dictionary=dictionary, dictionary_name=Path(args.redcap or "").name, project=args.project)
+    for line in res.report.splitlines():
+        log.info("%s", line)
+    for note in res.notes:
+        log.info("note: %s", note)
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-        log.info("wrote %s; edit the TODO codes, then run import-table --mapping %s", args.output, args.output)
+        Path(args.output).write_text(res.yaml, encoding="utf-8")
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(res.yaml)
+    log.info("%d item(s) to fill in or confirm (TODO / review:) before import-table accepts the mapping%s",
+             len(res.todo), f"; edit {args.output}" if args.output else "")
     return 0
 
 
@@ -94,7 +102,8 @@ def run_import(args: argparse.Namespace) -> int:
     base = Path(args.mapping).parent if args.mapping else Path(".")
     mapping = resolve_mapping(header=table.header, mapping_text=mapping_text, mapping_name=args.mapping or "",
                               preset=args.preset, dictionary_text=dictionary,
-                              read_file=lambda rel: (base / rel).read_text("utf-8"))
+                              read_file=lambda rel: (base / rel).read_text("utf-8"),
+                              table_name=Path(args.file).name, data=data)
     client = FhirClient(args.fhir) if args.fhir else None
     try:
         rep = import_table(table, mapping, client=client, out_path=args.out, skip_invalid_rows=args.skip_invalid_rows,

@@ -371,9 +371,14 @@ class TableMapper:
             return None
         try:
             vkey, val = self.value(spec, raw)
-            when = self._when(obs.get("effective"), row)
         except V.CellError as exc:
             bad(col, raw, exc.rule)
+            return None
+        try:
+            when = self._when(obs.get("effective"), row)
+        except V.CellError as exc:  # the date cell is at fault, reported once for all its Observations
+            ecol = (obs.get("effective") or self.m.get("effective") or {}).get("column") or "effective.date"
+            bad(ecol, self._raw(row, ecol) if ecol in self.cols else None, exc.rule)
             return None
         parts = (pid, col, when, instance, variant) if variant else (pid, col, when, instance)
         res: dict[str, Any] = {

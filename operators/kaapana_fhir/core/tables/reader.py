@@ -103,7 +103,12 @@ def read_csv(source: Any, *, name: str = "table", delimiter: str | None = None,
     """Open a CSV (bytes or path) as a streaming :class:`Table`; header cells are stripped."""
     if _size(source) == 0:
         raise MappingError(f"{name}: file is empty (0 bytes) (rule: a table needs a header and data rows)")
-    enc = encoding or detect_encoding(_head(source))
+    head = _head(source)
+    if head.startswith(b"PK\x03\x04") or head.lstrip().startswith((b"<?xml", b"<ODM")):
+        kind = "an Excel workbook (zip)" if head.startswith(b"PK") else "an XML document"
+        raise MappingError(f"{name}: row 1: the file is {kind}, not CSV text (rule: source.format matches the "
+                           f"file; use format: {'xlsx' if head.startswith(b'PK') else 'odm'} or auto)")
+    enc = encoding or detect_encoding(head)
     with _text_stream(source, enc) as fh:
         try:
             first = fh.readline()
@@ -152,6 +157,7 @@ def read_xlsx(source: Any, *, name: str = "table", sheet: str | None = None) -> 
 
     if _size(source) == 0:
         raise MappingError(f"{name}: file is empty (0 bytes) (rule: a table needs a header and data rows)")
+    check_xlsx_limits(source, name=name, sheet=sheet)
 
     def _open() -> Any:
         fh = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
@@ -181,6 +187,55 @@ def read_xlsx(source: Any, *, name: str = "table", sheet: str | None = None) -> 
             wb2.close()
 
     return Table(name, header, rows)
+
+
+#: largest total uncompressed size of an .xlsx (zip-bomb guard, checked before parsing)
+MAX_XLSX_UNCOMPRESSED = 2 * 1024**3
+#: largest compression ratio of one member (a real sheet compresses ~5-20x; bombs 1000x+)
+MAX_XLSX_RATIO = 200
+#: most rows in a sheet (from its <dimension> element, checked before parsing)
+MAX_XLSX_ROWS = 2_000_000
+
+
+def check_xlsx_limits(source: Any, *, name: str, sheet: str | None = None, max_uncompressed: int | None = None,
+                      max_rows: int | None = None) -> None:
+    """Refuse an ``.xlsx`` whose members would inflate too far or whose sheet declares too many rows.
+
+    Reads only the zip directory and the first bytes of each worksheet (its ``<dimension ref="A1:K1000">``);
+    nothing is decompressed in full. Raises :class:`MappingError` naming the limit.
+    """
+    import re
+    import zipfile
+
+    limit = MAX_XLSX_UNCOMPRESSED if max_uncompressed is None else max_uncompressed
+    rows_limit = MAX_XLSX_ROWS if max_rows is None else max_rows
+    fh = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+    try:
+        try:
+            zf = zipfile.ZipFile(fh)
+        except zipfile.BadZipFile:
+            raise MappingError(f"{name}: not a readable .xlsx workbook (BadZipFile) "
+                               "(rule: Excel 2007+ format)") from None
+        infos = zf.infolist()
+        total = sum(i.file_size for i in infos)
+        if total > limit:
+            raise MappingError(f"{name}: workbook inflates to {total} bytes (rule: xlsx uncompressed size at most "
+                               f"{limit} bytes)")
+        for i in infos:
+            if i.file_size > 10 * 1024 * 1024 and i.compress_size and i.file_size / i.compress_size > MAX_XLSX_RATIO:
+                raise MappingError(f"{name}: member {i.filename} compresses {i.file_size // i.compress_size}:1 "
+                                   f"(rule: xlsx compression ratio at most {MAX_XLSX_RATIO}:1, zip-bomb guard)")
+        for i in infos:
+            if not re.match(r"xl/worksheets/sheet\d+\.xml$", i.filename):
+                continue
+            with zf.open(i) as member:
+                head = member.read(4096).decode("utf-8", "replace")
+            m = re.search(r'<(?:\w+:)?dimension ref="[A-Z]+\d+(?::[A-Z]+(\d+))?"', head)
+            if m and m.group(1) and int(m.group(1)) > rows_limit:
+                raise MappingError(f"{name}: {i.filename} declares {m.group(1)} rows (rule: at most {rows_limit} "
+                                   "rows per sheet)")
+    finally:
+        fh.close()
 
 
 def read_json_records(source: Any, *, name: str = "table") -> Table:
@@ -214,6 +269,8 @@ def guess_format(name: str, head: bytes = b"") -> str:
         return "xlsx"
     if low.endswith(".json") or head.lstrip()[:1] == b"[":
         return "json"
+    if low.endswith(".xml") or head.lstrip().startswith((b"<?xml", b"<ODM", b"\xef\xbb\xbf<?xml")):
+        return "odm"
     return "csv"
 
 
@@ -228,5 +285,9 @@ def open_table(source: Any, *, name: str, fmt: str = "auto", delimiter: str | No
         return read_xlsx(source, name=name, sheet=sheet)
     if fmt in ("json", "redcap-json"):
         return read_json_records(source, name=name)
+    if fmt == "odm":
+        from kaapana_fhir.core.tables.odm import read_odm
+
+        return read_odm(source, name=name)
     raise MappingError(f"{name}: unknown source format {fmt!r} (rule: source.format in csv, xlsx, redcap-csv, "
                        "redcap-json)")

@@ -50,8 +50,10 @@ log = logging.getLogger(__name__)
 
 def resolve_mapping(*, header: list[str], mapping_text: str | None = None, mapping_name: str = "mapping",
                     preset: str | None = None, dictionary_text: str | None = None,
-                    read_file: Any = None) -> dict[str, Any]:
-    """The mapping for a table with ``header``: YAML text, preset ``lung1``, or ``redcap`` + dictionary."""
+                    read_file: Any = None, table_name: str = "", data: Any = None) -> dict[str, Any]:
+    """The mapping for a table with ``header``: YAML text, preset ``lung1``, ``redcap`` + dictionary (project
+    name from ``table_name``, e.g. ``LungImaging_DATA_2026-05-04_1200.csv`` → ``LungImaging``), or ``odm``
+    (derived from the ODM file ``data`` itself)."""
     if mapping_text is not None:
         return load_mapping(mapping_text, source=mapping_name, read_file=read_file)
     if not preset:
@@ -61,11 +63,24 @@ def resolve_mapping(*, header: list[str], mapping_text: str | None = None, mappi
         if not dictionary_text:
             raise ConfigError("preset 'redcap' needs the project's data dictionary (rule: --dictionary / "
                               "<name>.dictionary.csv beside the export)")
-        data = derive_mapping(dictionary_text, header=header)
-        errors = validate_mapping(data, source="preset:redcap")
+        from kaapana_fhir.core.tables.redcap import project_name_of
+
+        project = project_name_of(table_name) if table_name else "redcap"
+        derived = derive_mapping(dictionary_text, header=header, name=project, project=project)
+        errors = validate_mapping(derived, source="preset:redcap")
         if errors:
             raise ConfigError("; ".join(errors))
-        return _with_defaults(data, "preset:redcap", None)
+        return _with_defaults(derived, "preset:redcap", None)
+    if preset == "odm":
+        from kaapana_fhir.core.tables.odm import derive_mapping as derive_odm
+
+        if data is None:
+            raise ConfigError("preset 'odm' derives the mapping from the ODM file itself (rule: pass the file)")
+        derived = derive_odm(data, name=table_name or "odm", header=header)
+        errors = validate_mapping(derived, source="preset:odm")
+        if errors:
+            raise ConfigError("; ".join(errors))
+        return _with_defaults(derived, "preset:odm", None)
     return load_preset(preset)
 
 
@@ -195,12 +210,13 @@ def import_object(store: ObjectStore, client: FhirClient, bucket: str, key: str,
     try:
         mapping_text, mapping_name, dictionary_text = _fetch_mapping(store, bucket, side, mapping_key, preset)
         if mapping_text is None and not preset:
-            preset = W.preset_name(W.read_text(store, bucket, side["preset"])) if store.head(bucket, side["preset"]) else None
+            has_preset = store.head(bucket, side["preset"]) is not None
+            preset = W.preset_name(W.read_text(store, bucket, side["preset"])) if has_preset else None
         src = load_mapping(mapping_text, source=mapping_name).get("source", {}) if mapping_text else {}
         table = open_table(data, name=key, fmt=src.get("format", "auto"), delimiter=src.get("delimiter"),
                            encoding=src.get("encoding"), sheet=src.get("sheet"))
         mapping = resolve_mapping(header=table.header, mapping_text=mapping_text, mapping_name=mapping_name,
-                                  preset=preset, dictionary_text=dictionary_text)
+                                  preset=preset, dictionary_text=dictionary_text, table_name=key, data=data)
         rep = import_table(table, mapping, client=client, skip_invalid_rows=skip_invalid_rows, chunk_size=chunk_size)
         status = "imported"
     except TableRejected as exc:

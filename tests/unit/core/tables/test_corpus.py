@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from kaapana_fhir.core.ids import DEFAULT_PATIENT_SYSTEM, patient_id
 from kaapana_fhir.core.tables import TableRejected, load_mapping, open_table
 from kaapana_fhir.core.tables.reader import MAX_FIELD_CHARS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from kaapana_fhir.core.tables import load_mapping, validate_mapping
 from kaapana_fhir.core.tables import values as V
 from kaapana_fhir.core.tables.mapping import parse_map_csv
