@@ -113,7 +113,7 @@ BUILTIN = (CohortDefinition("all", "All patients", "Every patient of the project
 
 
 def definitions(st: S.WebSettings) -> dict[str, CohortDefinition]:
-    out = {d.id: d for d in BUILTIN}
+    out = {d.id: CohortDefinition(d.id, d.title, d.description, st.default_patient_search) for d in BUILTIN}
     if st.cohorts_dir and st.cohorts_dir.is_dir():
         for p in sorted(st.cohorts_dir.glob("*.json")):
             try:
@@ -531,7 +531,7 @@ def ep_view_rows(ctx: Ctx, name: str) -> ApiResponse:
 
     if name not in shipped_views():
         raise ApiError(404, f"ViewDefinition {name!r} not found (shipped: {', '.join(shipped_views())})")
-    d = CohortDefinition("all")
+    d = definitions(ctx.st)["all"]
     e = ctx.service.entry(ctx.base, d, ctx.st.state_ttl)
     df = pd.DataFrame(e.views.get(name, []))
     try:
@@ -574,7 +574,7 @@ def handle(method: str, path: str, query: Sequence[tuple[str, str]] | Mapping[st
     except ApiError as exc:
         return error(exc.status, exc.message)
     except S.SettingsError as exc:
-        return error(400, str(exc))
+        return error(404 if "not configured" in str(exc) else 400, str(exc))
     except Exception as exc:  # noqa: BLE001 - the API answers 502 with the reason instead of a bare 500
         from kaapana_fhir.exceptions import KaapanaFhirError
 

@@ -12,6 +12,8 @@
                                     ``/ohif/viewer?StudyInstanceUIDs=<study>&initialSeriesInstanceUID=<series>``)
 ``KAAPANA_FHIR_COHORTS_DIR``        folder of saved cohort definitions (``*.json``)
 ``KAAPANA_FHIR_WEB_STATE_TTL``      seconds between checks of the FHIR server's state (default 5)
+``KAAPANA_FHIR_DEFAULT_PATIENT_SEARCH`` ``Patient?...`` search of the built-in ``all`` cohort and the views
+                                    (default: every Patient)
 =================================  ==========================================================================
 """
 
@@ -44,12 +46,15 @@ class WebSettings:
     ohif_url: str = "/ohif/viewer"
     cohorts_dir: Path | None = None
     state_ttl: float = 5.0
+    default_patient_search: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def check_project(self, project: str | None) -> str:
+        """A configured project (``KAAPANA_FHIR_PROJECTS``); others are refused."""
         name = (project or self.projects[0]).strip()
-        if not _PROJECT_RE.match(name):
-            raise SettingsError(f"project {name!r}: use letters, digits, '.', '_' and '-' (rule: project name)")
+        if name not in self.projects:
+            raise SettingsError(f"project {name!r} is not configured "
+                                f"(KAAPANA_FHIR_PROJECTS: {', '.join(self.projects)})")
         return name
 
     def fhir_base(self, project: str | None = None) -> str:
@@ -96,6 +101,7 @@ def load(environ: Mapping[str, str] | None = None) -> WebSettings:
         ohif_url=env.get("KAAPANA_FHIR_OHIF_URL", "/ohif/viewer"),
         cohorts_dir=Path(cohorts) if cohorts else None,
         state_ttl=ttl,
+        default_patient_search=env.get("KAAPANA_FHIR_DEFAULT_PATIENT_SEARCH", ""),
     )
 
 
@@ -109,6 +115,7 @@ def run_project(dag_run: Any = None, conf: Mapping[str, Any] | None = None) -> s
 
 
 def fhir_base_url_macro(dag_run: Any = None, project: str | None = None) -> str:
-    """Airflow macro: FHIR base URL of the run's project (``{{ macros.kaapana_fhir.fhir_base_url(dag_run) }}``)."""
+    """Airflow macro: FHIR base URL of the run's project (``{{ macros.kaapana_fhir.fhir_base_url(dag_run) }}``);
+    any valid project name (a run may belong to a project the explorer does not list)."""
     s = load()
-    return project_base_url(s.fhir_url, s.check_project(project or run_project(dag_run)), s.partitioning)
+    return project_base_url(s.fhir_url, project or run_project(dag_run), s.partitioning)
