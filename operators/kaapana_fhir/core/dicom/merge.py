@@ -3,8 +3,8 @@
 * ImagingStudy: the rebuilt study (all series read from the PACS) wins; series that exist only on the
   server (written by a concurrent run that saw a series this run's PACS read missed) are kept, so two
   series of one study processed at the same time end in one ImagingStudy holding both.
-* Patient: shared with the clinical-table flow (same ``patient_id``): existing elements are kept, DICOM
-  only fills ``name``, ``gender``, ``birthDate`` when absent and adds its identifier and source tag.
+* Patient: shared with the clinical-table flow (same ``patient_id``); merged by :mod:`kaapana_fhir.core.patient`
+  with the server's values winning: DICOM only fills elements that are absent and adds its identifier and tag.
 * :func:`same_content` compares ignoring server-managed ``meta`` (versionId, lastUpdated, source), so an
   unchanged re-run is skipped and creates no new version.
 """
@@ -15,6 +15,7 @@ import copy
 import json
 from typing import Any
 
+from kaapana_fhir.core import patient
 from kaapana_fhir.core.dicom.mapping import finish_study, sort_series
 
 _SERVER_META = ("versionId", "lastUpdated", "source")
@@ -69,18 +70,4 @@ def merge_imaging_study(existing: dict[str, Any] | None, new: dict[str, Any]) ->
 
 def merge_patient(existing: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     """The existing Patient with DICOM data filled in where absent (never overwrites other flows' data)."""
-    if not existing:
-        return copy.deepcopy(new)
-    merged = copy.deepcopy(existing)
-    meta = {k: v for k, v in (merged.get("meta") or {}).items() if k not in _SERVER_META}
-    meta["tag"] = _merge_tags(existing, new)
-    merged["meta"] = meta
-    idents = merged.setdefault("identifier", [])
-    keys = {(i.get("system"), i.get("value")) for i in idents}
-    for i in new.get("identifier", []):
-        if (i.get("system"), i.get("value")) not in keys:
-            idents.append(copy.deepcopy(i))
-    for key in ("name", "gender", "birthDate"):
-        if key in new and key not in merged:
-            merged[key] = copy.deepcopy(new[key])
-    return merged
+    return patient.merge_patient(existing, new, patient.Precedence.EXISTING).resource

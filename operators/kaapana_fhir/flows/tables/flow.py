@@ -27,6 +27,7 @@ from typing import Any
 
 from kaapana_fhir.clients.fhir import FhirClient
 from kaapana_fhir.clients.s3 import ObjectStore
+from kaapana_fhir.core import patient
 from kaapana_fhir.core.bundle import DEFAULT_CHUNK_SIZE, chunked, transaction
 from kaapana_fhir.core.tables import (
     TableMapper,
@@ -85,7 +86,7 @@ def resolve_mapping(*, header: list[str], mapping_text: str | None = None, mappi
 
 
 def _merge_patients(client: FhirClient, chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keep elements of Patients that already exist (one search per chunk); table fields win."""
+    """Keep elements of Patients that already exist (one search per chunk); table fields win, conflicts are logged."""
     ids = [e["resource"]["id"] for e in chunk if e["resource"]["resourceType"] == "Patient"]
     if not ids:
         return chunk
@@ -97,19 +98,10 @@ def _merge_patients(client: FhirClient, chunk: list[dict[str, Any]]) -> list[dic
         r = e["resource"]
         old = existing.get(r["id"]) if r["resourceType"] == "Patient" else None
         if old:
-            merged = {k: v for k, v in old.items() if k not in ("meta", "text")}
-            merged.update({k: v for k, v in r.items() if k not in ("identifier", "meta")})
-            idents = list(old.get("identifier", []))
-            for ident in r.get("identifier", []):
-                if ident not in idents:
-                    idents.append(ident)
-            merged["identifier"] = idents
-            tags = list((old.get("meta") or {}).get("tag", []))
-            for t in r["meta"]["tag"]:
-                if not any(t.get("system") == x.get("system") and t.get("code") == x.get("code") for x in tags):
-                    tags.append(t)
-            merged["meta"] = {"tag": tags}
-            e = {**e, "resource": merged}
+            merge = patient.merge_patient(old, r, patient.Precedence.INCOMING)
+            for conflict in merge.conflicts:
+                log.warning("%s", conflict.message(r["id"]))
+            e = {**e, "resource": merge.resource}
         out.append(e)
     return out
 
