@@ -43,6 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--report", help="write the import report JSON here")
     q.add_argument("--rejected-csv", help="write rejected cells as CSV (formula-like cells escaped)")
     q.add_argument("--chunk-size", type=int, default=500, help="entries per transaction (default 500)")
+    q.add_argument("--plan", action="store_true", help="with --fhir: print what would be created, updated, left "
+                                                       "unchanged or retracted per resource type; write nothing")
+    q.add_argument("--workers", default="auto", help="parallel transaction chunks (default auto: 4 with --fhir)")
+    q.add_argument("--empty-cells", choices=["keep", "retract"], help="cells that became empty: keep the old "
+                   "Observation or retract it (status entered-in-error); overrides the mapping's empty_cells")
     q.set_defaults(func=run_import)
 
 
@@ -105,9 +110,21 @@ def run_import(args: argparse.Namespace) -> int:
                               read_file=lambda rel: (base / rel).read_text("utf-8"),
                               table_name=Path(args.file).name, data=data)
     client = FhirClient(args.fhir) if args.fhir else None
+    if args.empty_cells:
+        mapping["empty_cells"] = args.empty_cells
+    workers = (4 if client else 1) if args.workers == "auto" else int(args.workers)
     try:
+        if args.plan:
+            from kaapana_fhir.flows.tables.plan import format_plan, plan_table
+
+            if client is None:
+                raise ConfigError("--plan compares with a live server (rule: --plan needs --fhir)")
+            rep = plan_table(table, mapping, client, skip_invalid_rows=args.skip_invalid_rows)
+            _outputs(args, rep)
+            sys.stdout.write(format_plan(rep) + "\n")
+            return 0
         rep = import_table(table, mapping, client=client, out_path=args.out, skip_invalid_rows=args.skip_invalid_rows,
-                           chunk_size=args.chunk_size)
+                           chunk_size=args.chunk_size, workers=workers)
     except TableRejected as exc:
         _outputs(args, exc.report)
         raise

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -59,6 +59,7 @@ class MappedRow:
     resources: list[dict[str, Any]]
     instance: str
     digest: bytes
+    retractions: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _coding(spec: dict[str, Any], default_system: str | None = None) -> dict[str, Any]:
@@ -303,10 +304,15 @@ class TableMapper:
                     bad(pm["birth_date"]["column"], raw, exc.rule)
         instance = "|".join(str(self._raw(row, c) or "") for c in self.m.get("instance_columns", []))
         resources: list[dict[str, Any]] = []
+        retractions: list[dict[str, Any]] = []
         for obs in self.m["observations"]:
             res = self._observation(obs, row, pid, subject, instance, bad)
             if res:
                 resources.append(res)
+            elif obs.get("empty_cells", self.empty_cells) == "retract" and self._raw(row, obs["column"]) is None:
+                gone = self._retraction(obs, row, pid, subject, instance)
+                if gone:
+                    retractions.append(gone)
         for cond in self.m["conditions"]:
             res = self._condition(cond, row, pid, subject, instance, bad)
             if res:
@@ -316,7 +322,24 @@ class TableMapper:
         h = hashlib.blake2b(digest_size=8)
         for r in resources:
             h.update(repr(sorted((k, repr(v)) for k, v in r.items())).encode())
-        return MappedRow(pkey, pid, pf, resources, instance, h.digest()), []
+        return MappedRow(pkey, pid, pf, resources, instance, h.digest(), retractions), []
+
+    def _retraction(self, obs: dict[str, Any], row: dict[str, Any], pid: str, subject: dict[str, str],
+                    instance: str) -> dict[str, Any] | None:
+        """The Observation an emptied cell would have had, as ``status: entered-in-error`` (``empty_cells:
+        retract``); written only if it exists on the server. None when its id cannot be known (the date cell or
+        the ``code_from`` cell is empty too)."""
+        if obs.get("code_from") or not obs.get("code"):
+            return None
+        try:
+            when = self._when(obs.get("effective"), row)
+        except V.CellError:
+            return None
+        if (obs.get("effective") or self.m.get("effective") or {}).get("column") and not when:
+            return None
+        return {"resourceType": "Observation", "id": stable_id("Observation", pid, obs["column"], when, instance),
+                "meta": {"tag": [dict(TAG)]}, "status": "entered-in-error",
+                "code": codeable(obs["code"], obs["column"]), "subject": subject}
 
     def _unit(self, spec: dict[str, Any], row: dict[str, Any], bad: Any) -> dict[str, Any] | None:
         """The value spec with this row's unit (``value.unit_column`` + ``unit_map``, UCUM-checked)."""

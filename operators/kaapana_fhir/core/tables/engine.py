@@ -28,6 +28,9 @@ from kaapana_fhir.core.tables.reader import Table
 from kaapana_fhir.core.validate import validate_resource
 from kaapana_fhir.exceptions import ConfigError, MappingError
 
+#: key marking an entry that retracts an Observation whose cell became empty (removed before writing)
+RETRACT = "x-retract"
+
 #: At most this many issues are kept in a report (the count is always exact).
 MAX_REPORTED_ISSUES = 1000
 
@@ -172,9 +175,21 @@ def scan(table: Table, mapper: TableMapper, *, validate_kinds: bool = True, requ
     return res
 
 
+def iter_patient_entries(mapper: TableMapper, scanned: ScanResult) -> Iterator[dict[str, Any]]:
+    """``PUT`` entries of every Patient of the scanned file (from the on-disk index; constant memory)."""
+    cur = scanned.index.db.execute("SELECT k, fields FROM pat ORDER BY row")
+    while True:
+        batch = cur.fetchmany(1000)
+        if not batch:
+            return
+        for key, fields in batch:
+            yield put_entry(mapper.patient(key, json.loads(fields)))
+
+
 def iter_entries(table: Table, mapper: TableMapper, scanned: ScanResult, *,
-                 skip_invalid_rows: bool = False) -> Iterator[dict[str, Any]]:
-    """Transaction ``PUT`` entries of all valid rows (pass 2); Patient before its resources."""
+                 skip_invalid_rows: bool = False, patients: bool = True) -> Iterator[dict[str, Any]]:
+    """Transaction ``PUT`` entries of all valid rows (pass 2); Patient before its resources (``patients=False``:
+    no Patients, for writers that wrote them all first with :func:`iter_patient_entries`)."""
     if scanned.issue_count and not skip_invalid_rows:
         raise MappingError("refusing to write a file with invalid rows (rule: skip_invalid_rows is off)")
     scanned.index.reset_emitted()
@@ -184,12 +199,14 @@ def iter_entries(table: Table, mapper: TableMapper, scanned: ScanResult, *,
         mapped, issues = mapper.map_row(n, row)
         if mapped is None or issues:
             continue
-        known = scanned.index.patient(mapped.patient_key)
+        known = scanned.index.patient(mapped.patient_key) if patients else None
         if known is not None and not known[2]:
             scanned.index.mark_emitted(mapped.patient_key)
             yield put_entry(mapper.patient(mapped.patient_key, known[1]))
         for r in mapped.resources:
             yield put_entry(r)
+        for r in mapped.retractions:  # empty_cells: retract; the writer keeps only those that exist
+            yield {**put_entry(r), RETRACT: True}
 
 
 def report_of(table_name: str, mapping_name: str, scanned: ScanResult | None, *, status: str,
@@ -204,7 +221,8 @@ def report_of(table_name: str, mapping_name: str, scanned: ScanResult | None, *,
         "rejected": [i.as_dict() for i in scanned.issues] if scanned else [],
         "issue_count": scanned.issue_count if scanned else 0,
         "duration_s": round(duration_s, 3),
-        "policy": "rows that disappear from a later version of the file are not deleted from the server",
+        "policy": "rows that disappear from a later version of the file are not deleted from the server; cells "
+                  "that became empty are kept, or retracted (status entered-in-error) with empty_cells: retract",
     }
     if scanned and scanned.issue_count > len(scanned.issues):
         rep["rejected_truncated"] = True

@@ -21,25 +21,27 @@ import json
 import logging
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from kaapana_fhir.clients.fhir import FhirClient
 from kaapana_fhir.clients.s3 import ObjectStore
 from kaapana_fhir.core import patient
-from kaapana_fhir.core.bundle import DEFAULT_CHUNK_SIZE, chunked, transaction
+from kaapana_fhir.core.bundle import DEFAULT_CHUNK_SIZE, chunked
 from kaapana_fhir.core.tables import (
     TableMapper,
     TableRejected,
     derive_mapping,
     iter_entries,
+    iter_patient_entries,
     load_mapping,
     load_preset,
     open_table,
     report_of,
     scan,
 )
+from kaapana_fhir.core.tables.engine import RETRACT
 from kaapana_fhir.core.tables.mapping import _with_defaults, validate_mapping
 from kaapana_fhir.core.tables.reader import Table
 from kaapana_fhir.dev.synthetic_tables import synthetic_lung1_csv  # noqa: F401  (re-export for the demo)
@@ -85,7 +87,8 @@ def resolve_mapping(*, header: list[str], mapping_text: str | None = None, mappi
     return load_preset(preset)
 
 
-def _merge_patients(client: FhirClient, chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _merge_patients(client: FhirClient, chunk: list[dict[str, Any]],
+                    conflicts: list[str] | None = None) -> list[dict[str, Any]]:
     """Keep elements of Patients that already exist (one search per chunk); table fields win, conflicts are logged."""
     ids = [e["resource"]["id"] for e in chunk if e["resource"]["resourceType"] == "Patient"]
     if not ids:
@@ -101,6 +104,8 @@ def _merge_patients(client: FhirClient, chunk: list[dict[str, Any]]) -> list[dic
             merge = patient.merge_patient(old, r, patient.Precedence.INCOMING)
             for conflict in merge.conflicts:
                 log.warning("%s", conflict.message(r["id"]))
+                if conflicts is not None:
+                    conflicts.append(conflict.message(r["id"]))
             e = {**e, "resource": merge.resource}
         out.append(e)
     return out
@@ -110,13 +115,33 @@ def _merge_patients(client: FhirClient, chunk: list[dict[str, Any]]) -> list[dic
 CONFLICT_ATTEMPTS = 5
 
 
-def _write_chunk(client: FhirClient, chunk: list[dict[str, Any]], merge_patients: bool) -> dict[str, int]:
+def _keep_retractions(client: FhirClient, chunk: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Drop the retraction marker; keep a retraction only if its Observation exists and is not yet retracted."""
+    ids = [e["resource"]["id"] for e in chunk if e.get(RETRACT)]
+    if not ids:
+        return chunk, 0
+    live = {r["id"] for r in client.search("Observation", {"_id": ",".join(ids), "_count": str(len(ids)),
+                                                           "_elements": "status"})
+            if r.get("status") != "entered-in-error"}
+    out = [{k: v for k, v in e.items() if k != RETRACT} for e in chunk
+           if not e.get(RETRACT) or e["resource"]["id"] in live]
+    return out, len(live)
+
+
+def _write_chunk(client: FhirClient, chunk: list[dict[str, Any]], merge_patients: bool,
+                 conflicts: list[str] | None = None) -> dict[str, int]:
     """One transaction; on 409 (an overlapping import upserting the same ids) re-read and re-send it: the
     entries are idempotent ``PUT``s with deterministic ids, so re-sending cannot duplicate anything."""
+    chunk, retracted = _keep_retractions(client, chunk)
+    if not chunk:
+        return {}
     for attempt in range(1, CONFLICT_ATTEMPTS + 1):
         try:
-            return client.write_entries(_merge_patients(client, chunk) if merge_patients else chunk,
-                                        chunk_size=len(chunk))
+            counts = client.write_entries(_merge_patients(client, chunk, conflicts) if merge_patients else chunk,
+                                          chunk_size=len(chunk))
+            if retracted:
+                counts = {**counts, "retracted": counts.get("retracted", 0) + retracted}
+            return counts
         except FhirServerError as exc:
             if exc.status_code != 409 or attempt == CONFLICT_ATTEMPTS:
                 raise
@@ -126,21 +151,52 @@ def _write_chunk(client: FhirClient, chunk: list[dict[str, Any]], merge_patients
     return {}  # pragma: no cover - the loop returns or raises
 
 
+#: progress is logged at least this often while writing (seconds)
+PROGRESS_EVERY_S = 10.0
+
+
 def write_chunks(client: FhirClient, entries: Iterable[dict[str, Any]], *, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 merge_patients: bool = True) -> dict[str, int]:
-    """Write entries as transaction chunks; returns counts per resource type and response status."""
+                 merge_patients: bool = True, workers: int = 1, conflicts: list[str] | None = None) -> dict[str, int]:
+    """Write entries as transaction chunks, ``workers`` at a time; returns counts per resource type.
+
+    With several workers at most ``2 * workers`` chunks are in memory; each chunk is one atomic transaction.
+    """
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
     counts: dict[str, int] = {"chunks": 0}
-    for chunk in chunked(entries, chunk_size):
-        for k, v in _write_chunk(client, chunk, merge_patients).items():
+    t0 = last = time.monotonic()
+
+    def add(c: dict[str, int]) -> None:
+        nonlocal last
+        for k, v in c.items():
             counts[k] = counts.get(k, 0) + v
         counts["chunks"] += 1
-        log.info("wrote chunk %d (%d entries)", counts["chunks"], len(chunk))
+        now = time.monotonic()
+        if now - last >= PROGRESS_EVERY_S:
+            last = now
+            log.info("progress: %d chunks written in %.0f s (%s)", counts["chunks"], now - t0,
+                     {k: v for k, v in counts.items() if k[:1].isupper()})
+
+    if workers <= 1:
+        for chunk in chunked(entries, chunk_size):
+            add(_write_chunk(client, chunk, merge_patients, conflicts))
+        return counts
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir-write") as pool:
+        pending: set[Future[dict[str, int]]] = set()
+        for chunk in chunked(entries, chunk_size):
+            if len(pending) >= 2 * workers:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    add(f.result())
+            pending.add(pool.submit(_write_chunk, client, chunk, merge_patients, conflicts))
+        for f in pending:
+            add(f.result())
     return counts
 
 
 def import_table(table: Table, mapping: dict[str, Any], *, client: FhirClient | None = None,
                  out_path: str | Path | None = None, skip_invalid_rows: bool = False,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, Any]:
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, workers: int = 1) -> dict[str, Any]:
     """Validate the whole table, then write it to ``client`` (or a Bundle file ``out_path``); the report.
 
     Raises :class:`TableRejected` (report attached) when cells are invalid and ``skip_invalid_rows`` is
@@ -156,23 +212,52 @@ def import_table(table: Table, mapping: dict[str, Any], *, client: FhirClient | 
         raise TableRejected(f"{table.name}: {scanned.issue_count} invalid cell(s) in {scanned.rows_rejected} row(s); "
                             f"first: row {first.row}, column {first.column!r}, value {first.value[:60]!r}: "
                             f"{first.rule} (nothing written; use skip-invalid-rows to import the valid rows)", rep)
-    entries: Iterator[dict[str, Any]] = iter_entries(table, mapper, scanned, skip_invalid_rows=True)
+    conflicts: list[str] = []
     if out_path is not None:
-        items = list(entries)
-        Path(out_path).write_text(json.dumps(transaction(items, sort=False), indent=1), encoding="utf-8")
-        written: dict[str, int] = {}
-        for e in items:
-            written[e["resource"]["resourceType"]] = written.get(e["resource"]["resourceType"], 0) + 1
+        written = write_bundle_file(out_path, (e for e in iter_entries(table, mapper, scanned, skip_invalid_rows=True)
+                                               if not e.get(RETRACT)))
     elif client is not None:
-        written = write_chunks(client, entries, chunk_size=chunk_size)
+        if workers > 1:  # Patients first (all of them), so parallel chunks never reference a missing Patient
+            written = write_chunks(client, iter_patient_entries(mapper, scanned), chunk_size=chunk_size,
+                                   workers=workers, conflicts=conflicts)
+            rest = write_chunks(client, iter_entries(table, mapper, scanned, skip_invalid_rows=True, patients=False),
+                                chunk_size=chunk_size, workers=workers, merge_patients=False)
+            for k, v in rest.items():
+                written[k] = written.get(k, 0) + v
+        else:
+            written = write_chunks(client, iter_entries(table, mapper, scanned, skip_invalid_rows=True),
+                                   chunk_size=chunk_size, conflicts=conflicts)
     else:
         raise ConfigError("import_table needs a FHIR client or an output path (rule: --fhir or --out)")
     status = "imported" if not scanned.issue_count else "imported-with-rejections"
     rep = report_of(table.name, name, scanned, status=status, written=written, duration_s=time.perf_counter() - t0,
                     skip_invalid_rows=skip_invalid_rows)
     rep["chunks"] = written.get("chunks", 1 if out_path else 0)
+    rep["retracted"] = written.get("retracted", 0)
+    rep["workers"] = workers
+    if conflicts:
+        rep["patient_conflicts"] = conflicts[:MAX_REPORTED_CONFLICTS]
+        rep["status"] = "imported-with-conflicts"
     log.info("imported %s: %d rows, %s", table.name, scanned.rows_read, rep["resources_written"])
     return rep
+
+
+MAX_REPORTED_CONFLICTS = 200
+
+
+def write_bundle_file(out_path: str | Path, entries: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Stream entries into one transaction Bundle JSON file (constant memory); counts per resource type."""
+    written: dict[str, int] = {}
+    with open(out_path, "w", encoding="utf-8") as fh:
+        fh.write('{"resourceType": "Bundle", "type": "transaction", "entry": [')
+        first = True
+        for e in entries:
+            fh.write(("\n" if first else ",\n") + json.dumps(e, separators=(",", ":")))
+            first = False
+            rtype = e["resource"]["resourceType"]
+            written[rtype] = written.get(rtype, 0) + 1
+        fh.write("\n]}\n")
+    return written
 
 
 def import_object(store: ObjectStore, client: FhirClient, bucket: str, key: str, *, mapping_key: str | None = None,

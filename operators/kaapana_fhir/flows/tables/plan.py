@@ -1,0 +1,99 @@
+"""``import-table --plan``: what an import would create, update, leave unchanged or retract, without writing.
+
+The whole file is validated exactly as for an import (invalid cells and unfinished mappings are refused the
+same way); then the entries are compared, chunk by chunk (one ``_id`` search per resource type and chunk),
+with what the server holds:
+
+* **create**: no resource with that id;
+* **update**: it exists and differs in what the table writes (for a Patient only the elements the table sets:
+  identifier, gender, birthDate, deceased; other elements, e.g. from DICOM, are kept by the import anyway);
+* **unchanged**: it exists with the same content (``meta`` and narrative ignored);
+* **retract**: ``empty_cells: retract`` and the Observation of an emptied cell exists and is not yet retracted.
+
+Patients whose gender/birth date on the server disagree with the file are listed under ``conflicts``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from kaapana_fhir.clients.fhir import FhirClient
+from kaapana_fhir.core.bundle import chunked
+from kaapana_fhir.core.tables import TableMapper, iter_entries, scan
+from kaapana_fhir.core.tables.engine import RETRACT, TableRejected, report_of
+from kaapana_fhir.core.tables.reader import Table
+
+PATIENT_FIELDS = ("gender", "birthDate", "deceasedBoolean")
+
+
+def _content(r: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in r.items() if k not in ("meta", "text")}, sort_keys=True)
+
+
+def classify(ours: dict[str, Any], current: dict[str, Any] | None) -> str:
+    """``create`` / ``update`` / ``unchanged`` for one resource against the server's current version."""
+    if current is None:
+        return "create"
+    if ours["resourceType"] == "Patient":
+        idents = current.get("identifier", [])
+        same = all(i in idents for i in ours.get("identifier", [])) and all(
+            ours.get(f) == current.get(f) for f in PATIENT_FIELDS if f in ours)
+        return "unchanged" if same else "update"
+    return "unchanged" if _content(ours) == _content(current) else "update"
+
+
+def plan_table(table: Table, mapping: dict[str, Any], client: FhirClient, *, skip_invalid_rows: bool = False,
+               chunk_size: int = 200) -> dict[str, Any]:
+    """The plan report: ``plan[resourceType] = {create, update, unchanged, retract}``, ``conflicts``, and the
+    validation summary. Nothing is written. Raises :class:`TableRejected` like an import would."""
+    t0 = time.perf_counter()
+    mapper = TableMapper(mapping, table_name=table.name)
+    scanned = scan(table, mapper)
+    name = str(mapping.get("name", "mapping"))
+    if scanned.issue_count and not skip_invalid_rows:
+        rep = report_of(table.name, name, scanned, status="rejected", duration_s=time.perf_counter() - t0)
+        first = scanned.issues[0]
+        raise TableRejected(f"{table.name}: {scanned.issue_count} invalid cell(s); first: row {first.row}, column "
+                            f"{first.column!r}: {first.rule} (plan not computed)", rep)
+    plan: dict[str, dict[str, int]] = {}
+    conflicts: list[str] = []
+    for chunk in chunked(iter_entries(table, mapper, scanned, skip_invalid_rows=True), chunk_size):
+        by_type: dict[str, list[dict[str, Any]]] = {}
+        for e in chunk:
+            by_type.setdefault(e["resource"]["resourceType"], []).append(e)
+        for rtype, entries in by_type.items():
+            ids = sorted({e["resource"]["id"] for e in entries})
+            current = {r["id"]: r for r in client.search(rtype, {"_id": ",".join(ids), "_count": str(len(ids))})}
+            counts = plan.setdefault(rtype, {"create": 0, "update": 0, "unchanged": 0, "retract": 0})
+            for e in entries:
+                ours, cur = e["resource"], current.get(e["resource"]["id"])
+                if e.get(RETRACT):
+                    if cur is not None and cur.get("status") != "entered-in-error":
+                        counts["retract"] += 1
+                    continue
+                kind = classify(ours, cur)
+                counts[kind] += 1
+                if rtype == "Patient" and cur is not None:
+                    for f in ("gender", "birthDate"):
+                        if f in ours and cur.get(f) not in (None, ours[f]):
+                            conflicts.append(f"Patient/{ours['id']} ({ours['identifier'][0]['value']}): {f} "
+                                             f"{cur[f]!r} on the server, {ours[f]!r} in {table.name}")
+    rep = report_of(table.name, name, scanned, status="planned", duration_s=time.perf_counter() - t0,
+                    skip_invalid_rows=skip_invalid_rows)
+    rep["plan"] = plan
+    if conflicts:
+        rep["conflicts"] = conflicts[:200]
+    return rep
+
+
+def format_plan(rep: dict[str, Any]) -> str:
+    """The plan as a short text table."""
+    lines = [f"plan for {rep['file']} ({rep['rows_read']} rows; nothing written):",
+             f"{'resource':<14} {'create':>8} {'update':>8} {'unchanged':>10} {'retract':>8}"]
+    for rtype, c in sorted(rep.get("plan", {}).items()):
+        lines.append(f"{rtype:<14} {c['create']:>8} {c['update']:>8} {c['unchanged']:>10} {c['retract']:>8}")
+    for c in rep.get("conflicts", [])[:20]:
+        lines.append(f"conflict: {c}")
+    return "\n".join(lines)
