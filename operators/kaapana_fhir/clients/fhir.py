@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +80,41 @@ def redact_url(url: str) -> str:
             netloc += f":{parts.port}"
         return parts._replace(netloc=netloc).geturl()
     return url
+
+
+# ------------------------------------------------------------------ Kaapana projects = HAPI partitions
+_PARTITION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
+#: R4 resource types that fhir.resources R4B no longer has (a partition must not be named like a type)
+_R4_ONLY_TYPES = frozenset({
+    "effectevidencesynthesis", "riskevidencesynthesis", "medicinalproduct", "medicinalproductauthorization",
+    "medicinalproductcontraindication", "medicinalproductindication", "medicinalproductingredient",
+    "medicinalproductinteraction", "medicinalproductmanufactured", "medicinalproductpackaged",
+    "medicinalproductpharmaceutical", "medicinalproductundesirableeffect", "substancenucleicacid",
+    "substancepolymer", "substanceprotein", "substancereferenceinformation", "substancesourcematerial",
+    "substancespecification"})
+_KNOWN_PARTITIONS: set[tuple[str, str]] = set()
+
+
+def partition_name(project: str) -> str:
+    """HAPI partition of a Kaapana project (URL-based tenants: ``<base>/<partition>/Patient``).
+
+    The project name itself when HAPI accepts it (``[A-Za-z0-9_-]``, at most 100) and it cannot be read as
+    something else in a URL (not ``DEFAULT``/``metadata``, not a FHIR type name); otherwise ``p-<slug>-<8 hex of
+    its SHA-256>`` (stable, distinct per name). Same name, same partition, on every server.
+    """
+    import hashlib
+    import importlib.util
+
+    name = project.strip()
+    if not name:
+        raise ValueError("project name must not be empty (rule: a Kaapana project name)")
+    low = name.lower()
+    reserved = (low in ("default", "metadata") or low in _R4_ONLY_TYPES
+                or (low.isalpha() and importlib.util.find_spec(f"fhir.resources.R4B.{low}") is not None))
+    if _PARTITION_NAME.match(name) and not reserved:
+        return name
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-_")[:60] or "project"
+    return f"p-{slug}-{hashlib.sha256(name.encode('utf-8')).hexdigest()[:8]}"
 
 
 class FhirClient:
@@ -213,6 +249,53 @@ class FhirClient:
     # ------------------------------------------------------------------ REST operations
     def capabilities(self) -> dict[str, Any]:
         return self.request("GET", "metadata").json()
+
+    #: the Kaapana project (HAPI partition) this client is bound to; None: the server's default partition
+    project: str | None = None
+    root_url: str | None = None
+
+    def for_project(self, project: str | None, *, create: bool = True) -> FhirClient:
+        """Client of ``project``'s HAPI partition: ``<base>/<partition_name(project)>``, sharing this client's
+        session (credentials), timeout and retry policy. ``None``/empty: this client (default partition).
+        ``create``: make sure the partition exists (:meth:`ensure_partition`)."""
+        if project is None or not project.strip():
+            return self
+        root = self.root_url or self.base_url
+        part = partition_name(project)
+        if create and (root, part) not in _KNOWN_PARTITIONS:
+            self.ensure_partition(part, root_url=root, project=project)
+        child = FhirClient(f"{root}/{part}", session=self.session, timeout=self.timeout,
+                           verify=True if self.session.verify is None else self.session.verify, retry=self.retry)
+        child.project, child.root_url = project.strip(), root
+        return child
+
+    def ensure_partition(self, name: str, *, root_url: str | None = None, project: str | None = None) -> bool:
+        """Create HAPI partition ``name`` unless it exists (``$partition-management-create-partition`` on the
+        default partition; HAPI assigns the numeric id). True when this call created it; "already defined"
+        (HAPI-1309, e.g. a concurrent run was first) counts as success."""
+        root = (root_url or self.root_url or self.base_url).rstrip("/")
+        body = {"resourceType": "Parameters", "parameter": [
+            {"name": "name", "valueCode": name},
+            {"name": "description", "valueString": f"Kaapana project {project or name}"}]}
+        created = False
+        for attempt in (1, 2):
+            try:
+                self.request("POST", f"{root}/$partition-management-create-partition", json_body=body)
+                created = True
+                break
+            except FhirServerError as exc:
+                if "HAPI-1309" in str(exc):
+                    break
+                if attempt == 2 or exc.status_code < 500:
+                    raise FhirServerError(
+                        f"cannot create the FHIR partition {name!r} of project {project or name!r} at "
+                        f"{redact_url(root)}: {exc} (rule: the server must run HAPI partitioning with URL-based "
+                        "tenants, e.g. the hapi-fhir chart; without partitions run with no project)",
+                        status_code=exc.status_code, url=exc.url, outcome=exc.outcome) from None
+        _KNOWN_PARTITIONS.add((root, name))
+        if created:
+            log.info("created FHIR partition %s for project %s", name, project or name)
+        return created
 
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
         return self.request("GET", f"{resource_type}/{_seg(resource_id)}").json()
