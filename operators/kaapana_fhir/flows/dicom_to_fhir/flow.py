@@ -1,54 +1,106 @@
-"""DICOM → FHIR on ingest: read every touched study from the PACS, map, validate, write (no Airflow).
+"""DICOM → FHIR on ingest and as a backfill: read studies from the PACS, map, validate, write (no Airflow).
 
 Entry points
 ------------
-* :func:`sync_studies` — PACS mode: series/study UIDs → all series of each touched study via QIDO-RS
-  (``includefield``) + WADO-RS metadata of one instance per series where QIDO lacks attributes
-  (AnatomicRegionSequence (0008,2218), BodyPartExamined (0018,0015)) → Patient/ImagingStudy/Endpoint/Device.
-* :func:`sync_files` — ``--files`` mode: DICOM files without a PACS.
+* :func:`sync_studies` — PACS mode: series/study UIDs → all series of each touched study with **one** QIDO-RS
+  series search per study (``includefield`` for everything the mapping needs) → Patient/ImagingStudy/Endpoint/
+  Device (+ dose Observations). WADO-RS metadata is read only when the output needs an attribute that QIDO
+  cannot give: a PACS that ignores ``includefield``, ``wado="always"``, the MII modality attributes of an image
+  series the PACS did not return, a dose report's content, the instance level (``include_instances``).
+* :func:`backfill` — a whole PACS or a date/modality window: QIDO-RS study search with ``limit``/``offset``
+  paging, batches of studies through :func:`sync_studies`, a resumable cursor file (a re-started backfill skips
+  the studies already written), progress with rate and ETA in the log.
+* :func:`sync_files` — ``--files`` mode: DICOM files without a PACS; non-DICOM files (DICOMDIR, README,
+  manifest.json) are skipped and listed as issues.
 
-Concurrency: each study is rebuilt from the PACS and written in one transaction; Patient and ImagingStudy
-are read first and written with ``If-Match`` (HAPI answers a stale version with 409, others with 412),
-retried after re-reading; series present on the server but missing from this run's PACS read are kept
-(:func:`~kaapana_fhir.core.dicom.merge.merge_imaging_study`), and a create that overwrote a concurrent
-create is detected from the returned version and merged back. Unchanged resources are not written.
-All PACS reads of a call happen before the first write, so an unreachable PACS writes nothing.
+Studies are read and mapped concurrently by a bounded thread pool (``workers``). Patient demographics come from
+every series of a study and from every study of the patient in the run; conflicts are issues. Writes go in
+transactions of several studies: Patients and ImagingStudies are read first (one search per resource type and
+chunk), merged (:mod:`~kaapana_fhir.core.dicom.merge`) and written with ``If-Match``; a version conflict
+(HAPI 409, others 412) re-writes that chunk study by study with re-reads (:func:`write_study`), which also merges
+back a concurrent create. Unchanged resources are not written. All PACS reads of a :func:`sync_studies` call
+happen before its first write, so an unreachable PACS writes nothing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 from kaapana_fhir.core import bundle as fb
+from kaapana_fhir.core.dicom import dose as dd
+from kaapana_fhir.core.dicom import mii
 from kaapana_fhir.core.dicom import values as dv
 from kaapana_fhir.core.dicom.files import dataset_to_json, group_instances
-from kaapana_fhir.core.dicom.mapping import MappingOptions, SeriesInput, StudyMapping, map_study
+from kaapana_fhir.core.dicom.mapping import (
+    MappingOptions,
+    Profile,
+    SeriesInput,
+    StudyMapping,
+    map_study,
+    reconcile_patients,
+)
 from kaapana_fhir.core.dicom.merge import comparable, merge_imaging_study, merge_patient, same_content
 from kaapana_fhir.core.ids import normalize_uid
 from kaapana_fhir.core.validate import validate_resource
-from kaapana_fhir.exceptions import DicomWebError, FhirServerError, MappingError, ResourceNotFound
+from kaapana_fhir.exceptions import ConfigError, DicomWebError, FhirServerError, MappingError, ResourceNotFound
 
 log = logging.getLogger(__name__)
 
-#: QIDO-RS series attributes whose absence makes ``wado="auto"`` fetch one instance's WADO-RS metadata.
-WADO_WHEN_MISSING = ("00082218", "00180015")
 MAX_ISSUES_IN_RESULT = 200
+DEFAULT_WORKERS = 4
+#: Studies per FHIR transaction in :func:`sync_studies` (a conflict re-writes the chunk study by study).
+WRITE_CHUNK = 10
 _CONFLICT = (409, 412)
 _VERSION_RE = re.compile(r"/_history/(\d+)")
+
+#: Series attributes the mapping reads (QIDO-RS ``includefield``), core and MII.
+SERIES_FIELDS = (
+    "00080021", "00080031", "00080201", "00180015", "00200060", "00200062", "00082218", "00080070",
+    "00081090", "00181000", "00081010", "00181020", "0008103E", "00200011", "00201209", "00080060",
+    "00100010", "00100020", "00100021", "00100030", "00100040", "00080020", "00080030",
+    "00080050", "00081030", "00080090", "00081032", "00401002", "00080005", *mii.SERIES_TAGS,
+)
+#: Study-level QIDO keys of a backfill listing.
+STUDY_FIELDS = ("00080061", "00080062", "00100020")
+#: Keys a series-level QIDO answer never holds unless the PACS honours ``includefield``.
+_INCLUDEFIELD_PROBES = ("00100020", "00080070", "00181000", "00081090", "00180015", "00080021")
+_DOSE_HINT = re.compile(r"dose", re.IGNORECASE)
 
 
 class _Timer:
     def __init__(self) -> None:
         self.t = {"dicomweb_s": 0.0, "mapping_s": 0.0, "fhir_s": 0.0}
+        self._lock = threading.Lock()
 
     def add(self, key: str, t0: float) -> None:
-        self.t[key] += time.perf_counter() - t0
+        with self._lock:
+            self.t[key] += time.perf_counter() - t0
+
+
+class _Pacs:
+    """Counts the DICOMweb requests of a run (the bench prints requests per study)."""
+
+    def __init__(self, dicomweb: Any) -> None:
+        self.dw = dicomweb
+        self.url = dicomweb.url
+        self.requests = 0
+        self._lock = threading.Lock()
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            self.requests += 1
+        return getattr(self.dw, name)(*args, **kwargs)
 
 
 # --------------------------------------------------------------------------- PACS side
@@ -82,36 +134,79 @@ def resolve_study_uids(dicomweb: Any, study_uids: Iterable[str] = (), series_uid
     return out
 
 
-def read_study(dicomweb: Any, study_uid: str, *, wado: str = "auto",
-               include_instances: bool = False) -> list[SeriesInput]:
-    """All series of one study as :class:`SeriesInput` (QIDO-RS + optional WADO-RS metadata)."""
-    series = dicomweb.search_series(study_uid)
+def _honours_includefield(records: list[dict[str, Any]]) -> bool:
+    return any(k in rec for rec in records for k in _INCLUDEFIELD_PROBES)
+
+
+def _needs_metadata(rec: dict[str, Any], options: MappingOptions, wado: str, honoured: bool,
+                    study_sop_classes: Sequence[str]) -> str | None:
+    """Why one instance's WADO-RS metadata is needed for this series (None: QIDO suffices)."""
+    if wado == "always":
+        return "wado=always"
+    if wado == "never":
+        return None
+    if not honoured:
+        return "the PACS ignored includefield"
+    modality = (dv.first_str(rec, "00080060") or "").upper()
+    if options.dose_reports and modality == "SR":
+        desc = dv.first_str(rec, "0008103E") or ""
+        if dd.XRAY_DOSE_SR in study_sop_classes or _DOSE_HINT.search(desc):
+            return "dose report content"
+    if options.profile is Profile.MII:
+        needed = mii.NEEDED_BY_MODALITY.get(modality, ())
+        if needed and not any(k in rec for k in needed):
+            return f"MII {modality} attributes not returned by QIDO"
+    return None
+
+
+def _merge_metadata(rec: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    attrs = dict(meta)
+    attrs.update({k: v for k, v in rec.items() if isinstance(v, dict) and ("Value" in v or k not in meta)})
+    return attrs
+
+
+def read_study(dicomweb: Any, study_uid: str, *, wado: str = "auto", include_instances: bool = False,
+               options: MappingOptions | None = None, study_sop_classes: Sequence[str] = ()) -> list[SeriesInput]:
+    """All series of one study as :class:`SeriesInput`: one QIDO-RS series search (``includefield``), plus
+    WADO-RS metadata only for the series that need it (see the module docstring)."""
+    options = options or MappingOptions()
+    pacs = dicomweb if isinstance(dicomweb, _Pacs) else _Pacs(dicomweb)
+    series = pacs.call("search_series", study_uid, fields=SERIES_FIELDS)
+    honoured = _honours_includefield(series)
+    if series and not honoured and wado == "auto":
+        log.warning("study %s: the PACS at %s ignored QIDO-RS includefield; reading one instance's metadata per "
+                    "series instead (slower)", study_uid, pacs.url)
     out: list[SeriesInput] = []
     for rec in series:
         series_uid = dv.first_str(rec, "0020000E")
         attrs = dict(rec)
         attrs.setdefault("0020000D", {"vr": "UI", "Value": [study_uid]})
-        need_wado = wado == "always" or (wado == "auto" and any(k not in rec for k in WADO_WHEN_MISSING))
+        why = _needs_metadata(rec, options, wado, honoured, study_sop_classes)
         instances: list[dict[str, Any]] = []
-        if series_uid and (need_wado or include_instances):
-            instances = dicomweb.search_instances(study_uid, series_uid)
-        if need_wado and instances:
-            sop = dv.first_str(instances[0], "00080018")
-            meta = dicomweb.instance_metadata(study_uid, series_uid, sop) if sop else None
-            if isinstance(meta, list):
-                meta = meta[0] if meta else None
-            if meta:
-                attrs = dict(meta)
-                attrs.update({k: v for k, v in rec.items() if isinstance(v, dict) and ("Value" in v or k not in meta)})
+        metas: list[dict[str, Any]] = []
+        if series_uid and why == "dose report content":
+            metas = pacs.call("series_metadata", study_uid, series_uid) or []
+        elif series_uid and (why or include_instances):
+            instances = pacs.call("search_instances", study_uid, series_uid) or []
+            if why and instances:
+                sop = dv.first_str(instances[0], "00080018")
+                meta = pacs.call("instance_metadata", study_uid, series_uid, sop) if sop else None
+                if isinstance(meta, list):
+                    meta = meta[0] if meta else None
+                metas = [meta] if meta else []
+        if metas:
+            attrs = _merge_metadata(rec, metas[0])
         count = len(instances) if instances else None
-        out.append(SeriesInput(attrs, instances if include_instances else [], count, f"{dicomweb.url}#{series_uid}"))
+        keep = metas if why == "dose report content" else (instances if include_instances else [])
+        out.append(SeriesInput(attrs, keep, count, f"{pacs.url}#{series_uid}"))
     return out
 
 
 # --------------------------------------------------------------------------- FHIR side
 def _read(fhir: Any, rtype: str, rid: str) -> tuple[dict[str, Any] | None, str | None]:
     try:
-        return fhir.read_with_etag(rtype, rid)
+        res, etag = fhir.read_with_etag(rtype, rid)
+        return res, etag
     except ResourceNotFound:
         return None, None
 
@@ -120,17 +215,34 @@ def _is_conflict(exc: FhirServerError) -> bool:
     return exc.status_code in _CONFLICT
 
 
+def _count_response(resp: dict[str, Any], counts: dict[str, int]) -> None:
+    for e in resp.get("entry", []):
+        status = (e.get("response", {}).get("status") or "").split(" ")[0]
+        codes = [c.get("code") for i in (e.get("response", {}).get("outcome") or {}).get("issue", [])
+                 for c in (i.get("details") or {}).get("coding", [])]
+        if status == "201":
+            counts["created"] += 1
+        elif "SUCCESSFUL_UPDATE_NO_CHANGE" in codes:
+            counts["unchanged"] += 1
+        else:
+            counts["updated"] += 1
+
+
+def _also(m: StudyMapping) -> list[dict[str, Any]]:
+    return ([m.endpoint] if m.endpoint else []) + list(m.devices) + list(m.observations)
+
+
 def write_study(fhir: Any, m: StudyMapping, *, written: dict[str, str] | None = None,
                 max_attempts: int = 8) -> dict[str, int]:
     """Write one mapped study in one transaction with ``If-Match`` on Patient and ImagingStudy.
 
-    ``written`` caches Endpoint/Device ids already written in this call (skip duplicates across studies).
+    ``written`` caches Endpoint/Device/Observation contents already written in this call (skipped when unchanged).
     Returns counts ``created``, ``updated``, ``unchanged``, ``conflicts``.
     """
     written = written if written is not None else {}
     counts = {"created": 0, "updated": 0, "unchanged": 0, "conflicts": 0}
     lost: list[dict[str, Any]] = []
-    shared = ([m.endpoint] if m.endpoint else []) + list(m.devices)
+    shared = _also(m)
     for attempt in range(1, max_attempts + 1):
         cur_p, etag_p = _read(fhir, "Patient", m.patient["id"])
         cur_s, etag_s = _read(fhir, "ImagingStudy", m.imaging_study["id"])
@@ -151,7 +263,8 @@ def write_study(fhir: Any, m: StudyMapping, *, written: dict[str, str] | None = 
         else:
             skipped += 1
         if not same_content(cur_s, study):
-            validate_resource(study)
+            if lost or cur_s is not None:
+                validate_resource(study)
             entries.append(fb.put_entry(study, if_match=etag_s if cur_s else None))
         else:
             skipped += 1
@@ -170,20 +283,13 @@ def write_study(fhir: Any, m: StudyMapping, *, written: dict[str, str] | None = 
             continue
         for r in shared:
             written[f"{r['resourceType']}/{r['id']}"] = comparable(r)
+        _count_response(resp, counts)
+        counts["unchanged"] += skipped
         overwrote = None
-        for e, req in zip(resp.get("entry", []), entries):
+        for e, req in zip(resp.get("entry", []), entries, strict=False):
             status = (e.get("response", {}).get("status") or "").split(" ")[0]
-            codes = [c.get("code") for i in (e.get("response", {}).get("outcome") or {}).get("issue", [])
-                     for c in (i.get("details") or {}).get("coding", [])]
-            if status == "201":
-                counts["created"] += 1
-            elif "SUCCESSFUL_UPDATE_NO_CHANGE" in codes:
-                counts["unchanged"] += 1
-            else:
-                counts["updated"] += 1
             if req["resource"]["resourceType"] == "ImagingStudy" and cur_s is None and status == "200":
                 overwrote = e.get("response", {}).get("location", "")
-        counts["unchanged"] += skipped
         if overwrote:
             match = _VERSION_RE.search(overwrote)
             version = int(match.group(1)) if match else 0
@@ -197,45 +303,181 @@ def write_study(fhir: Any, m: StudyMapping, *, written: dict[str, str] | None = 
     return counts  # pragma: no cover - loop always returns or raises
 
 
+def _prefetch(fhir: Any, rtype: str, ids: list[str]) -> dict[str, tuple[dict[str, Any], str | None]] | None:
+    """Current versions of ``ids`` with one search (``_id=a,b,...``); None when the client cannot search."""
+    search = getattr(fhir, "search", None)
+    if search is None or not ids:
+        return None
+    out: dict[str, tuple[dict[str, Any], str | None]] = {}
+    for res in search(rtype, {"_id": ",".join(ids), "_count": str(len(ids))}):
+        vid = (res.get("meta") or {}).get("versionId")
+        out[res["id"]] = (res, f'W/"{vid}"' if vid else None)
+    return out
+
+
+def write_chunk(fhir: Any, mapped: Sequence[StudyMapping], *, written: dict[str, str]) -> dict[str, int]:
+    """Write several studies in one transaction (Patients/ImagingStudies prefetched with one search each,
+    ``If-Match`` on every existing one). A conflict, or a create that answered version > 1 (a concurrent
+    writer created it), re-writes the studies one by one with :func:`write_study`."""
+    counts = {"created": 0, "updated": 0, "unchanged": 0, "conflicts": 0}
+    patients = _prefetch(fhir, "Patient", sorted({m.patient["id"] for m in mapped}))
+    studies = _prefetch(fhir, "ImagingStudy", [m.imaging_study["id"] for m in mapped])
+    if patients is None or studies is None or len({m.imaging_study["id"] for m in mapped}) != len(mapped):
+        return _one_by_one(fhir, mapped, written, counts)
+    entries: list[dict[str, Any]] = []
+    pending: dict[str, dict[str, Any]] = {}
+    absent: set[str] = set()
+    skipped = 0
+    for m in mapped:
+        for r in _also(m):
+            key = f"{r['resourceType']}/{r['id']}"
+            if key in pending or written.get(key) == comparable(r):
+                skipped += key not in pending
+                continue
+            pending[key] = r
+            entries.append(fb.put_entry(r))
+    merged_patients: dict[str, dict[str, Any]] = {}
+    for m in mapped:
+        pid = m.patient["id"]
+        base = merged_patients.get(pid) or patients.get(pid, (None, None))[0]
+        merged_patients[pid] = merge_patient(base, m.patient)
+    for pid, patient in merged_patients.items():
+        cur, etag = patients.get(pid, (None, None))
+        if same_content(cur, patient):
+            skipped += 1
+            continue
+        if cur is None:
+            absent.add(f"Patient/{pid}")
+        entries.append(fb.put_entry(patient, if_match=etag if cur is not None else None))
+    for m in mapped:
+        cur, etag = studies.get(m.imaging_study["id"], (None, None))
+        study = merge_imaging_study(cur, m.imaging_study)
+        if same_content(cur, study):
+            skipped += 1
+            continue
+        if cur is not None:
+            validate_resource(study)
+        else:
+            absent.add(f"ImagingStudy/{study['id']}")
+        entries.append(fb.put_entry(study, if_match=etag if cur is not None else None))
+    if not entries:
+        counts["unchanged"] += skipped
+        return counts
+    try:
+        resp = fhir.transaction(fb.transaction(entries, sort=False))
+    except FhirServerError as exc:
+        if not _is_conflict(exc):
+            raise
+        counts["conflicts"] += 1
+        log.info("version conflict (%s) in a chunk of %d studies; writing them one by one", exc.status_code,
+                 len(mapped))
+        return _one_by_one(fhir, mapped, written, counts)
+    for key, r in pending.items():
+        written[key] = comparable(r)
+    _count_response(resp, counts)
+    counts["unchanged"] += skipped
+    raced = False
+    for e, req in zip(resp.get("entry", []), entries, strict=False):
+        r = req["resource"]
+        if f"{r['resourceType']}/{r['id']}" in absent:
+            match = _VERSION_RE.search(str(e.get("response", {}).get("location", "")))
+            raced = raced or bool(match and int(match.group(1)) > 1)
+    if raced:  # someone created a shared resource between our read and our write: merge theirs back
+        counts["conflicts"] += 1
+        return _one_by_one(fhir, mapped, written, counts)
+    return counts
+
+
+def _one_by_one(fhir: Any, mapped: Sequence[StudyMapping], written: dict[str, str],
+                counts: dict[str, int]) -> dict[str, int]:
+    for m in mapped:
+        c = write_study(fhir, m, written=written)
+        for k in counts:
+            counts[k] += c[k]
+    return counts
+
+
 # --------------------------------------------------------------------------- orchestration
 def _empty_result() -> dict[str, Any]:
     return {"studies": 0, "series": 0, "study_uids": [], "imaging_study_ids": [], "patient_ids": [],
-            "resources": {"created": 0, "updated": 0, "unchanged": 0}, "conflict_retries": 0,
-            "failed": [], "issues": [], "issue_count": 0}
+            "observations": 0, "resources": {"created": 0, "updated": 0, "unchanged": 0}, "conflict_retries": 0,
+            "failed": [], "issues": [], "issue_count": 0, "skipped_files": [], "pacs_requests": 0}
 
 
-def _map_all(grouped: Iterable[tuple[str, list[SeriesInput]]], options: MappingOptions,
-             result: dict[str, Any]) -> list[StudyMapping]:
-    mapped = []
-    for study_uid, series in grouped:
-        try:
-            m = map_study(series, options)
-            for r in m.resources():
-                validate_resource(r)
-        except MappingError as exc:
-            log.error("study %s failed: %s", study_uid or "?", exc)
-            result["failed"].append({"study": study_uid, "error": str(exc)})
-            continue
-        mapped.append(m)
+def _add_issue(result: dict[str, Any], issue: dict[str, Any]) -> None:
+    result["issue_count"] += 1
+    if len(result["issues"]) < MAX_ISSUES_IN_RESULT:
+        result["issues"].append(issue)
+
+
+def _map_one(study_uid: str, series: list[SeriesInput], options: MappingOptions,
+             result: dict[str, Any]) -> StudyMapping | None:
+    try:
+        m = map_study(series, options)
+        for r in m.resources():
+            validate_resource(r)
+    except MappingError as exc:
+        log.error("study %s failed: %s", study_uid or "?", exc)
+        result["failed"].append({"study": study_uid, "error": str(exc)})
+        return None
+    return m
+
+
+def _record(mapped: list[StudyMapping], result: dict[str, Any]) -> None:
+    for m in mapped:
         result["studies"] += 1
         result["series"] += len(m.imaging_study.get("series", []))
+        result["observations"] += len(m.observations)
         result["study_uids"].append(m.study_uid)
         result["imaging_study_ids"].append(m.imaging_study["id"])
         if m.patient["id"] not in result["patient_ids"]:
             result["patient_ids"].append(m.patient["id"])
-        result["issue_count"] += len(m.issues)
         for issue in m.issues:
-            if len(result["issues"]) < MAX_ISSUES_IN_RESULT:
-                result["issues"].append(issue)
+            _add_issue(result, issue)
             log.warning("study %s: %s %r: %s", issue["study"], issue["tag"], issue["value"], issue["rule"])
+
+
+def _map_all(grouped: Iterable[tuple[str, list[SeriesInput]]], options: MappingOptions,
+             result: dict[str, Any]) -> list[StudyMapping]:
+    mapped = [m for uid, series in grouped if (m := _map_one(uid, series, options, result)) is not None]
+    reconcile_patients(mapped)
+    for m in mapped:
+        validate_resource(m.patient)
+    _record(mapped, result)
     return mapped
 
 
-def _write_all(fhir: Any, mapped: list[StudyMapping], result: dict[str, Any], timer: _Timer) -> None:
+def _write_all(fhir: Any, mapped: list[StudyMapping], result: dict[str, Any], timer: _Timer,
+               workers: int = 1) -> None:
     written: dict[str, str] = {}
     t0 = time.perf_counter()
+    # every Patient is written by exactly one chunk: chunks group studies by patient
+    by_patient: dict[str, list[StudyMapping]] = {}
     for m in mapped:
-        c = write_study(fhir, m, written=written)
+        by_patient.setdefault(m.patient["id"], []).append(m)
+    chunks: list[list[StudyMapping]] = [[]]
+    for group in by_patient.values():
+        if chunks[-1] and len(chunks[-1]) + len(group) > WRITE_CHUNK:
+            chunks.append([])
+        chunks[-1].extend(group)
+    chunks = [c for c in chunks if c]
+    if len(chunks) > 1:  # Endpoint/Devices are shared by many studies: write each once, before the parallel chunks
+        shared = {f"{r['resourceType']}/{r['id']}": r for m in mapped for r in _also(m)
+                  if r["resourceType"] in ("Endpoint", "Device")}
+        if shared:
+            resp = fhir.transaction(fb.transaction([fb.put_entry(r) for r in shared.values()], sort=False))
+            _count_response(resp, result["resources"])
+            written.update({k: comparable(r) for k, r in shared.items()})
+
+    def run(chunk: list[StudyMapping]) -> dict[str, int]:
+        return write_chunk(fhir, chunk, written=written)
+
+    if workers > 1 and len(chunks) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            all_counts = list(pool.map(run, chunks))
+    else:
+        all_counts = [run(c) for c in chunks]
+    for c in all_counts:
         for k in ("created", "updated", "unchanged"):
             result["resources"][k] += c[k]
         result["conflict_retries"] += c["conflicts"]
@@ -244,45 +486,262 @@ def _write_all(fhir: Any, mapped: list[StudyMapping], result: dict[str, Any], ti
 
 def transaction_bundle(mapped: Sequence[StudyMapping]) -> dict[str, Any]:
     """One transaction Bundle (PUT entries) of all mapped studies, for ``--out`` (dry run / review)."""
-    entries = [fb.put_entry(r) for m in mapped for r in m.resources()]
+    seen: set[str] = set()
+    entries = []
+    for m in mapped:
+        for r in m.resources():
+            key = f"{r['resourceType']}/{r['id']}"
+            if key not in seen:
+                seen.add(key)
+                entries.append(fb.put_entry(r))
     return fb.transaction(entries)
 
 
 def sync_studies(dicomweb: Any, fhir: Any | None, *, study_uids: Iterable[str] = (),
                  series_uids: Iterable[str] = (), options: MappingOptions | None = None, wado: str = "auto",
-                 missing: str = "fail") -> dict[str, Any]:
+                 missing: str = "fail", workers: int = DEFAULT_WORKERS,
+                 study_sop_classes: Mapping[str, Sequence[str]] | None = None,
+                 known_patients: Sequence[StudyMapping] = (),
+                 collect: list[StudyMapping] | None = None) -> dict[str, Any]:
     """Bring the studies touched by ``study_uids`` / ``series_uids`` from the PACS into FHIR.
 
     ``fhir=None`` maps without writing and returns the transaction Bundle under ``"bundle"``.
-    ``options.endpoint_address`` defaults to the PACS's WADO-RS base. Returns the result dict
-    (studies, series, ids, resources created/updated/unchanged, failed studies, issues, timings).
+    ``options.endpoint_address`` defaults to the PACS's WADO-RS base. ``workers`` bounds the concurrent PACS
+    reads and FHIR writes. ``study_sop_classes`` (study UID → SOPClassesInStudy (0008,0062), from a backfill
+    listing) tells which studies hold a dose report. ``known_patients``: studies mapped earlier in the same run
+    (a backfill's earlier batches) whose demographics complete or conflict with these; ``collect`` receives the
+    mapped studies. Returns the result dict (studies, series, ids, resources
+    created/updated/unchanged, failed studies, issues, timings, ``pacs_requests``).
     """
     options = options or MappingOptions()
     if options.endpoint_address is None:
-        options = MappingOptions(**{**options.__dict__, "endpoint_address": dicomweb.wado_rs_base})
+        options = replace(options, endpoint_address=dicomweb.wado_rs_base)
+    if wado not in ("auto", "always", "never"):
+        raise ConfigError(f"wado={wado!r}: expected auto, always or never")
+    workers = max(1, int(workers))
     timer = _Timer()
     result = _empty_result()
+    pacs = _Pacs(dicomweb)
     t0 = time.perf_counter()
-    uids = resolve_study_uids(dicomweb, study_uids, series_uids, missing=missing)
-    studies = []
-    for uid in uids:
-        series = read_study(dicomweb, uid, wado=wado, include_instances=options.include_instances)
-        if not series:
-            result["failed"].append({"study": uid, "error": f"study {uid} has no series in the PACS at {dicomweb.url}"})
-            continue
-        studies.append((uid, series))
+    uids = resolve_study_uids(_CountingFind(pacs), study_uids, series_uids, missing=missing)
+    sop_classes = study_sop_classes or {}
+
+    def read(uid: str) -> tuple[str, list[SeriesInput]]:
+        return uid, read_study(pacs, uid, wado=wado, include_instances=options.include_instances, options=options,
+                               study_sop_classes=sop_classes.get(uid, ()))
+
+    if workers > 1 and len(uids) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            studies = list(pool.map(read, uids))
+    else:
+        studies = [read(u) for u in uids]
     timer.add("dicomweb_s", t0)
+    result["pacs_requests"] = pacs.requests
+    found = []
+    for uid, series in studies:
+        if not series:
+            result["failed"].append({"study": uid, "error": f"study {uid} has no series in the PACS at {pacs.url}"})
+        else:
+            found.append((uid, series))
     t0 = time.perf_counter()
-    mapped = _map_all(studies, options, result)
+    mapped = [m for uid, series in found if (m := _map_one(uid, series, options, result)) is not None]
+    reconcile_patients([*known_patients, *mapped])
+    for m in mapped:
+        validate_resource(m.patient)
+    _record(mapped, result)
     timer.add("mapping_s", t0)
     if fhir is None:
         result["bundle"] = transaction_bundle(mapped)
     else:
-        _write_all(fhir, mapped, result, timer)
+        _write_all(fhir, mapped, result, timer, workers)
     result["timings"] = {k: round(v, 4) for k, v in timer.t.items()}
-    log.info("dicom-to-fhir: %d studies, %d series, resources %s, %d failed, %d issues", result["studies"],
-             result["series"], result["resources"], len(result["failed"]), result["issue_count"])
+    if collect is not None:
+        collect.extend(mapped)
+    log.info("dicom-to-fhir: %d studies, %d series, resources %s, %d failed, %d issues, %d PACS requests",
+             result["studies"], result["series"], result["resources"], len(result["failed"]), result["issue_count"],
+             result["pacs_requests"])
     return result
+
+
+class _CountingFind:
+    """``find_series`` through the request counter (for :func:`resolve_study_uids`)."""
+
+    def __init__(self, pacs: _Pacs) -> None:
+        self.pacs = pacs
+        self.url = pacs.url
+
+    def find_series(self, uid: str) -> Any:
+        return self.pacs.call("find_series", uid)
+
+
+# --------------------------------------------------------------------------- backfill
+def _da(value: str | date | None, what: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, date):
+        return value.strftime("%Y%m%d")
+    text = str(value).strip().replace("-", "")
+    parsed, problem = dv.parse_da(text)
+    if parsed is None:
+        raise ConfigError(f"{what} {value!r} is not a date (expected YYYY-MM-DD or YYYYMMDD)")
+    return parsed.strftime("%Y%m%d")
+
+
+def study_filters(*, since: str | date | None = None, until: str | date | None = None) -> dict[str, str]:
+    """QIDO-RS study filters of a backfill window: StudyDate range matching (``since-until``, both inclusive)."""
+    lo, hi = _da(since, "--since"), _da(until, "--until")
+    if lo and hi and lo > hi:
+        raise ConfigError(f"--since {since} is after --until {until}")
+    if lo or hi:
+        return {"StudyDate": f"{lo or ''}-{hi or ''}"}
+    return {}
+
+
+def list_studies(dicomweb: Any, *, since: str | date | None = None, until: str | date | None = None,
+                 modalities: Sequence[str] = (), page_size: int = 500) -> Iterator[dict[str, Any]]:
+    """Study records of the PACS (QIDO-RS, ``limit``/``offset`` paging), each study once.
+
+    Paging ends at an empty page (a page shorter than ``limit`` is not taken as the last one, because some PACS,
+    dcm4chee among them, cap the page size below the requested limit). ``modalities`` run one listing per modality
+    (ModalitiesInStudy (0008,0061)); duplicates across pages and modalities are dropped.
+    """
+    if page_size < 1:
+        raise ConfigError(f"page size {page_size} must be positive")
+    base = study_filters(since=since, until=until)
+    seen: set[str] = set()
+    wanted: list[str | None] = [m.strip().upper() for m in modalities if m.strip()]
+    for modality in wanted or [None]:
+        filters = dict(base)
+        if modality:
+            filters["ModalitiesInStudy"] = modality
+        offset = 0
+        while True:
+            page = dicomweb.search_studies({**filters, "limit": page_size, "offset": offset},
+                                           fields=list(STUDY_FIELDS)) or []
+            if not page:
+                break
+            for rec in page:
+                uid = dv.first_str(rec, "0020000D")
+                if uid and uid not in seen:
+                    seen.add(uid)
+                    yield rec
+            offset += len(page)  # a short page is not proof of the end: some PACS cap pages below our limit
+
+
+class Cursor:
+    """Resumable backfill position: a JSON-lines file, first line the query, then one StudyInstanceUID per line
+    for every study written. Appends are flushed per batch, so a killed run loses at most the batch in flight."""
+
+    def __init__(self, path: str | Path | None, query: dict[str, Any]) -> None:
+        self.path = Path(path) if path else None
+        self.query = query
+        self.done: set[str] = set()
+        if self.path is None:
+            return
+        if self.path.exists():
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+            head = json.loads(lines[0]) if lines else {}
+            if head.get("query") != query:
+                raise ConfigError(f"cursor {self.path} belongs to another backfill ({head.get('query')}); "
+                                  f"use another --cursor file for {query}")
+            self.done = {ln.strip() for ln in lines[1:] if ln.strip()}
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"query": query}) + "\n", encoding="utf-8")
+
+    def mark(self, uids: Iterable[str]) -> None:
+        new = [u for u in uids if u not in self.done]
+        self.done.update(new)
+        if self.path is not None and new:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write("".join(u + "\n" for u in new))
+
+
+def _eta(done: int, total: int, elapsed: float) -> str:
+    if done <= 0 or elapsed <= 0:
+        return "?"
+    secs = int((total - done) * elapsed / done)
+    if secs >= 3600:
+        return f"{secs // 3600}h{secs % 3600 // 60:02d}m{secs % 60:02d}s"
+    return f"{secs // 60}m{secs % 60:02d}s"
+
+
+def backfill(dicomweb: Any, fhir: Any | None, *, since: str | date | None = None, until: str | date | None = None,
+             modalities: Sequence[str] = (), cursor: str | Path | None = None, options: MappingOptions | None = None,
+             wado: str = "auto", workers: int = DEFAULT_WORKERS, batch_size: int = 200, page_size: int = 500,
+             progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Backfill every study of the PACS (or of a StudyDate window and modalities) into FHIR.
+
+    The study list is read first (QIDO-RS paging), then studies go through :func:`sync_studies` in batches of
+    ``batch_size``. With a ``cursor`` file, studies already written by an earlier run with the same query are
+    skipped and every written batch is recorded, so a re-started backfill continues where it stopped and writes
+    nothing twice; failed studies are not recorded (the next run retries them). Progress (done/total, rate,
+    ETA) is logged after every batch and passed to ``progress``.
+    """
+    query = {"since": _da(since, "--since"), "until": _da(until, "--until"),
+             "modalities": sorted({m.strip().upper() for m in modalities if m.strip()})}
+    cur = Cursor(cursor, query)
+    t_list = time.perf_counter()
+    pacs = _Pacs(dicomweb)
+    records = list(list_studies(_ListingPacs(pacs), since=since, until=until, modalities=modalities,
+                                page_size=page_size))
+    todo = [r for r in records if dv.first_str(r, "0020000D") not in cur.done]
+    total = len(todo)
+    log.info("backfill %s: %d studies in the PACS, %d already done, %d to do (listing %.1fs, %d requests)", query,
+             len(records), len(records) - total, total, time.perf_counter() - t_list, pacs.requests)
+    result = _empty_result()
+    result.update({"listed": len(records), "already_done": len(records) - total, "batches": 0})
+    result["pacs_requests"] = pacs.requests
+    timings = {"dicomweb_s": 0.0, "mapping_s": 0.0, "fhir_s": 0.0}
+    known: dict[str, StudyMapping] = {}
+    t0 = time.perf_counter()
+    done = 0
+    for start in range(0, total, max(1, batch_size)):
+        batch = todo[start:start + batch_size]
+        uids = [dv.first_str(r, "0020000D") or "" for r in batch]
+        classes = {u: dv.strings(r, "00080062") for u, r in zip(uids, batch, strict=True)}
+        mapped: list[StudyMapping] = []
+        res = sync_studies(dicomweb, fhir, study_uids=uids, options=options, wado=wado, workers=workers,
+                           study_sop_classes=classes, missing="skip", known_patients=list(known.values()),
+                           collect=mapped)
+        known.update((m.patient["id"], m) for m in mapped)
+        res.pop("bundle", None)
+        failed = {f["study"] for f in res["failed"]}
+        cur.mark(u for u in uids if u not in failed)
+        for k in ("studies", "series", "observations", "conflict_retries", "issue_count", "pacs_requests"):
+            result[k] += res[k]
+        for k in ("created", "updated", "unchanged"):
+            result["resources"][k] += res["resources"][k]
+        for k in ("study_uids", "imaging_study_ids", "failed"):
+            result[k].extend(res[k])
+        result["patient_ids"].extend(p for p in res["patient_ids"] if p not in result["patient_ids"])
+        result["issues"].extend(res["issues"][: max(0, MAX_ISSUES_IN_RESULT - len(result["issues"]))])
+        for k, v in res["timings"].items():
+            timings[k] += v
+        result["batches"] += 1
+        done += len(batch)
+        elapsed = time.perf_counter() - t0
+        info = {"done": done, "total": total, "rate": done / elapsed if elapsed else 0.0,
+                "eta": _eta(done, total, elapsed), "failed": len(result["failed"])}
+        log.info("backfill: %d/%d studies (%.0f%%), %.1f studies/s, ETA %s, %d failed", done, total,
+                 100.0 * done / total, info["rate"], info["eta"], info["failed"])
+        if progress:
+            progress(info)
+    result["timings"] = {k: round(v, 4) for k, v in timings.items()}
+    return result
+
+
+class _ListingPacs:
+    def __init__(self, pacs: _Pacs) -> None:
+        self.pacs = pacs
+
+    def search_studies(self, filters: dict[str, Any], *, fields: Sequence[str] = ()) -> Any:
+        return self.pacs.call("search_studies", filters, fields=fields)
+
+
+# --------------------------------------------------------------------------- files
+#: Media Storage Directory Storage: a DICOMDIR is an index, not an image.
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 
 
 def _iter_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -298,9 +757,19 @@ def _iter_files(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def sync_files(paths: Iterable[str | Path], fhir: Any | None, *,
-               options: MappingOptions | None = None) -> dict[str, Any]:
-    """``--files`` mode: map DICOM files (no PACS) and write them (or return ``"bundle"`` when ``fhir=None``)."""
+def _skip(result: dict[str, Any], path: Path, rule: str) -> None:
+    result["skipped_files"].append(str(path))
+    _add_issue(result, {"tag": "file", "value": str(path), "rule": rule, "study": "", "source": str(path)})
+    log.warning("%s: %s", path, rule)
+
+
+def sync_files(paths: Iterable[str | Path], fhir: Any | None, *, options: MappingOptions | None = None,
+               workers: int = 1) -> dict[str, Any]:
+    """``--files`` mode: map DICOM files (no PACS) and write them (or return ``"bundle"`` when ``fhir=None``).
+
+    Files that are not DICOM (README, manifest.json) and DICOMDIR index files are skipped and listed in
+    ``skipped_files`` and as issues; they do not fail the run (the CLI's ``--strict`` makes them fail).
+    """
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
@@ -312,14 +781,18 @@ def sync_files(paths: Iterable[str | Path], fhir: Any | None, *,
     for f in _iter_files(paths):
         try:
             ds = dcmread(f, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-            result["failed"].append({"study": "", "source": str(f), "error": f"{f}: not a readable DICOM file ({exc})"})
+        except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, KeyError) as exc:
+            _skip(result, f, f"not a DICOM file ({type(exc).__name__}); skipped")
+            continue
+        sop_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or
+                        ds.get("SOPClassUID", ""))
+        if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+            _skip(result, f, "DICOMDIR (Media Storage Directory, an index of other files); skipped")
             continue
         rec, problems = dataset_to_json(ds)
         for pr in problems:
             pr.update({"study": dv.first_str(rec, "0020000D") or "", "source": str(f)})
-            result["issues"].append(pr)
-            result["issue_count"] += 1
+            _add_issue(result, pr)
         records.append((str(f), rec))
     grouped, failures = group_instances(records)
     result["failed"].extend(failures)
@@ -330,6 +803,6 @@ def sync_files(paths: Iterable[str | Path], fhir: Any | None, *,
     if fhir is None:
         result["bundle"] = transaction_bundle(mapped)
     else:
-        _write_all(fhir, mapped, result, timer)
+        _write_all(fhir, mapped, result, timer, workers)
     result["timings"] = {k: round(v, 4) for k, v in timer.t.items()}
     return result

@@ -90,11 +90,11 @@ class FakePacs:
         self._check()
         return next((r for r in self.records if r["0020000E"]["Value"][0] == uid), None)
 
-    def search_series(self, study: str) -> list[dict[str, Any]]:
+    def search_series(self, study: str, **_kw: Any) -> list[dict[str, Any]]:
         self._check()
         return [r for r in self.records if r.get("0020000D", {}).get("Value", [None])[0] == study]
 
-    def search_instances(self, study: str, series: str) -> list[dict[str, Any]]:
+    def search_instances(self, study: str, series: str, **_kw: Any) -> list[dict[str, Any]]:
         return [{"00080018": {"vr": "UI", "Value": [series + ".1"]},
                  "00080016": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.2"]}}]
 
@@ -118,7 +118,8 @@ def test_sync_twice_no_duplicates_no_new_versions() -> None:
     assert r1["studies"] == 1 and r1["series"] == 2 and r1["resources"]["created"] == 4
     study = fhir.current("ImagingStudy", _study_id())
     assert [s["uid"] for s in study["series"]] == [STUDY + ".1", STUDY + ".2"]
-    assert study["series"][0]["laterality"]["code"] == "24028007"  # from WADO metadata (QIDO lacked it)
+    # WADO metadata read because QIDO lacked the MII CT attributes (KVP); it also brings the laterality
+    assert study["series"][0]["laterality"]["code"] == "24028007"
     assert study["endpoint"][0]["reference"].startswith("Endpoint/")
     before = {k: len(v) for k, v in fhir.store.items()}
     r2 = flow.sync_studies(pacs, fhir, study_uids=[STUDY])
@@ -267,7 +268,8 @@ def test_cli_files_mode_charset_ds_comma_and_missing_study_uid(tmp_path: Path) -
     assert rc == 1  # one study failed, the others are in the bundle
     assert result["studies"] == 2
     errors = " ".join(f["error"] for f in result["failed"])
-    assert "(0020,000D)" in errors and "notes.txt" in errors
+    assert "(0020,000D)" in errors and "notes.txt" not in errors
+    assert [Path(p).name for p in result["skipped_files"]] == ["notes.txt"]  # non-DICOM: skipped, an issue
     assert any(i["tag"] == "(0018,0050)" and "comma" in i["rule"] for i in result["issues"])
     bundle = json.loads(out.read_text())
     names = [e["resource"].get("name") for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"]
