@@ -17,8 +17,8 @@ try:  # Airflow 3 / standard provider
     from airflow.providers.standard.operators.python import PythonOperator, ShortCircuitOperator  # noqa: F401
     from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator  # noqa: F401
 except ImportError:  # pragma: no cover - Airflow 2 without the standard provider
-    from airflow.operators.python import PythonOperator, ShortCircuitOperator  # type: ignore[no-redef] # noqa: F401
-    from airflow.operators.trigger_dagrun import TriggerDagRunOperator  # type: ignore[no-redef] # noqa: F401
+    from airflow.operators.python import PythonOperator, ShortCircuitOperator  # type: ignore[no-redef,assignment] # noqa: F401
+    from airflow.operators.trigger_dagrun import TriggerDagRunOperator  # type: ignore[no-redef,assignment] # noqa: F401
 
 try:
     from airflow.sdk import task  # Airflow 3

@@ -7,8 +7,12 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from kaapana_fhir.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from kaapana_fhir.core.radiomics.mapping import RadiomicsRun
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,7 @@ def _out_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", help="write a transaction Bundle JSON file instead")
 
 
-def _emit(args: argparse.Namespace, run: object, layout: str, extra: dict) -> int:
+def _emit(args: argparse.Namespace, run: RadiomicsRun, layout: str, extra: dict[str, Any]) -> int:
     from kaapana_fhir.clients.fhir import FhirClient
     from kaapana_fhir.core.bundle import transaction
     from kaapana_fhir.flows.radiomics.flow import entries_for, write_run

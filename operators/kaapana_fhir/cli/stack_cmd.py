@@ -29,11 +29,11 @@ def run(args: argparse.Namespace) -> int:
                 sys.stdout.write(f"export {k}={v}\n")
         return 0
     if args.action == "env":
-        stack = devstack.Stack.load(args.state_dir)
-        if not stack:
+        loaded = devstack.Stack.load(args.state_dir)
+        if not loaded:
             log.error("no stack is running from %s; start it with `kaapana-fhir stack up`", args.state_dir)
             return 1
-        for k, v in stack.env().items():
+        for k, v in loaded.env().items():
             sys.stdout.write(f"export {k}={v}\n")
         return 0
     stopped = devstack.down(args.state_dir)

@@ -86,7 +86,7 @@ def _sync(bag: Any) -> None:
     if hasattr(bag, "sync_to_db"):  # Airflow 2
         bag.sync_to_db()
         return
-    from airflow.models.dagbag import sync_bag_to_db  # Airflow 3
+    from airflow.models.dagbag import sync_bag_to_db  # type: ignore[attr-defined,unused-ignore]  # Airflow 3
 
     sync_bag_to_db(bag, bundle_name="dags-folder", bundle_version=None)
 

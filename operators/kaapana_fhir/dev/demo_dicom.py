@@ -16,7 +16,7 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, CTImageStorage, ExplicitVRLittleEndian
 from pydicom.valuerep import format_number_as_ds
 
 from kaapana_fhir.dev.demo_data import STUDY_DATE, det_uid
@@ -49,7 +49,7 @@ def ct_datasets(case: DemoCase, seed: int = 0) -> list[Dataset]:
         sop = det_uid(seed, pid, "ct", k)
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = sop
+        meta.MediaStorageSOPInstanceUID = UID(sop)
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
         ds.file_meta = meta
@@ -105,9 +105,10 @@ def seg_dataset(case: DemoCase, cts: list[Dataset], seed: int = 0) -> hd.seg.Seg
         sop_instance_uid=det_uid(seed, pid, "seg"), instance_number=1, manufacturer="kaapana-fhir demo",
         manufacturer_model_name="demo_data", software_versions="1", device_serial_number="1",
         content_label="TUMOUR", content_description="Demo tumour segmentation")
-    seg.ContentDate, seg.ContentTime = STUDY_DATE, "120000"
-    seg.SeriesDate, seg.SeriesTime = STUDY_DATE, "120000"
-    seg.InstanceCreationDate, seg.InstanceCreationTime = STUDY_DATE, "120000"
+    for date_kw, time_kw in (("ContentDate", "ContentTime"), ("SeriesDate", "SeriesTime"),
+                             ("InstanceCreationDate", "InstanceCreationTime")):
+        setattr(seg, date_kw, STUDY_DATE)
+        setattr(seg, time_kw, "120000")
     for item in getattr(seg, "ContributingEquipmentSequence", []):
         item.ContributionDateTime = f"{STUDY_DATE}120000"
     dim_uid = det_uid(seed, pid, "seg-dim")

@@ -3,7 +3,8 @@
 * HAPI FHIR JPA (R4), our own Spring Boot app under ``tests/stack/hapi`` run with ``java -jar``;
 * Orthanc + DICOMweb plugin (Debian packages), kept on loopback by ``tests/stack/orthanc/bind_loopback.c``
   (an ``LD_PRELOAD`` shim, since Orthanc 1.10 has no bind-address option and needs no root this way);
-* an S3 server (``moto_server``) on 127.0.0.1.
+* an S3 server: MinIO (built by ``.ci/install-minio.sh``; ``KAAPANA_FHIR_S3_SERVER=moto`` for moto) on 127.0.0.1,
+  and optionally Keycloak as its OpenID provider (service ``keycloak``, see :mod:`kaapana_fhir.dev.sso`).
 
 Every server binds to 127.0.0.1 on a free port, logs to ``<state_dir>/<name>.log``, is polled for
 readiness with a deadline and is stopped by PID. The running stack is described in
@@ -219,7 +220,19 @@ def start_orthanc(state_dir: Path, *, storage: Path | None = None, deadline_s: f
 
 
 # ---------------------------------------------------------------------------- S3
-def start_s3(state_dir: Path, *, deadline_s: float = 60.0) -> Service:
+def start_s3(state_dir: Path, *, deadline_s: float = 60.0, keycloak: Service | None = None) -> Service:
+    """MinIO (root keys generated per run; with ``keycloak``, that realm is its OpenID provider as in
+    Kaapana, with projects ``admin`` and ``nobucket``); ``KAAPANA_FHIR_S3_SERVER=moto`` picks moto instead."""
+    if os.environ.get("KAAPANA_FHIR_S3_SERVER", "minio") != "moto":
+        from kaapana_fhir.dev import sso
+
+        kc = sso.keycloak_from_service(keycloak) if keycloak else None
+        m = sso.start_minio(state_dir, keycloak=kc, deadline_s=deadline_s)
+        if kc is not None:
+            sso.add_project(m, "admin")
+            sso.add_project(m, "nobucket", create_bucket=False)
+        return Service("s3", m.pid, m.port, m.url, m.log, {"access_key": m.root_user, "secret_key": m.root_password,
+                                                           "server": "minio", "openid": m.openid})
     exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
     if not os.path.exists(exe):
         raise StackError("moto_server is not installed; pip install 'moto[server]' (or `make install`)")
@@ -233,7 +246,7 @@ def start_s3(state_dir: Path, *, deadline_s: float = 60.0) -> Service:
         stop_pid(proc.pid)
         raise
     return Service("s3", proc.pid, port, url, str(logfile),
-                   {"access_key": S3_ACCESS_KEY, "secret_key": S3_SECRET_KEY})
+                   {"access_key": S3_ACCESS_KEY, "secret_key": S3_SECRET_KEY, "server": "moto"})
 
 
 # ---------------------------------------------------------------------------- whole stack
@@ -256,6 +269,7 @@ class Stack:
 
     def save(self) -> None:
         path = Path(self.state_dir) / "stack.json"
+        path.touch(mode=0o600)  # holds the per-run test credentials of MinIO/Keycloak
         path.write_text(json.dumps({"state_dir": self.state_dir,
                                     "services": {k: asdict(v) for k, v in self.services.items()}}, indent=2))
 
@@ -277,8 +291,12 @@ class Stack:
             out["ORTHANC_URL"] = self.services["orthanc"].extra["rest"]
         if "s3" in self.services:
             out["S3_ENDPOINT_URL"] = self.s3_url
-            out["S3_ACCESS_KEY"] = S3_ACCESS_KEY
-            out["S3_SECRET_KEY"] = S3_SECRET_KEY
+            out["S3_ACCESS_KEY"] = self.services["s3"].extra.get("access_key", S3_ACCESS_KEY)
+            out["S3_SECRET_KEY"] = self.services["s3"].extra.get("secret_key", S3_SECRET_KEY)
+        if "keycloak" in self.services:
+            from kaapana_fhir.dev import sso
+
+            out.update(sso.keycloak_env(self.services["keycloak"]))
         return out
 
     def stop(self) -> None:
@@ -303,10 +321,16 @@ def up(state_dir: str | Path, *, services: tuple[str, ...] = ("hapi", "orthanc",
     stack = Stack(str(sd))
     say = progress or (lambda msg: log.info("%s", msg))
     try:
+        if "keycloak" in services:
+            from kaapana_fhir.dev import sso
+
+            t = time.perf_counter()
+            stack.services["keycloak"] = sso.keycloak_service(sso.start_keycloak(sd))
+            say(f"Keycloak up at {stack.services['keycloak'].url} in {time.perf_counter() - t:.1f}s")
         if "s3" in services:
             t = time.perf_counter()
-            stack.services["s3"] = start_s3(sd)
-            say(f"S3 (moto) up at {stack.s3_url} in {time.perf_counter() - t:.1f}s")
+            stack.services["s3"] = start_s3(sd, keycloak=stack.services.get("keycloak"))
+            say(f"S3 ({stack.services['s3'].extra['server']}) up at {stack.s3_url} in {time.perf_counter() - t:.1f}s")
         if "orthanc" in services:
             t = time.perf_counter()
             stack.services["orthanc"] = start_orthanc(sd, storage=sd / "orthanc-db")

@@ -57,7 +57,7 @@ def read_dicom_dir(path: str | Path) -> list[Dataset]:
     p = Path(path)
     if not p.exists():
         raise MappingError(f"{p}: directory does not exist")
-    out = []
+    out: list[Dataset] = []
     for f in sorted(p.rglob("*") if p.is_dir() else [p]):
         if f.is_file():
             try:
@@ -192,8 +192,8 @@ def decode_masks(seg_ds: Dataset, volume: Volume, *, source: str = "SEG") -> dic
     if for_seg and volume.frame_of_reference and for_seg != volume.frame_of_reference:
         raise MappingError(f"{source}: FrameOfReferenceUID (0020,0052) {for_seg} differs from the image's "
                            f"{volume.frame_of_reference} (rule: same frame of reference)")
-    referenced = {uid for _, _, uid in seg.get_source_image_uids()}
-    missing = referenced - set(volume.sop_uids)
+    referenced = {str(uid) for _, _, uid in seg.get_source_image_uids()}
+    missing = referenced - {str(u) for u in volume.sop_uids}
     if missing:
         raise MappingError(f"{source}: {len(missing)} SOP instance(s) referenced by the SEG frames are not in image "
                            f"series {volume.series_uid} (e.g. {sorted(missing)[0]}; rule: ReferencedSOPInstanceUID "
