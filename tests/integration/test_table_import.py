@@ -178,3 +178,124 @@ def test_server_down_mid_file_leaves_complete_chunks_and_retry_finishes(fhir: An
     assert counts() == (expected["Patient"], expected["Observation"], expected["Condition"])
     import_table(open_table(text, name="l.csv"), load_preset("lung1"), client=fhir, chunk_size=20)
     assert counts() == (expected["Patient"], expected["Observation"], expected["Condition"])  # no duplicates
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 17: a new user's path (init → edit → plan → import), real-world REDCap/ODM exports, empty cells, conflicts
+DATA = Path(__file__).resolve().parents[1] / "data" / "tables"
+
+
+def _cli(*args: str) -> int:
+    from kaapana_fhir.cli.main import main
+
+    return main(list(args))
+
+
+def _finish_generated_mapping(path: Path) -> None:
+    """What the tutorial tells the user to do: drop the centre column, check suggestions, delete `review:`."""
+    from kaapana_fhir.core.limits import loads_yaml
+
+    m = loads_yaml(path.read_text("utf-8"))
+    m["observations"] = [o for o in m["observations"] if o["column"] != "Zentrum"]
+
+    def strip(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k != "review"}
+        return [strip(v) for v in x] if isinstance(x, list) else x
+
+    import yaml
+
+    path.write_text(yaml.safe_dump(strip(m), sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def _plan(fhir_url: str, csv: Path, mapping: Path, tmp: Path, *extra: str) -> dict[str, Any]:
+    rep = tmp / f"plan-{uuid.uuid4().hex[:6]}.json"
+    assert _cli("import-table", str(csv), "--mapping", str(mapping), "--fhir", fhir_url, "--plan",
+                "--report", str(rep), *extra) == 0
+    return json.loads(rep.read_text())
+
+
+def test_tutorial_table_without_id_from_init_to_hapi(fhir: Any, fhir_url: str, tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex[:8]
+    csv = tmp_path / f"survival_{tag}.csv"
+    csv.write_text((DATA / "tutorial" / "survival_no_id.csv").read_text("utf-8"), encoding="utf-8")
+    mapping = tmp_path / "survival.mapping.yaml"
+    assert _cli("mapping", "init", str(csv), "-o", str(mapping)) == 0
+    text = mapping.read_text("utf-8")
+    assert "key_generated: row-number" in text and "review:" in text and "30525-0" in text
+    # the untouched generated mapping is refused, nothing written
+    assert _cli("import-table", str(csv), "--mapping", str(mapping), "--fhir", fhir_url) != 0
+    system = f"urn:kaapana-fhir:table:survival-{tag}:row-number"
+    assert list(fhir.search("Patient", {"identifier": f"{system}|", "_count": "50"})) == []
+    _finish_generated_mapping(mapping)
+    plan = _plan(fhir_url, csv, mapping, tmp_path)["plan"]
+    assert plan["Patient"]["create"] == 6 and plan["Observation"]["create"] > 30
+    assert plan["Observation"]["update"] == plan["Observation"]["unchanged"] == 0
+    report = tmp_path / "r.json"
+    assert _cli("import-table", str(csv), "--mapping", str(mapping), "--fhir", fhir_url, "--report", str(report)) == 0
+    written = json.loads(report.read_text())["resources_written"]
+    assert written["Patient"] == 6 and written["Observation"] == plan["Observation"]["create"]
+    pats = list(fhir.search("Patient", {"identifier": f"{system}|", "_count": "50"}))
+    assert len(pats) == 6
+    age = list(fhir.search("Observation", {"code": "http://loinc.org|30525-0",
+                                      "subject": f"Patient/{patient_id(system, '2')}"}))
+    assert age[0]["valueQuantity"] == {"value": 63, "unit": "a", "system": "http://unitsofmeasure.org", "code": "a"}
+    again = _plan(fhir_url, csv, mapping, tmp_path)["plan"]
+    assert again["Observation"]["create"] == again["Observation"]["update"] == 0
+    assert again["Observation"]["unchanged"] == written["Observation"]
+    # a cell becomes empty in a newer file: keep (default) leaves it, retract marks it entered-in-error
+    csv.write_text(csv.read_text("utf-8").replace("C,74,m,80 kg,", "C,74,m,,"), encoding="utf-8")
+    assert _plan(fhir_url, csv, mapping, tmp_path)["plan"]["Observation"]["retract"] == 0
+    assert _plan(fhir_url, csv, mapping, tmp_path, "--empty-cells", "retract")["plan"]["Observation"]["retract"] == 1
+    assert _cli("import-table", str(csv), "--mapping", str(mapping), "--fhir", fhir_url, "--empty-cells", "retract",
+                "--report", str(report)) == 0
+    assert json.loads(report.read_text())["retracted"] == 1
+    weight = list(fhir.search("Observation", {"code": "http://loinc.org|29463-7",
+                                         "subject": f"Patient/{patient_id(system, '6')}"}))
+    assert [w["status"] for w in weight] == ["entered-in-error"]
+    assert _plan(fhir_url, csv, mapping, tmp_path, "--empty-cells", "retract")["plan"]["Observation"]["retract"] == 0
+
+
+def test_real_world_redcap_export_with_dictionary_to_hapi(fhir: Any, fhir_url: str, tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex[:6]
+    export = tmp_path / f"Lung{tag}_DATA_2026-05-04_1200.csv"
+    export.write_bytes((DATA / "redcap" / "LungImaging_DATA_2026-05-04_1200.csv").read_bytes())
+    report = tmp_path / "r.json"
+    assert _cli("import-table", str(export), "--preset", "redcap", "--dictionary",
+                str(DATA / "redcap" / "LungImaging_DataDictionary_2026-05-04.csv"), "--fhir", fhir_url,
+                "--workers", "2", "--report", str(report)) == 0
+    system = f"urn:kaapana-fhir:redcap:lung{tag}:record-id"
+    pat = fhir.read("Patient", patient_id(system, "LI-002"))
+    assert (pat["gender"], pat["birthDate"], pat["deceasedBoolean"]) == ("male", "1948-11-30", True)
+    crp = list(fhir.search("Observation", {"code": "http://loinc.org|1988-5", "subject": f"Patient/{pat['id']}"}))
+    assert len(crp) == 1 and crp[0]["valueQuantity"]["code"] == "mg/L" and crp[0]["effectiveDateTime"] == "2020-01-14"
+
+
+def test_odm_file_to_hapi_with_coded_observations(fhir: Any, fhir_url: str, tmp_path: Path) -> None:
+    report = tmp_path / "r.json"
+    assert _cli("import-table", str(DATA / "odm" / "lung_study.odm.xml"), "--preset", "odm", "--fhir", fhir_url,
+                "--report", str(report)) == 0
+    pat = fhir.read("Patient", patient_id("urn:kaapana-fhir:odm:s-lungsyn:subject", "SYN-01"))
+    assert (pat["gender"], pat["birthDate"]) == ("female", "1957-02-11")
+    hgb = list(fhir.search("Observation", {"code": "http://loinc.org|718-7", "subject": f"Patient/{pat['id']}"}))
+    assert sorted(h["effectiveDateTime"] for h in hgb) == ["2021-03-01", "2021-03-08", "2021-09-01"]
+
+
+def test_same_patient_in_two_files_with_conflicting_birth_dates_is_reported(fhir: Any, fhir_url: str,
+                                                                             tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex[:8]
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text(f"version: 1\npatient: {{key: id, identifier_system: 'urn:test:{tag}', "
+                       "birth_date: {column: dob}}\n"
+                       "observations: [{column: w, code: {system: 'http://loinc.org', code: 29463-7}, "
+                       "value: {type: Quantity, unit: kg}}]\n", encoding="utf-8")
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("id,dob,w\nP1,1950-01-01,70\n", encoding="utf-8")
+    b.write_text("id,dob,w\nP1,1951-01-01,71\n", encoding="utf-8")
+    assert _cli("import-table", str(a), "--mapping", str(mapping), "--fhir", fhir_url) == 0
+    plan = _plan(fhir_url, b, mapping, tmp_path)
+    assert any("birthDate '1950-01-01' on the server, '1951-01-01'" in c for c in plan["conflicts"])
+    report = tmp_path / "r.json"
+    assert _cli("import-table", str(b), "--mapping", str(mapping), "--fhir", fhir_url, "--report", str(report)) == 0
+    rep = json.loads(report.read_text())
+    assert rep["status"] == "imported-with-conflicts" and rep["patient_conflicts"]

@@ -81,6 +81,7 @@ class ScanResult:
     issue_count: int = 0
     issues: list[RowIssue] = field(default_factory=list)
     bad_rows: set[int] = field(default_factory=set)
+    duplicate_rows: set[int] = field(default_factory=set)
     index: PatientIndex = field(default_factory=PatientIndex)
     resources: Counter = field(default_factory=Counter)
 
@@ -143,8 +144,11 @@ def scan(table: Table, mapper: TableMapper, *, validate_kinds: bool = True, requ
         k = hashlib.blake2b(f"{mapped.patient_id}|{mapped.instance}".encode(), digest_size=8).digest()
         prev = res.index.seen_row(k, n, mapped.digest)
         if prev and not prev[1]:
-            res.add(RowIssue(n, mapper.m["patient"]["key"], mapped.patient_key,
+            res.add(RowIssue(n, mapper.key_label, mapped.patient_key,
                              f"duplicate patient row with conflicting values (first at row {prev[0]})"))
+            continue
+        if prev:  # an identical repeat of an earlier row: nothing new to write
+            res.duplicate_rows.add(n)
             continue
         known = res.index.patient(mapped.patient_key)
         if known is None:
@@ -153,7 +157,7 @@ def scan(table: Table, mapper: TableMapper, *, validate_kinds: bool = True, requ
             first_row, merged, _ = known
             conflict = [f for f, v in mapped.patient_fields.items() if f in merged and merged[f] != v]
             if conflict:
-                res.add(RowIssue(n, mapper.m["patient"]["key"], mapped.patient_key,
+                res.add(RowIssue(n, mapper.key_label, mapped.patient_key,
                                  f"duplicate patient row with conflicting {', '.join(conflict)} "
                                  f"(first at row {first_row})"))
                 continue
@@ -194,7 +198,7 @@ def iter_entries(table: Table, mapper: TableMapper, scanned: ScanResult, *,
         raise MappingError("refusing to write a file with invalid rows (rule: skip_invalid_rows is off)")
     scanned.index.reset_emitted()
     for n, row in table.rows():
-        if n in scanned.bad_rows or is_empty_row(row):
+        if n in scanned.bad_rows or n in scanned.duplicate_rows or is_empty_row(row):
             continue
         mapped, issues = mapper.map_row(n, row)
         if mapped is None or issues:
