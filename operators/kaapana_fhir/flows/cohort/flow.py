@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl
 from kaapana_fhir.clients.fhir import FhirClient
 from kaapana_fhir.core.cohort import tables as C
 from kaapana_fhir.core.cohort.views import CompiledView, compile_view, load_view, shipped_views
+from kaapana_fhir.core.sof.table import ViewTable
 from kaapana_fhir.exceptions import ConfigError
 
 log = logging.getLogger(__name__)
@@ -61,21 +62,27 @@ def parse_search(text: str) -> Search:
 
 @dataclass
 class FetchResult:
+    """What was fetched: resource ids per type (for de-duplication of ``_include``-d resources and counts);
+    the resources themselves only with ``keep_resources=True`` (memory: the flattened rows are what is kept)."""
     resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # type → id → resource
     requests: int = 0
     seconds: float = 0.0
+    keep_resources: bool = False
+    seen: dict[str, set[str]] = field(default_factory=dict)
 
     def add(self, res: dict[str, Any]) -> bool:
         rtype, rid = res.get("resourceType"), res.get("id")
         if not rtype or not rid:
             return False
-        bucket = self.resources.setdefault(rtype, {})
-        new = rid not in bucket
-        bucket[rid] = res
+        ids = self.seen.setdefault(rtype, set())
+        new = rid not in ids
+        ids.add(rid)
+        if self.keep_resources:
+            self.resources.setdefault(rtype, {})[rid] = res
         return new
 
     def count(self) -> dict[str, int]:
-        return {k: len(v) for k, v in sorted(self.resources.items())}
+        return {k: len(v) for k, v in sorted(self.seen.items())}
 
 
 def _with_count(params: Sequence[tuple[str, str]], count: int) -> list[tuple[str, str]]:
@@ -86,21 +93,23 @@ def _with_count(params: Sequence[tuple[str, str]], count: int) -> list[tuple[str
 
 
 class _Flattener:
-    """Runs the compiled views over resources as they arrive (one row list per view)."""
+    """Runs the compiled views over resources as they arrive; rows are kept as tuples (:class:`ViewTable`)."""
 
     def __init__(self, views: dict[str, CompiledView]) -> None:
         self.views = views
-        self.by_type: dict[str, list[tuple[str, CompiledView]]] = {}
+        self.by_type: dict[str, list[tuple[ViewTable, CompiledView]]] = {}
+        self.rows: dict[str, ViewTable] = {name: ViewTable(v.columns) for name, v in views.items()}
         for name, v in views.items():
-            self.by_type.setdefault(str(v.resource), []).append((name, v))
-        self.rows: dict[str, list[dict[str, Any]]] = {name: [] for name in views}
+            self.by_type.setdefault(str(v.resource), []).append((self.rows[name], v))
         self.seconds = 0.0
+        self.resources = 0
 
     def feed(self, resources: Iterable[dict[str, Any]]) -> None:
         t = time.perf_counter()
         for res in resources:
-            for name, v in self.by_type.get(res.get("resourceType", ""), ()):
-                self.rows[name].extend(v.rows(res))
+            self.resources += 1
+            for table, v in self.by_type.get(res.get("resourceType", ""), ()):
+                table.tuples.extend(v.tuples(res))
         self.seconds += time.perf_counter() - t
 
 
@@ -132,7 +141,7 @@ def _run_streams(client: FhirClient, searches: list[Search], count: int, workers
                  consume: Any) -> None:
     """Run ``searches`` on ``workers`` threads; ``consume`` every page in this thread as it arrives, so the
     flattening overlaps the server's work."""
-    q: queue.Queue = queue.Queue(maxsize=64)
+    q: queue.Queue = queue.Queue(maxsize=8)  # bounded: at most a few pages in memory
     pending = list(reversed(searches))
     running = 0
     threads = []
@@ -140,7 +149,8 @@ def _run_streams(client: FhirClient, searches: list[Search], count: int, workers
     def start() -> None:
         nonlocal running
         s = pending.pop()
-        t = threading.Thread(target=_stream, args=(client, s, count, q), daemon=True, name=f"fhir-search-{s.resource_type}")
+        t = threading.Thread(target=_stream, args=(client, s, count, q), daemon=True,
+                             name=f"fhir-search-{s.resource_type}")
         t.start()
         threads.append(t)
         running += 1
@@ -163,9 +173,11 @@ def _run_streams(client: FhirClient, searches: list[Search], count: int, workers
 
 def fetch_and_flatten(client: FhirClient, views: dict[str, CompiledView], *, searches: Sequence[str] = (),
                       patient_search: str | None = None, count: int = 1000, batch: int = 100,
-                      workers: int = 3) -> tuple[FetchResult, dict[str, list[dict[str, Any]]]]:
-    """Fetch (see module doc) and flatten; resources seen twice (includes) are flattened once."""
-    result = FetchResult()
+                      workers: int = 3, keep_resources: bool = False) -> tuple[FetchResult, dict[str, ViewTable]]:
+    """Fetch (see module doc) and flatten page by page; resources seen twice (includes) are flattened once.
+    Rows come back per view as :class:`ViewTable` (a sequence of dicts stored as tuples); the resources
+    themselves are dropped after flattening unless ``keep_resources``."""
+    result = FetchResult(keep_resources=keep_resources)
     flat = _Flattener(views)
     t0 = time.perf_counter()
     req0 = client.stats.requests
@@ -194,27 +206,35 @@ def fetch_and_flatten(client: FhirClient, views: dict[str, CompiledView], *, sea
     return result, flat.rows
 
 
-def write_outputs(cohort: C.Cohort, out_dir: str | Path, *, extra_tables: dict[str, list[dict[str, Any]]] | None = None,
+def write_outputs(cohort: C.Cohort, out_dir: str | Path, *, extra_tables: dict[str, Any] | None = None,
                   dataset: dict[str, Any] | None = None, formats: Sequence[str] = ("parquet", "csv")) -> list[Path]:
-    """Write ``cohort.*``, ``patients.*``, ``radiomics_long.*``, ``radiomics_wide.*``, ``series.*``, ``studies.*``
-    (+ extra view tables) and ``dataset.json`` into ``out_dir``."""
+    """Write ``cohort.*``, ``patients.*``, ``radiomics_long.*``, ``radiomics_wide.*``, ``series.*``, ``studies.*``,
+    ``data_dictionary.*`` (+ extra view tables), ``cohort_meta.json`` (variables, features, labels, units,
+    dropped resources) and ``dataset.json`` into ``out_dir``. Parquet fields carry their label (display text)
+    as field metadata and ``cohort.parquet`` the data dictionary as schema metadata."""
     import pandas as pd
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    dictionary = cohort.dictionary
     frames = {"cohort": cohort.table, "patients": cohort.patients, "radiomics_long": cohort.radiomics_long,
-              "radiomics_wide": cohort.radiomics_wide, "series": cohort.series, "studies": cohort.studies}
+              "radiomics_wide": cohort.radiomics_wide, "series": cohort.series, "studies": cohort.studies,
+              "data_dictionary": dictionary}
     for name, rows in (extra_tables or {}).items():
-        frames.setdefault(name, pd.DataFrame(rows))
-    frames["cohort"].attrs = {"clinical_variables": cohort.clinical_variables,
-                              "feature_columns": cohort.feature_columns}
+        frames.setdefault(name, rows.frame() if hasattr(rows, "frame") else pd.DataFrame(rows))
+    labels = dict(zip(dictionary["column"], dictionary["label"], strict=True))
+    meta_doc = {"clinical_variables": cohort.clinical_variables, "feature_columns": cohort.feature_columns,
+                "labels": cohort.labels, "units": cohort.units, "dropped": cohort.dropped}
+    for name in ("cohort", "patients", "radiomics_wide"):
+        frames[name].attrs = {"labels": {c: labels[c] for c in frames[name].columns if c in labels},
+                              "units": cohort.units}
+    frames["cohort"].attrs["kaapana_fhir"] = {**meta_doc, "dictionary": dictionary.to_dict(orient="records")}
     written = []
     for name, df in frames.items():
         for fmt in formats:
             written.append(C.write_table(df, out / f"{name}.{fmt}"))
     meta = out / "cohort_meta.json"
-    meta.write_text(json.dumps({"clinical_variables": cohort.clinical_variables,
-                                "feature_columns": cohort.feature_columns}, indent=1), encoding="utf-8")
+    meta.write_text(json.dumps(meta_doc, indent=1, default=str), encoding="utf-8")
     written.append(meta)
     if dataset is not None:
         p = out / "dataset.json"
@@ -234,17 +254,50 @@ def upload(store: Any, bucket: str, prefix: str, paths: Sequence[Path]) -> list[
     return keys
 
 
+@dataclass
+class CohortBuild:
+    """A cohort built from a FHIR server: all patients (:attr:`cohort`), the filtered ones (:attr:`selected`),
+    the data dictionary, dropped-resource counts, the view rows and the fetch statistics."""
+    cohort: C.Cohort
+    selected: C.Cohort
+    rows: dict[str, ViewTable]
+    fetched: FetchResult
+    join_seconds: float = 0.0
+
+    @property
+    def dictionary(self) -> Any:
+        """One row per column of the cohort table (label, source, code, unit, ...): a DataFrame."""
+        return self.selected.dictionary
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Resources that could not be joined to a patient, by type and reason."""
+        return self.cohort.dropped
+
+
+def build_cohort(client: FhirClient, *, searches: Sequence[str] = (), patient_search: str | None = None,
+                 view_files: Sequence[str | Path] = (), filters: Sequence[str] = (), count: int = 1000,
+                 views: dict[str, CompiledView] | None = None) -> CohortBuild:
+    """Fetch (searches or a patient search + their data), flatten with the views as pages arrive, join and
+    filter (``filters``: conditions, ``;``-separated allowed). No files are written."""
+    views = views if views is not None else load_views(view_files)
+    fetched, rows = fetch_and_flatten(client, views, searches=searches, patient_search=patient_search, count=count)
+    t = time.perf_counter()
+    cohort = C.build_cohort(rows)
+    selected = C.apply_filters(cohort, list(filters))
+    return CohortBuild(cohort, selected, rows, fetched, time.perf_counter() - t)
+
+
 def run_cohort(client: FhirClient, out_dir: str | Path, *, searches: Sequence[str] = (),
                patient_search: str | None = None, view_files: Sequence[str | Path] = (),
                filters: Sequence[str] = (), modality: str | None = "CT", dataset_name: str = "fhir-cohort",
                store: Any = None, bucket: str | None = None, prefix: str = "fhir-cohort",
                formats: Sequence[str] = ("parquet", "csv"), count: int = 1000) -> dict[str, Any]:
-    """The whole job; returns a small JSON-able summary (counts, paths, object keys, timings)."""
-    views = load_views(view_files)
-    fetched, rows = fetch_and_flatten(client, views, searches=searches, patient_search=patient_search, count=count)
-    t = time.perf_counter()
-    cohort = C.build_cohort(rows)
-    selected = C.apply_filters(cohort, list(filters))
+    """The whole job; returns a small JSON-able summary (counts, paths, object keys, timings, dropped)."""
+    built = build_cohort(client, searches=searches, patient_search=patient_search, view_files=view_files,
+                         filters=filters, count=count)
+    t = time.perf_counter() - built.join_seconds
+    fetched, rows, cohort, selected = built.fetched, built.rows, built.cohort, built.selected
     dataset = C.series_dataset(selected, modality=modality, dataset_name=dataset_name)
     extra = {k: v for k, v in rows.items() if k not in C.VIEW_NAMES}
     paths = write_outputs(selected, out_dir, extra_tables=extra, dataset=dataset, formats=formats)
@@ -254,9 +307,9 @@ def run_cohort(client: FhirClient, out_dir: str | Path, *, searches: Sequence[st
     summary = {
         "resources": fetched.count(), "requests": fetched.requests, "fetch_seconds": round(fetched.seconds, 3),
         "join_seconds": round(time.perf_counter() - t, 3),
-        "rows": {k: len(v) for k, v in rows.items()},
+        "rows": {k: len(v) for k, v in rows.items()}, "dropped": cohort.dropped,
         "patients": len(cohort.patients), "selected_patients": len(selected.patients),
-        "filters": list(filters), "series_uids": len(dataset["data_form"]["identifiers"]),
+        "filters": C.split_filters(list(filters)), "series_uids": len(dataset["data_form"]["identifiers"]),
         "out_dir": str(out_dir), "files": [p.name for p in paths], "bucket": bucket if keys else None,
         "object_keys": keys, "dataset": dataset,
     }

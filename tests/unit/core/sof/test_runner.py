@@ -14,6 +14,21 @@ from tests.support.cohort_data import cohort_resources
 VIEWS = Path(__file__).resolve().parents[4] / "operators" / "kaapana_fhir" / "data" / "views"
 
 
+EXTRA: list[dict[str, Any]] = [
+    {"resourceType": "Observation", "id": "bp", "status": "final", "subject": {"reference": "Patient/x"},
+     "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9", "display": "Blood pressure panel"}]},
+     "effectiveDateTime": "2020-01-01T10:00:00Z",
+     "component": [{"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                    "valueQuantity": {"value": 120, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+                   {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+                    "valueQuantity": {"value": 80, "unit": "mmHg"}}]},
+    {"resourceType": "Observation", "id": "w", "status": "final", "subject": {"reference": "Group/g"},
+     "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+     "valueQuantity": {"value": 150, "system": "http://unitsofmeasure.org", "code": "[lb_av]"}},
+    {"resourceType": "Condition", "id": "c", "subject": {"reference": "#p"}, "code": {"coding": [{"code": "x"}]}},
+]
+
+
 def _view(**over: Any) -> dict[str, Any]:
     v: dict[str, Any] = {"resourceType": "ViewDefinition", "name": "obs", "resource": "Observation",
                          "select": [{"column": [{"name": "id", "path": "getResourceKey()"}]}]}
@@ -79,7 +94,7 @@ def test_shipped_views_compiled_equal_fhirpathpy(name: str) -> None:
     fast = compile_view(view)
     ref = compile_view(view, engine="fhirpathpy")
     assert fast.fallback_paths() == [], "shipped views should compile completely"
-    resources = cohort_resources("urn:test:sof", 3, n_clinical=6, n_features=5, n_segments=2)
+    resources = cohort_resources("urn:test:sof", 3, n_clinical=6, n_features=5, n_segments=2) + EXTRA
     rows_fast = [r for res in resources for r in fast.rows(res)]
     rows_ref = [r for res in resources for r in ref.rows(res)]
     assert rows_fast
