@@ -21,7 +21,7 @@ from typing import Any
 from kaapana_fhir.airflow_compat import AirflowNotFoundException, BaseHook
 from kaapana_fhir.clients.dicomweb import DicomWeb
 from kaapana_fhir.clients.fhir import FhirClient
-from kaapana_fhir.clients.s3 import ObjectStore
+from kaapana_fhir.clients.s3 import ObjectStore, object_store_from_env
 from kaapana_fhir.exceptions import ConfigError
 
 
@@ -160,9 +160,8 @@ class ObjectStoreHook(BaseHook):
             url = os.environ.get("S3_ENDPOINT_URL") or os.environ.get("MINIO_URL")
             if not url:
                 raise ConfigError(f"no Airflow connection {self.s3_conn_id!r} and no S3_ENDPOINT_URL/MINIO_URL set")
-            if not url.startswith(("http://", "https://")):
-                url = "http://" + url
-            return ObjectStore(url, os.environ.get("S3_ACCESS_KEY"), os.environ.get("S3_SECRET_KEY"))
+            # Kaapana's Airflow: its project/system user via Keycloak + MinIO STS; else static keys from the env
+            return object_store_from_env(os.environ)
         extra = _extra(conn)
         return ObjectStore(extra.get("endpoint_url") or None, conn.login, conn.password,
                            region=extra.get("region_name", "us-east-1"), verify=extra.get("verify", True))

@@ -23,9 +23,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kaapana_fhir.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from kaapana_fhir.clients.s3 import S3Credentials
 
 log = logging.getLogger(__name__)
 
@@ -175,11 +178,13 @@ class KaapanaRun:
             url = f"http://{url}"
         return url or None
 
-    def s3_credentials(self) -> tuple[str | None, str | None]:
-        return (
-            self.env.get("S3_ACCESS_KEY") or self.env.get("MINIO_ACCESS_KEY") or None,
-            self.env.get("S3_SECRET_KEY") or self.env.get("MINIO_SECRET_KEY") or None,
-        )
+    def s3_credentials(self) -> S3Credentials:
+        """Object-store credentials, chosen by configuration (``clients.s3.credentials_from_env``): in a
+        Kaapana pod the project user (``KAAPANA_PROJECT_USER_*``, ``KAAPANA_CLIENT_SECRET``, ``KEYCLOAK_URL``)
+        for Keycloak + MinIO STS; static ``S3_ACCESS_KEY``/``S3_SECRET_KEY`` elsewhere."""
+        from kaapana_fhir.clients.s3 import credentials_from_env
+
+        return credentials_from_env(self.env)
 
     def project_bucket(self) -> str | None:
         """The project's bucket (``project_form.s3_bucket``); never hard-coded."""

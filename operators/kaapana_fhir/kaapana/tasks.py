@@ -127,8 +127,7 @@ def dicomweb_client(k: KaapanaRun) -> Any:
 def object_store(k: KaapanaRun) -> Any:
     from kaapana_fhir.clients.s3 import ObjectStore
 
-    access, secret = k.s3_credentials()
-    return ObjectStore(k.s3_endpoint(), access, secret)
+    return ObjectStore(k.s3_endpoint(), credentials=k.s3_credentials())
 
 
 # ---------------------------------------------------------------------------------------------- tasks

@@ -16,15 +16,28 @@ moto = pytest.importorskip("moto")
 BUCKET = "watch-test"
 
 
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    """moto's S3 in-process on 127.0.0.1 (the minio client speaks real HTTP; unit test: no MinIO)."""
+    from moto.server import ThreadedMotoServer
+
+    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    srv.start()
+    host, port = srv.get_host_and_port()
+    yield f"http://{host}:{port}"
+    srv.stop()
+
+
 @pytest.fixture()
-def store(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def store(moto_url: str) -> Iterator[Any]:
+    import requests
+
     from kaapana_fhir.clients.s3 import ObjectStore
 
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with moto.mock_aws():
-        s = ObjectStore(None, "test", "test")
-        s.ensure_bucket(BUCKET)
-        yield s
+    requests.post(f"{moto_url}/moto-api/reset", timeout=10)
+    s = ObjectStore(moto_url, "test", "test")
+    s.ensure_bucket(BUCKET)
+    yield s
 
 
 class FakeFhir:
