@@ -279,14 +279,14 @@ def test_tls_verification_is_on_by_default(monkeypatch: pytest.MonkeyPatch) -> N
     assert FhirClient("https://fhir.example.org/fhir").session.verify is True
     assert DicomWeb("https://pacs.example.org/dicom-web").session.verify is True
     store = ObjectStore("https://minio.example.org", "a", "b")
-    assert store._client._endpoint.http_session._verify is True
+    assert store._client._http.connection_pool_kw["cert_reqs"] == "CERT_REQUIRED"
     monkeypatch.setenv("AIRFLOW_CONN_FHIR_SECTEST", json.dumps({"conn_type": "http", "host": "https://f.example/fhir"}))
     monkeypatch.setenv("AIRFLOW_CONN_DW_SECTEST", json.dumps({"conn_type": "http", "host": "https://d.example/dw"}))
     monkeypatch.setenv("AIRFLOW_CONN_S3_SECTEST", json.dumps(
         {"conn_type": "aws", "login": "a", "password": "b", "extra": {"endpoint_url": "https://m.example"}}))
     assert FhirHook("fhir_sectest").get_conn().session.verify is True
     assert DicomWebHook("dw_sectest").get_conn().session.verify is True
-    assert ObjectStoreHook("s3_sectest").get_conn()._client._endpoint.http_session._verify is True
+    assert ObjectStoreHook("s3_sectest").get_conn()._client._http.connection_pool_kw["cert_reqs"] == "CERT_REQUIRED"
     # and it is only off when configured
     assert FhirClient("https://fhir.example.org/fhir", verify=False).session.verify is False
 
