@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from kaapana_fhir.core import limits as L
 from kaapana_fhir.exceptions import MappingError
 

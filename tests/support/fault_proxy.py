@@ -1,17 +1,45 @@
-"""A loopback HTTP proxy that injects faults (status codes, delays) in front of a real server.
+"""A loopback HTTP proxy that injects faults in front of a real server (HAPI FHIR, Orthanc).
 
-Used for faults a real server cannot produce on demand (HAPI answering 429/503 for a while).
+Used for faults a real server cannot produce on demand: HAPI answering 429/503 for a while, a gateway answering
+200 with an OperationOutcome or an HTML page, an answer cut off after the server committed, a connection dropped
+after the request was sent, a search ``next`` link pointing to another origin, a server that stalls, and forced
+interleavings of concurrent writers (a hook that runs before a request is forwarded).
 Binds to 127.0.0.1 on a free port; counts requests; forwards everything else unchanged.
+
+Modes (``FaultPlan.mode``, applied to ``FaultPlan.times`` matching requests, then the proxy forwards normally):
+
+* ``outcome200``: answer 200 ``application/fhir+json`` with an OperationOutcome; **not forwarded** (a gateway
+  that swallowed the request).
+* ``html200``: answer 200 ``text/html`` (a login page / error page of a gateway); not forwarded.
+* ``truncate``: forward (the server commits), then send the status line, headers with the full
+  ``Content-Length`` and only half of the body, and close the connection.
+* ``truncate_eof``: forward, then send half of the body without ``Content-Length`` and close (the body ends
+  early, cleanly: only the JSON is broken).
+* ``drop_after_send``: forward (the server commits), then close the connection without any answer.
+* ``cross_origin_next``: forward; rewrite a searchset's ``next`` link to ``foreign_origin``.
+* ``stall``: wait ``stall_s`` seconds (or until the proxy stops) before doing anything.
 """
 
 from __future__ import annotations
 
 import http.server
+import json
+import socket
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from typing_extensions import Self
+
+MODES = ("outcome200", "html200", "truncate", "truncate_eof", "drop_after_send", "cross_origin_next", "stall")
+
+OUTCOME = {"resourceType": "OperationOutcome",
+           "issue": [{"severity": "error", "code": "exception", "diagnostics": "gateway: upstream unavailable"}]}
+HTML = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body><form>login</form></body></html>"
 
 
 @dataclass
@@ -20,9 +48,25 @@ class FaultPlan:
     statuses: list[int] = field(default_factory=list)
     retry_after: str | None = None
     only_methods: tuple[str, ...] = ()
+    #: one of :data:`MODES`, applied to the next ``times`` matching requests (-1: all)
+    mode: str | None = None
+    times: int = -1
+    #: only requests whose path contains this text get the mode (e.g. ``"_getpages"``)
+    path_contains: str = ""
+    stall_s: float = 30.0
+    foreign_origin: str = ""
+    #: called as ``before_forward(method, path, body)`` before a request is forwarded (forced interleavings)
+    before_forward: Callable[[str, str, bytes | None], None] | None = None
     seen: int = 0
     injected: int = 0
+    mode_applied: int = 0
+    #: Authorization / Cookie headers of every request the proxy received: (method, path, auth, cookie)
+    received: list[tuple[str, str, str | None, str | None]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.mode is not None and self.mode not in MODES:
+            raise ValueError(f"unknown fault mode {self.mode!r}; one of {MODES}")
 
     def next_fault(self, method: str) -> int | None:
         with self.lock:
@@ -34,6 +78,19 @@ class FaultPlan:
                 return self.statuses.pop(0)
             return None
 
+    def take_mode(self, method: str, path: str) -> str | None:
+        with self.lock:
+            if self.mode is None or self.times == 0:
+                return None
+            if self.only_methods and method not in self.only_methods:
+                return None
+            if self.path_contains and self.path_contains not in path:
+                return None
+            if self.times > 0:
+                self.times -= 1
+            self.mode_applied += 1
+            return self.mode
+
 
 class FaultProxy:
     def __init__(self, target: str, plan: FaultPlan | None = None) -> None:
@@ -41,6 +98,7 @@ class FaultProxy:
         self.plan = plan or FaultPlan()
         t = urlsplit(self.target)
         self._target_origin = f"{t.scheme}://{t.netloc}"
+        self._stopping = threading.Event()
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -49,12 +107,36 @@ class FaultProxy:
             def log_message(self, *args: object) -> None:  # quiet
                 return
 
+            def _answer(self, status: int, ctype: str, payload: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def _drop(self) -> None:
+                self.close_connection = True
+                try:
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
             def _handle(self) -> None:
+                try:
+                    self._serve()
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test): fine
+                    self.close_connection = True
+
+            def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                proxy.plan.received.append((self.command, self.path, self.headers.get("Authorization"),
+                                            self.headers.get("Cookie")))
                 fault = proxy.plan.next_fault(self.command)
                 if fault is not None:
-                    payload = b'{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"transient","diagnostics":"injected"}]}'
+                    payload = json.dumps({**OUTCOME, "issue": [{"severity": "error", "code": "transient",
+                                                                "diagnostics": "injected"}]}).encode()
                     self.send_response(fault)
                     self.send_header("Content-Type", "application/fhir+json")
                     self.send_header("Content-Length", str(len(payload)))
@@ -63,28 +145,137 @@ class FaultProxy:
                     self.end_headers()
                     self.wfile.write(payload)
                     return
+                mode = proxy.plan.take_mode(self.command, self.path)
+                if mode == "stall":
+                    proxy._stopping.wait(proxy.plan.stall_s)
+                if mode == "outcome200":
+                    self._answer(200, "application/fhir+json", json.dumps(OUTCOME).encode())
+                    return
+                if mode == "html200":
+                    self._answer(200, "text/html; charset=utf-8", HTML)
+                    return
+                if proxy.plan.before_forward is not None:
+                    proxy.plan.before_forward(self.command, self.path, body)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
                 resp = requests.request(self.command, proxy._target_origin + self.path, data=body, headers=headers,
                                         timeout=120, allow_redirects=False)
                 content = resp.content.replace(proxy._target_origin.encode(), proxy.origin.encode())
+                if mode == "drop_after_send":
+                    self._drop()
+                    return
+                if mode == "cross_origin_next" and content[:1] == b"{":
+                    doc = json.loads(content)
+                    for link in doc.get("link", []):
+                        if link.get("relation") == "next":
+                            link["url"] = link["url"].replace(proxy.origin, proxy.plan.foreign_origin)
+                    content = json.dumps(doc).encode()
                 self.send_response(resp.status_code)
                 for k, v in resp.headers.items():
                     if k.lower() in ("content-length", "transfer-encoding", "connection", "content-encoding"):
                         continue
                     self.send_header(k, v.replace(proxy._target_origin, proxy.origin))
+                if mode == "truncate_eof":
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(content[: len(content) // 2])
+                    self._drop()
+                    return
                 self.send_header("Content-Length", str(len(content)))
                 self.end_headers()
+                if mode == "truncate":
+                    self.wfile.write(content[: len(content) // 2])
+                    self._drop()
+                    return
                 self.wfile.write(content)
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self.origin = f"http://127.0.0.1:{self.port}"
         self.url = self.origin + urlsplit(self.target).path
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    def __enter__(self) -> FaultProxy:
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class RecordingServer:
+    """A foreign origin (another port on 127.0.0.1) that records the credentials sent to it and answers an
+    empty searchset. Used to prove that credentials never leave the configured FHIR origin."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        rec = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                return
+
+            def do_GET(self) -> None:
+                rec.received.append({"path": self.path, "authorization": self.headers.get("Authorization"),
+                                     "cookie": self.headers.get("Cookie"), "at": time.time()})
+                payload = b'{"resourceType":"Bundle","type":"searchset","entry":[]}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/fhir+json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.origin = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class RedirectServer:
+    """Answers every request with a redirect (``status``) to ``location`` + the request path."""
+
+    def __init__(self, location: str, status: int = 302) -> None:
+        self.received: list[str | None] = []
+        srv = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                return
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                srv.received.append(self.headers.get("Authorization"))
+                self.send_response(status)
+                self.send_header("Location", location + self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = do_PUT = _handle
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.origin = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

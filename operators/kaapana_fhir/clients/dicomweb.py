@@ -7,13 +7,15 @@ search values are passed as parameters (encoded by requests), never spliced into
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import requests
 from dicomweb_client.api import DICOMwebClient
+from requests.adapters import BaseAdapter
 
-from kaapana_fhir.clients.fhir import redact_url
+from kaapana_fhir.clients.fhir import redact_text, redact_url
 from kaapana_fhir.exceptions import DicomWebError
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,44 @@ SERIES_INCLUDE_FIELDS = (
 )
 
 
+RETRY_STATUS = frozenset({408, 429, 502, 503, 504})
+MAX_ATTEMPTS = 4
+RETRY_WAIT_S = 0.5
+
+
+class _Transient(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+class _TimeoutAdapter(BaseAdapter):
+    """Delegates to the session's adapter, giving every request ``timeout`` when the caller set none
+    (dicomweb-client sends its requests without a timeout: a stalled PACS would block forever)."""
+
+    def __init__(self, inner: BaseAdapter, timeout: float | tuple[float, float]) -> None:
+        super().__init__()
+        self.inner, self.timeout = inner, timeout
+
+    def send(self, request: requests.PreparedRequest, stream: bool = False,
+             timeout: float | tuple[float, float] | tuple[float, None] | None = None, verify: bool | str = True,
+             cert: Any = None, proxies: Any = None) -> requests.Response:
+        return self.inner.send(request, stream=stream, timeout=self.timeout if timeout is None else timeout,
+                               verify=verify, cert=cert, proxies=proxies)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _userinfo(url: str) -> tuple[str, str] | None:
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    if parts.username is None:
+        return None
+    return unquote(parts.username), unquote(parts.password or "")
+
+
 class DicomWeb:
     """A DICOMweb service (e.g. Orthanc ``http://127.0.0.1:8042/dicom-web`` or Kaapana's dcm4chee).
 
@@ -35,21 +75,33 @@ class DicomWeb:
     url: the DICOMweb base (QIDO/WADO/STOW prefixes are the same, as in Orthanc and dcm4chee).
     session: a prepared ``requests.Session`` (auth, certificates).
     token: bearer token.
+    timeout: seconds per request (connect and each read), for every QIDO/WADO/STOW call.
+
+    Credentials in the URL (``http://user:pass@pacs/dicom-web``) move into the session; ``url`` and
+    ``wado_rs_base`` (``Endpoint.address``) never contain them.
     """
 
     def __init__(self, url: str, *, session: requests.Session | None = None, token: str | None = None,
                  verify: bool | str = True, timeout: float = 60.0) -> None:
         if not url or not url.strip():
             raise ValueError('Argument "url" must not be empty.')
-        self.url = url.strip().rstrip("/")
         self.session = session or requests.Session()
+        creds = _userinfo(url.strip())
+        if creds:
+            self.session.auth = creds
+        self.url = redact_url(url.strip()).rstrip("/")
         self.session.verify = verify
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
         self.timeout = timeout
-        self._client = DICOMwebClient(url=self.url, session=self.session)
-        self._client.set_http_retry_params(retry=True, max_attempts=4, wait_exponential_multiplier=500,
-                                           retriable_error_codes=(408, 429, 502, 503, 504))
+        for prefix in ("https://", "http://"):
+            inner = self.session.get_adapter(prefix)
+            if not isinstance(inner, _TimeoutAdapter):
+                self.session.mount(prefix, _TimeoutAdapter(inner, timeout))
+        self._client = DICOMwebClient(url=self.url, session=self.session, timeout=timeout)
+        # dicomweb-client's own retry (the ``retrying`` package) also retries every exception, so a stalled
+        # PACS took max_attempts x timeout + back-off: retries are done here instead, on status codes only
+        self._client.set_http_retry_params(retry=False)
 
     @property
     def wado_rs_base(self) -> str:
@@ -57,19 +109,39 @@ class DicomWeb:
         return self.url
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                return self._once(what, fn, *args, **kwargs)
+            except _Transient as exc:
+                if attempt == MAX_ATTEMPTS:
+                    raise DicomWebError(f"DICOMweb {what} at {redact_url(self.url)} failed with HTTP {exc.status} "
+                                        f"after {MAX_ATTEMPTS} attempts") from None
+                wait = min(RETRY_WAIT_S * 2 ** (attempt - 1), 8.0)
+                log.warning("DICOMweb %s: HTTP %s, retry %d/%d in %.1fs", what, exc.status, attempt, MAX_ATTEMPTS,
+                            wait)
+                time.sleep(wait)
+        return None  # pragma: no cover - the loop returns or raises
+
+    def _once(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except requests.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else 0
             if status == 404:
                 return None
+            if status in RETRY_STATUS:
+                raise _Transient(status) from None
             raise DicomWebError(f"DICOMweb {what} at {redact_url(self.url)} failed with HTTP {status}") from None
         except (requests.ConnectionError, requests.Timeout) as exc:
+            why = f"no answer within {self.timeout}s" if isinstance(exc, requests.Timeout) else type(exc).__name__
             raise DicomWebError(f"DICOMweb server at {redact_url(self.url)} is unreachable during {what}: "
-                                f"{type(exc).__name__}. Check the DICOMweb URL and that the PACS runs.") from None
+                                f"{why}. Check the DICOMweb URL and that the PACS runs.") from None
         except Exception as exc:  # dicomweb-client wraps retries in tenacity.RetryError
             if type(exc).__name__ == "RetryError":
                 raise DicomWebError(f"DICOMweb {what} at {redact_url(self.url)} kept failing after retries") from None
+            if isinstance(exc, ValueError):  # dicomweb-client: an answer that is not DICOM JSON / multipart
+                raise DicomWebError(f"DICOMweb {what} at {redact_url(self.url)}: unexpected answer "
+                                    f"({redact_text(str(exc))[:200]})") from None
             raise
 
     # QIDO-RS ---------------------------------------------------------------

@@ -45,6 +45,52 @@ log = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({408, 429, 502, 503, 504})
 FHIR_JSON = "application/fhir+json"
+_NOT_SENT = ("NewConnectionError", "Failed to resolve", "Connection refused", "Name or service not known",
+             "No route to host", "nodename nor servname")
+MAX_REDIRECTS = 5
+#: server-managed elements ignored when comparing what we sent with what the server stored
+SERVER_MANAGED = ("meta", "text")
+
+
+class UnexpectedResponse(FhirServerError):
+    """The server (or a gateway in front of it) answered a 2xx that is not what FHIR promises: HTML, non-JSON, a
+    truncated body, an OperationOutcome instead of the resource, or a transaction answer that does not confirm
+    every entry. The message names the URL, the status and the content type."""
+
+
+class AmbiguousWrite(FhirServerError):
+    """A write was sent but its answer was lost or unreadable, and re-reading did not show it fully stored.
+
+    ``committed`` / ``total``: entries found stored by re-reading (each transaction is all-or-nothing on the
+    server; a re-run writes the same deterministic resources again)."""
+
+    def __init__(self, message: str, *, committed: int = 0, total: int = 0, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.committed = committed
+        self.total = total
+
+
+class AnswerLost(FhirConnectionError):
+    """The request was sent but its answer was lost (read timeout, connection dropped, body cut off): the
+    server may or may not have applied it."""
+
+
+class CrossOriginRefused(FhirServerError):
+    """A next link or redirect points to another origin than the configured base URL; credentials are never
+    sent there."""
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a URL, default ports filled in."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or {"http": 80, "https": 443}.get(scheme, 0)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def _origin_text(url: str) -> str:
+    scheme, host, port = origin(url)
+    return f"{scheme}://{host}:{port}"
 
 
 class _Retryable(Exception):
@@ -80,6 +126,14 @@ def redact_url(url: str) -> str:
             netloc += f":{parts.port}"
         return parts._replace(netloc=netloc).geturl()
     return url
+
+
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s'\"]+@")
+
+
+def redact_text(text: str) -> str:
+    """Drop the userinfo of every URL inside a free text (exception texts from requests/urllib3)."""
+    return _USERINFO.sub(r"\1", text)
 
 
 # ------------------------------------------------------------------ Kaapana projects = HAPI partitions
@@ -156,8 +210,8 @@ class FhirClient:
 
     # ------------------------------------------------------------------ low level
     def _url(self, path: str) -> str:
-        if path.startswith("http://") or path.startswith("https://"):
-            return path
+        if path.startswith(("http://", "https://")):
+            return redact_url(path)  # userinfo in a link is never turned into credentials
         return urljoin(self.base_url + "/", path.lstrip("/"))
 
     def _log_retry(self, state: RetryCallState) -> None:
@@ -176,10 +230,48 @@ class FhirClient:
                 return min(float(ra), self.retry.max_wait)
         return base
 
+    def _check_origin(self, url: str, what: str) -> None:
+        """Credentials (session auth, ``Authorization``, cookies) only ever go to the configured base origin."""
+        if origin(url) != origin(self.base_url):
+            raise CrossOriginRefused(
+                f"FHIR {what} points to {_origin_text(redact_url(url))}, not to the configured server "
+                f"{_origin_text(self.base_url)}; refused, credentials are never sent to another origin (rule: same "
+                "scheme, host and port as the FHIR base URL; fix the server's public base address, e.g. HAPI "
+                "server_address or the proxy's X-Forwarded-* headers)", url=redact_url(url))
+
+    def _send(self, method: str, url: str, *, params: Any, data: bytes | None,
+              headers: dict[str, str]) -> requests.Response:
+        """One HTTP exchange; redirects are followed only within the base origin (never with credentials
+        elsewhere), at most :data:`MAX_REDIRECTS`."""
+        for _ in range(MAX_REDIRECTS + 1):
+            self._check_origin(url, "request")
+            resp = self.session.request(method, url, params=params, data=data, headers=headers,
+                                        timeout=self.timeout, allow_redirects=False)
+            if resp.status_code not in (301, 302, 303, 307, 308) or "Location" not in resp.headers:
+                return resp
+            target = urljoin(url, resp.headers["Location"])
+            if origin(target) != origin(self.base_url):
+                resp.close()
+                self._check_origin(target, f"redirect ({resp.status_code}) from {redact_url(url)}")
+            if resp.status_code in (301, 302, 303) and method not in ("GET", "HEAD"):
+                resp.close()
+                raise UnexpectedResponse(
+                    f"FHIR {method} {redact_url(url)} was redirected ({resp.status_code}) to "
+                    f"{redact_url(target)}; refused (rule: a write is never re-sent as GET; use the final base URL)",
+                    status_code=resp.status_code, url=redact_url(url))
+            url, params = target, None
+        raise UnexpectedResponse(f"FHIR {method} {redact_url(url)}: more than {MAX_REDIRECTS} redirects",
+                                 url=redact_url(url))
+
     def request(self, method: str, path: str, *, params: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
                 json_body: Any = None, headers: Mapping[str, str] | None = None,
                 ok: Iterable[int] = (200, 201)) -> requests.Response:
-        """Send one request with the retry policy; raise a typed error on a non-``ok`` status."""
+        """Send one request with the retry policy; raise a typed error on a non-``ok`` status.
+
+        A failure after the request was sent (read timeout, connection dropped, truncated answer) raises
+        :class:`AnswerLost` so that writers re-read what was committed; a URL or redirect to another origin
+        raises :class:`CrossOriginRefused` before anything is sent there.
+        """
         url = self._url(path)
         safe_url = redact_url(url)
         hdrs = dict(headers or {})
@@ -198,8 +290,15 @@ class FhirClient:
             t0 = time.perf_counter()
             self.stats.requests += 1
             try:
-                resp = self.session.request(method, url, params=params, data=data, headers=hdrs,
-                                            timeout=self.timeout)
+                resp = self._send(method, url, params=params, data=data, headers=hdrs)
+                try:
+                    _ = resp.content  # read the whole body inside the timeout; a truncated body raises here
+                except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError,
+                        requests.ConnectionError) as exc:
+                    ctype = resp.headers.get("Content-Type", "") or "no Content-Type"
+                    raise AnswerLost(f"FHIR {method} {safe_url} answered HTTP {resp.status_code} with {ctype} but "
+                                     f"the body was cut off ({type(exc).__name__}); what the server stored is unknown",
+                                     status_code=resp.status_code, url=safe_url) from None
             finally:
                 self.stats.seconds += time.perf_counter() - t0
             self.stats.by_status[resp.status_code] = self.stats.by_status.get(resp.status_code, 0) + 1
@@ -214,13 +313,24 @@ class FhirClient:
         except _Retryable as exc:
             resp = exc.response
             self._raise(resp, safe_url, method, note=f" after {self.retry.max_attempts} attempts")
-        except requests.Timeout as exc:
-            raise FhirConnectionError(f"FHIR server at {safe_url} did not answer {method} within "
-                                      f"{self.timeout}s: {type(exc).__name__}", url=safe_url) from None
-        except requests.ConnectionError as exc:
+        except (requests.ConnectTimeout, requests.exceptions.SSLError) as exc:
             raise FhirConnectionError(f"FHIR server at {safe_url} is unreachable ({method}): "
-                                      f"{_short(exc)}. Check the FHIR base URL and that the server runs.",
+                                      f"{type(exc).__name__}. Check the FHIR base URL and that the server runs.",
                                       url=safe_url) from None
+        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as exc:
+            raise AnswerLost(f"FHIR {method} {safe_url}: the answer was cut off ({type(exc).__name__}); what the "
+                             "server stored is unknown", url=safe_url) from None
+        except requests.Timeout as exc:
+            raise AnswerLost(f"FHIR server at {safe_url} did not answer {method} within {self.timeout}s: "
+                             f"{type(exc).__name__}", url=safe_url) from None
+        except requests.ConnectionError as exc:
+            text = redact_text(_short(exc))
+            # refused / DNS / no route: nothing was sent; a connection dropped later may be after the send
+            if any(k in text for k in _NOT_SENT):
+                raise FhirConnectionError(f"FHIR server at {safe_url} is unreachable ({method}): {text}. Check the "
+                                          "FHIR base URL and that the server runs.", url=safe_url) from None
+            raise AnswerLost(f"FHIR server at {safe_url} dropped the connection during {method} ({text}); what "
+                             "the server stored is unknown", url=safe_url) from None
         if resp.status_code not in set(ok):
             self._raise(resp, safe_url, method)
         return resp
@@ -241,14 +351,44 @@ class FhirClient:
             cls = PreconditionFailed
         err = cls(f"FHIR {method} {safe_url} failed with HTTP {resp.status_code}{note}", status_code=resp.status_code,
                   url=safe_url, outcome=outcome)
-        diag = err.diagnostics or (resp.text[:500] if not outcome else "")
+        diag = err.diagnostics or (_body_excerpt(resp) if not outcome else "")
         if diag:
             err.args = (f"{err.args[0]}: {diag}",)
         raise err
 
+    def _json(self, resp: requests.Response, method: str, *, expect: str | None = None,
+              resource_id: str | None = None) -> dict[str, Any]:
+        """The FHIR JSON body of a 2xx answer, checked: JSON object with a ``resourceType`` (``expect`` when
+        given, and ``resource_id``); an OperationOutcome, HTML, non-JSON or truncated body is
+        :class:`UnexpectedResponse` naming the URL, the status and the content type."""
+        safe_url = redact_url(resp.url or "")
+        ctype = resp.headers.get("Content-Type", "") or "no Content-Type"
+        where = f"FHIR {method} {safe_url} answered HTTP {resp.status_code} with {ctype}"
+        try:
+            body = json.loads(resp.content) if resp.content else None
+        except (ValueError, RecursionError):
+            raise UnexpectedResponse(f"{where}, not FHIR JSON (truncated or not JSON: {_body_excerpt(resp)})",
+                                     status_code=resp.status_code, url=safe_url) from None
+        if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
+            raise UnexpectedResponse(f"{where}: {'an empty body' if body is None else 'JSON without resourceType'}"
+                                     f" (rule: a FHIR resource{' ' + expect if expect else ''})",
+                                     status_code=resp.status_code, url=safe_url)
+        rtype = body["resourceType"]
+        if expect and rtype != expect:
+            outcome = body if rtype == "OperationOutcome" else None
+            err = UnexpectedResponse(f"{where}: a {rtype} instead of a {expect}", status_code=resp.status_code,
+                                     url=safe_url, outcome=outcome)
+            if err.diagnostics:
+                err.args = (f"{err.args[0]}: {err.diagnostics}",)
+            raise err
+        if resource_id is not None and body.get("id") != resource_id:
+            raise UnexpectedResponse(f"{where}: {rtype}/{body.get('id')} instead of {rtype}/{resource_id}",
+                                     status_code=resp.status_code, url=safe_url)
+        return body
+
     # ------------------------------------------------------------------ REST operations
     def capabilities(self) -> dict[str, Any]:
-        return self.request("GET", "metadata").json()
+        return self._json(self.request("GET", "metadata"), "GET", expect="CapabilityStatement")
 
     #: the Kaapana project (HAPI partition) this client is bound to; None: the server's default partition
     project: str | None = None
@@ -298,15 +438,16 @@ class FhirClient:
         return created
 
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
-        return self.request("GET", f"{resource_type}/{_seg(resource_id)}").json()
+        return self.read_with_etag(resource_type, resource_id)[0]
 
     def read_with_etag(self, resource_type: str, resource_id: str) -> tuple[dict[str, Any], str | None]:
         resp = self.request("GET", f"{resource_type}/{_seg(resource_id)}")
-        return resp.json(), resp.headers.get("ETag")
+        return self._json(resp, "GET", expect=resource_type, resource_id=resource_id), resp.headers.get("ETag")
 
     def create(self, resource: dict[str, Any]) -> dict[str, Any]:
-        return self.request("POST", resource["resourceType"], json_body=resource,
-                            headers={"Prefer": "return=representation"}).json()
+        return self._json(self.request("POST", resource["resourceType"], json_body=resource,
+                                       headers={"Prefer": "return=representation"}),
+                          "POST", expect=resource["resourceType"])
 
     def conditional_create(self, resource: dict[str, Any], query: Mapping[str, str]) -> tuple[dict[str, Any], bool]:
         """Create unless a resource matches ``query`` (``If-None-Exist``). Returns (resource, created)."""
@@ -314,37 +455,49 @@ class FhirClient:
 
         resp = self.request("POST", resource["resourceType"], json_body=resource,
                             headers={"If-None-Exist": urlencode(query), "Prefer": "return=representation"})
-        return resp.json(), resp.status_code == 201
+        return self._json(resp, "POST", expect=resource["resourceType"]), resp.status_code == 201
 
     def update(self, resource: dict[str, Any], *, if_match: str | None = None) -> dict[str, Any]:
-        """``PUT <type>/<id>`` (create-or-replace with a client id); ``if_match`` makes it conditional."""
+        """``PUT <type>/<id>`` (create-or-replace with a client id); ``if_match`` makes it conditional.
+
+        The answer is checked (the stored resource of that type and id); an answer that is lost or unreadable
+        is resolved by re-reading the resource: stored as sent → returned, else :class:`AmbiguousWrite`.
+        """
+        rtype, rid = resource["resourceType"], resource["id"]
         headers = {"Prefer": "return=representation"}
         if if_match:
             headers["If-Match"] = if_match
-        return self.request("PUT", f"{resource['resourceType']}/{_seg(resource['id'])}", json_body=resource,
-                            headers=headers).json()
+        try:
+            resp = self.request("PUT", f"{rtype}/{_seg(rid)}", json_body=resource, headers=headers)
+            return self._json(resp, "PUT", expect=rtype, resource_id=rid)
+        except (AnswerLost, UnexpectedResponse) as exc:
+            stored = self._verify([{"resource": resource, "request": {"method": "PUT", "url": f"{rtype}/{rid}"}}],
+                                  exc, "PUT")
+            return stored[0]
 
     def delete(self, resource_type: str, resource_id: str) -> None:
         self.request("DELETE", f"{resource_type}/{_seg(resource_id)}", ok=(200, 202, 204))
 
     def validate(self, resource: dict[str, Any]) -> dict[str, Any]:
         """Run the server's ``$validate``; returns the OperationOutcome (also for invalid input)."""
-        resp = self.request("POST", f"{resource['resourceType']}/$validate", json_body=resource, ok=(200, 400, 412, 422))
-        return resp.json()
+        resp = self.request("POST", f"{resource['resourceType']}/$validate", json_body=resource,
+                            ok=(200, 400, 412, 422))
+        return self._json(resp, "POST", expect="OperationOutcome")
 
     # ------------------------------------------------------------------ search
-    def search_pages(self, resource_type: str | None, params: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
-                     ) -> Iterator[dict[str, Any]]:
-        """Yield searchset Bundles page by page, following ``link[relation=next]``."""
+    def search_pages(self, resource_type: str | None,
+                     params: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None) -> Iterator[dict[str, Any]]:
+        """Yield searchset Bundles page by page, following ``link[relation=next]`` within the base origin only
+        (a next link to another origin raises :class:`CrossOriginRefused`; credentials stay at the base)."""
         path = resource_type or ""
-        resp = self.request("GET", path, params=params)
-        bundle = resp.json()
+        bundle = self._json(self.request("GET", path, params=params), "GET", expect="Bundle")
         while True:
             yield bundle
             nxt = next((lnk.get("url") for lnk in bundle.get("link", []) if lnk.get("relation") == "next"), None)
             if not nxt:
                 return
-            bundle = self.request("GET", nxt).json()
+            self._check_origin(self._url(nxt), "search next link")
+            bundle = self._json(self.request("GET", nxt), "GET", expect="Bundle")
 
     def search(self, resource_type: str | None, params: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
                *, include_mode: str = "match") -> Iterator[dict[str, Any]]:
@@ -358,19 +511,102 @@ class FhirClient:
     def count(self, resource_type: str, params: Mapping[str, Any] | None = None) -> int:
         p = dict(params or {})
         p["_summary"] = "count"
-        return int(self.request("GET", resource_type, params=p).json().get("total", 0))
+        total = self._json(self.request("GET", resource_type, params=p), "GET", expect="Bundle").get("total", 0)
+        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+            raise UnexpectedResponse(f"FHIR GET {self.base_url}/{resource_type}?_summary=count: total is {total!r} "
+                                     "(rule: a non-negative integer)", url=self.base_url)
+        return total
 
     # ------------------------------------------------------------------ transactions
     def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
-        """POST a transaction (or batch) Bundle to the base URL; all-or-nothing on the server."""
-        return self.request("POST", "", json_body=bundle).json()
+        """POST a transaction (or batch) Bundle to the base URL and check what the server says it stored.
+
+        The answer must be a Bundle of type ``transaction-response`` (``batch-response``) with one entry per
+        request, each with a 2xx ``response.status``; anything else (an OperationOutcome with 200, HTML, a
+        truncated body) is :class:`UnexpectedResponse` naming the URL and what came back. When the answer is
+        lost or unreadable the entries are re-read: all stored as sent → a ``transaction-response`` built from
+        the re-read (with ``response.status`` ``200 (verified)``), else :class:`AmbiguousWrite` naming how many
+        were found.
+        """
+        kind = bundle.get("type", "transaction")
+        try:
+            resp = self.request("POST", "", json_body=bundle)
+            answer = self._json(resp, "POST", expect="Bundle")
+        except (AnswerLost, UnexpectedResponse) as exc:
+            stored = self._verify(bundle.get("entry", []), exc, "POST")
+            return {"resourceType": "Bundle", "type": f"{kind}-response",
+                    "entry": [{"response": {"status": "200 (verified)",
+                                            "location": f"{r['resourceType']}/{r['id']}"}} for r in stored]}
+        self.check_transaction_response(bundle, answer, url=redact_url(resp.url or self.base_url))
+        return answer
+
+    @staticmethod
+    def check_transaction_response(bundle: dict[str, Any], answer: dict[str, Any], *, url: str) -> None:
+        """Raise :class:`UnexpectedResponse` unless ``answer`` confirms every entry of ``bundle``."""
+        kind = bundle.get("type", "transaction")
+        want = f"{kind}-response"
+        sent = bundle.get("entry", [])
+        got = answer.get("entry", [])
+        if answer.get("type") != want:
+            raise UnexpectedResponse(f"FHIR POST {url}: answer is a Bundle of type {answer.get('type')!r}, not "
+                                     f"{want!r} (rule: a {kind} is confirmed by a {want})", url=url)
+        if not isinstance(got, list) or len(got) != len(sent):
+            raise UnexpectedResponse(f"FHIR POST {url}: {want} has {len(got) if isinstance(got, list) else 0} "
+                                     f"entries for {len(sent)} requests (rule: one response entry per request)",
+                                     url=url)
+        bad: list[str] = []
+        first_status, outcome = 0, None
+        for i, (e, req) in enumerate(zip(got, sent, strict=False)):
+            response = (e if isinstance(e, dict) else {}).get("response") or {}
+            status = str(response.get("status") or "")
+            if status[:1] != "2":
+                what = (req.get("request") or {}).get("url", "?")
+                bad.append(f"entry {i} ({what}): {status or 'no status'}")
+                if not first_status:
+                    first_status = int(status[:3]) if status[:3].isdigit() else 0
+                    outcome = response.get("outcome")
+        if bad:
+            err = UnexpectedResponse(f"FHIR POST {url}: {want} reports {len(bad)} of {len(sent)} entries not "
+                                     f"stored: {'; '.join(bad[:5])}", url=url, outcome=outcome,
+                                     status_code=first_status)
+            if err.diagnostics:
+                err.args = (f"{err.args[0]} ({err.diagnostics})",)
+            raise err
+
+    def _verify(self, entries: Sequence[dict[str, Any]], cause: FhirServerError, method: str) -> list[dict[str, Any]]:
+        """After an ambiguous answer: re-read every ``PUT <type>/<id>`` entry; all stored as sent → the stored
+        resources, else :class:`AmbiguousWrite` (names how many were found stored)."""
+        stored: list[dict[str, Any]] = []
+        checkable = True
+        for e in entries:
+            req = e.get("request") or {}
+            res = e.get("resource") or {}
+            if req.get("method") != "PUT" or not res.get("id"):
+                checkable = False
+                break
+            try:
+                current = self.read(res["resourceType"], res["id"])
+            except ResourceNotFound:
+                continue
+            if _content(current) == _content(res):
+                stored.append(current)
+        total = len(entries)
+        if checkable and len(stored) == total:
+            log.warning("%s; re-read shows all %d written resources stored as sent, continuing", cause, total)
+            return stored
+        found = f"{len(stored)} of {total}" if checkable else "an unknown number"
+        raise AmbiguousWrite(f"{cause}; re-read found {found} resources stored as sent (rule: every write is "
+                             "confirmed by the server; a re-run writes the same resources again without duplicates)",
+                             committed=len(stored), total=total, status_code=cause.status_code, url=cause.url,
+                             outcome=cause.outcome)
 
     def write_entries(self, entries: Iterable[dict[str, Any]], *, chunk_size: int = DEFAULT_CHUNK_SIZE,
                       progress: Any = None) -> dict[str, int]:
         """Write entries as consecutive transaction chunks; returns counts per response status/type.
 
-        A failure raises after the chunks already committed (each chunk is atomic); re-running writes
-        the same deterministic resources again, so a retry completes the job without duplicates.
+        Every chunk's answer is checked (:meth:`transaction`). A failure raises after the chunks already
+        committed (each chunk is atomic); re-running writes the same deterministic resources again, so a
+        retry completes the job without duplicates.
         """
         counts: dict[str, int] = {}
         n = 0
@@ -388,10 +624,21 @@ class FhirClient:
         return counts
 
 
+def _content(resource: dict[str, Any]) -> str:
+    """Canonical JSON of a resource without server-managed elements (meta, text)."""
+    return json.dumps({k: v for k, v in resource.items() if k not in SERVER_MANAGED}, sort_keys=True,
+                      separators=(",", ":"))
+
+
 def _seg(value: str) -> str:
     from urllib.parse import quote
 
     return quote(str(value), safe="")
+
+
+def _body_excerpt(resp: requests.Response, limit: int = 300) -> str:
+    text = redact_text(resp.content[:limit].decode("utf-8", "replace"))
+    return " ".join(text.split()) + ("..." if len(resp.content) > limit else "")
 
 
 def _short(exc: BaseException) -> str:
