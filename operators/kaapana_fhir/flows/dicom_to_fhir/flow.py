@@ -232,21 +232,24 @@ def _also(m: StudyMapping) -> list[dict[str, Any]]:
     return ([m.endpoint] if m.endpoint else []) + list(m.devices) + list(m.observations)
 
 
-def write_study(fhir: Any, m: StudyMapping, *, written: dict[str, str] | None = None,
-                max_attempts: int = 8) -> dict[str, int]:
+def write_study(fhir: Any, m: StudyMapping, *, written: dict[str, str] | None = None, max_attempts: int = 8,
+                lost: Sequence[dict[str, Any]] = (), lost_patients: Sequence[dict[str, Any]] = ()) -> dict[str, int]:
     """Write one mapped study in one transaction with ``If-Match`` on Patient and ImagingStudy.
 
     ``written`` caches Endpoint/Device/Observation contents already written in this call (skipped when unchanged).
-    Returns counts ``created``, ``updated``, ``unchanged``, ``conflicts``.
+    ``lost`` / ``lost_patients``: versions a concurrent writer created that an earlier write of ours replaced;
+    they are merged back. Returns counts ``created``, ``updated``, ``unchanged``, ``conflicts``.
     """
     written = written if written is not None else {}
     counts = {"created": 0, "updated": 0, "unchanged": 0, "conflicts": 0}
-    lost: list[dict[str, Any]] = []
+    lost = list(lost)
     shared = _also(m)
     for attempt in range(1, max_attempts + 1):
         cur_p, etag_p = _read(fhir, "Patient", m.patient["id"])
         cur_s, etag_s = _read(fhir, "ImagingStudy", m.imaging_study["id"])
         patient = merge_patient(cur_p, m.patient)
+        for old_p in lost_patients:
+            patient = merge_patient(old_p, patient)
         study = merge_imaging_study(cur_s, m.imaging_study)
         for old in lost:
             study = merge_imaging_study(old, study)
@@ -376,15 +379,26 @@ def write_chunk(fhir: Any, mapped: Sequence[StudyMapping], *, written: dict[str,
         written[key] = comparable(r)
     _count_response(resp, counts)
     counts["unchanged"] += skipped
-    raced = False
+    raced: dict[str, dict[str, Any]] = {}
     for e, req in zip(resp.get("entry", []), entries, strict=False):
         r = req["resource"]
-        if f"{r['resourceType']}/{r['id']}" in absent:
-            match = _VERSION_RE.search(str(e.get("response", {}).get("location", "")))
-            raced = raced or bool(match and int(match.group(1)) > 1)
-    if raced:  # someone created a shared resource between our read and our write: merge theirs back
+        key = f"{r['resourceType']}/{r['id']}"
+        match = _VERSION_RE.search(str(e.get("response", {}).get("location", "")))
+        if key in absent and match and int(match.group(1)) > 1:
+            # created by a concurrent writer between our read and our write: we replaced it; merge it back
+            raced[key] = fhir.request("GET", f"{key}/_history/{int(match.group(1)) - 1}").json()
+    if raced:
         counts["conflicts"] += 1
-        return _one_by_one(fhir, mapped, written, counts)
+        log.info("%d resources were created concurrently; merging them back", len(raced))
+        for m in mapped:
+            prev_s = raced.get(f"ImagingStudy/{m.imaging_study['id']}")
+            prev_p = raced.get(f"Patient/{m.patient['id']}")
+            if prev_s is None and prev_p is None:
+                continue
+            c = write_study(fhir, m, written=written, lost=[prev_s] if prev_s else [],
+                            lost_patients=[prev_p] if prev_p else [])
+            for k in counts:
+                counts[k] += c[k]
     return counts
 
 
@@ -601,31 +615,32 @@ def list_studies(dicomweb: Any, *, since: str | date | None = None, until: str |
                  modalities: Sequence[str] = (), page_size: int = 500) -> Iterator[dict[str, Any]]:
     """Study records of the PACS (QIDO-RS, ``limit``/``offset`` paging), each study once.
 
-    Paging ends at an empty page (a page shorter than ``limit`` is not taken as the last one, because some PACS,
-    dcm4chee among them, cap the page size below the requested limit). ``modalities`` run one listing per modality
-    (ModalitiesInStudy (0008,0061)); duplicates across pages and modalities are dropped.
+    Paging ends at an empty page (a page shorter than ``limit`` is not taken as the last one, because some PACS
+    cap the page size below the requested limit). ``modalities`` are matched here against ModalitiesInStudy
+    (0008,0061) of each record, not sent to the PACS: Orthanc applies ``limit``/``offset`` before a
+    ModalitiesInStudy filter, so its later pages come back empty. A record without (0008,0061) is kept.
+    Duplicates across pages are dropped.
     """
     if page_size < 1:
         raise ConfigError(f"page size {page_size} must be positive")
-    base = study_filters(since=since, until=until)
+    filters = study_filters(since=since, until=until)
+    wanted = {m.strip().upper() for m in modalities if m.strip()}
     seen: set[str] = set()
-    wanted: list[str | None] = [m.strip().upper() for m in modalities if m.strip()]
-    for modality in wanted or [None]:
-        filters = dict(base)
-        if modality:
-            filters["ModalitiesInStudy"] = modality
-        offset = 0
-        while True:
-            page = dicomweb.search_studies({**filters, "limit": page_size, "offset": offset},
-                                           fields=list(STUDY_FIELDS)) or []
-            if not page:
-                break
-            for rec in page:
-                uid = dv.first_str(rec, "0020000D")
-                if uid and uid not in seen:
-                    seen.add(uid)
-                    yield rec
-            offset += len(page)  # a short page is not proof of the end: some PACS cap pages below our limit
+    offset = 0
+    while True:
+        page = dicomweb.search_studies({**filters, "limit": page_size, "offset": offset}, fields=list(STUDY_FIELDS))
+        if not page:
+            return
+        for rec in page:
+            uid = dv.first_str(rec, "0020000D")
+            if not uid or uid in seen:
+                continue
+            seen.add(uid)
+            in_study = {m.upper() for m in dv.strings(rec, "00080061")}
+            if wanted and in_study and not wanted & in_study:
+                continue
+            yield rec
+        offset += len(page)  # a short page is not proof of the end: some PACS cap pages below our limit
 
 
 class Cursor:
