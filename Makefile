@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STATE ?= .stack
 DEMO_DIR ?= .demo-data
 
-.PHONY: lint help install install-helm test-airflow3 install-system install-python build-hapi stack-up stack-down test test-unit bench demo demo-down clean
+.PHONY: lint help install install-helm install-sso test-airflow3 install-system install-python build-hapi stack-up stack-down test test-unit bench demo demo-down clean
 
 help:
 	@echo "make demo        # install what is missing, start the stack, run every flow, print the summary"
@@ -15,10 +15,13 @@ help:
 	@echo "make lint        # ruff (rule set in pyproject.toml) and mypy (strict for core/ and clients/)"
 	@echo "make stack-up / stack-down, make demo-down"
 
-install: install-system install-python build-hapi install-helm
+install: install-system install-python build-hapi install-helm install-sso
 
 install-helm:
 	@bash .ci/install-helm.sh
+
+install-sso:  # MinIO (go install) + Keycloak (Maven Central) for the STS integration tests
+	@bash .ci/install-minio.sh && bash .ci/install-keycloak.sh
 
 install-system:
 	@bash .ci/install-system.sh

@@ -18,6 +18,7 @@ import pytest
 from kaapana_fhir.clients.dicomweb import DicomWeb
 from kaapana_fhir.clients.fhir import FhirClient
 from kaapana_fhir.clients.s3 import ObjectStore
+from kaapana_fhir.dev import sso
 from kaapana_fhir.dev import stack as devstack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,6 +87,23 @@ def dicomweb(dicomweb_url: str) -> DicomWeb:
 def s3(stack: devstack.Stack) -> ObjectStore:
     svc = stack.services["s3"]
     return ObjectStore(svc.url, svc.extra["access_key"], svc.extra["secret_key"])
+
+
+@pytest.fixture(scope="session")
+def sso_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sso.SsoStack]:
+    """Keycloak (realm ``kaapana``) + a MinIO using it as OpenID provider: Kaapana's STS credentials for real.
+    Started only for the tests that ask for it (Keycloak takes tens of seconds)."""
+    state = tmp_path_factory.mktemp("sso")
+    try:
+        st = sso.up(state)
+    except devstack.StackError as exc:
+        if _require():
+            pytest.fail(f"Keycloak/MinIO could not start: {exc}")
+        pytest.skip(f"Keycloak/MinIO not available: {exc}")
+    try:
+        yield st
+    finally:
+        st.stop()
 
 
 @pytest.fixture(scope="session")
