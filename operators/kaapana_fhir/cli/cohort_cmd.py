@@ -25,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--view", action="append", default=[], metavar="V.json",
                    help="extra ViewDefinition file (repeatable); its table is written beside the output")
     p.add_argument("--where", action="append", default=[], metavar="COND",
-                   help="filter, e.g. 'Histology=adenocarcinoma' 'Overall.Stage in IIIa,IIIb' 'age>=60' (AND)")
+                   help="filter (repeatable, AND; ';' separates conditions), e.g. 'Histology=adenocarcinoma; "
+                        "Overall.Stage in IIIa,IIIb' 'age_at_study>=60' 'Condition~NSCLC' "
+                        "'loinc_29463_7_body_weight_kg>=150 [lb_av]' (numbers may carry a UCUM unit)")
     p.add_argument("--modality", default="CT", help="series modality of the dataset (default CT; '' = all)")
     p.add_argument("--dataset", default=None, metavar="dataset.json",
                    help="write the Kaapana dataset {data_form: {identifiers}} here")
@@ -67,18 +69,23 @@ def run_cohort_cmd(args: argparse.Namespace) -> int:
                          view_files=args.view, filters=args.where, modality=args.modality or None,
                          formats=("parquet",))
     table = C.read_table(work / "cohort.parquet")
-    C.write_table(table, out)
+    if out.suffix.lower() == ".parquet":  # keep the labels and the data dictionary in the Parquet metadata
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes((work / "cohort.parquet").read_bytes())
+    else:
+        C.write_table(table, out)
     for name in summary["rows"]:
         if name not in C.VIEW_NAMES and (work / f"{name}.parquet").is_file():
             C.write_table(C.read_table(work / f"{name}.parquet"), out.with_name(f"{out.stem}.{name}{out.suffix}"))
-    for name in ("series", "studies"):
+    for name in ("series", "studies", "data_dictionary"):
         C.write_table(C.read_table(work / f"{name}.parquet"), out.with_name(f"{name}{out.suffix}"))
     (out.with_name("cohort_meta.json")).write_text((work / "cohort_meta.json").read_text())
     if args.dataset:
         Path(args.dataset).write_text(json.dumps(summary["dataset"], indent=1), encoding="utf-8")
     log.info("wrote %s: %d rows (%d of %d patients), %d series UIDs", out, len(table), summary["selected_patients"],
              summary["patients"], summary["series_uids"])
-    sys.stdout.write(json.dumps({k: summary[k] for k in ("patients", "selected_patients", "series_uids", "rows")})
+    sys.stdout.write(json.dumps({k: summary[k] for k in ("patients", "selected_patients", "series_uids", "rows",
+                                                         "dropped")})
                      + "\n")
     return 0
 
