@@ -12,7 +12,7 @@ import datetime as dt
 import os
 
 from kaapana_fhir.airflow_compat import DAG, Param, TriggerDagRunOperator
-from kaapana_fhir.operators.csv_import import FhirImportWatcherOperator
+from kaapana_fhir.operators.csv_import import FhirImportRecordTriggeredOperator, FhirImportWatcherOperator
 
 IMPORT_DAG_ID = "fhir-table-import"
 
@@ -35,5 +35,7 @@ with DAG(
             "skip_invalid_rows": Param(False, type="boolean")},
 ) as dag:
     watch = FhirImportWatcherOperator(task_id="find-new-objects")
-    TriggerDagRunOperator.partial(task_id="trigger-import", trigger_dag_id=IMPORT_DAG_ID,
-                                  wait_for_completion=False).expand(conf=watch.output)
+    trigger = TriggerDagRunOperator.partial(task_id="trigger-import", trigger_dag_id=IMPORT_DAG_ID,
+                                            wait_for_completion=False).expand(conf=watch.output)
+    # state is written only for triggers that succeeded; failed ones are retried by the next run
+    trigger >> FhirImportRecordTriggeredOperator(task_id="record-triggered")

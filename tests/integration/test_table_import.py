@@ -105,8 +105,9 @@ def test_upload_watch_import_reimport(dags: dict[str, Any], s3: Any, fhir: Any) 
     report = json.loads(s3.get_bytes(bucket, "fhir-import/lung1.import-report.json"))
     assert report["status"] == "imported" and report["rows_read"] == 6 and report["resources_written"]["Patient"] == 6
 
-    # REDCap: repeating instrument instances are separate Observations on one Patient
-    rc1 = patient_id(DEFAULT_PATIENT_SYSTEM, f"RC{tag}-1")
+    # REDCap: repeating instrument instances are separate Observations on one Patient; one identifier system per
+    # project (the project name comes from the export's file name)
+    rc1 = patient_id("urn:kaapana-fhir:redcap:export:record-id", f"RC{tag}-1")
     assert fhir.read("Patient", rc1)["gender"] == "male"
     weights = sorted(o["valueQuantity"]["value"] for o in fhir.search(
         "Observation", {"subject": f"Patient/{rc1}", "code:text": "weight"}) if o["code"]["text"] == "weight")
@@ -299,3 +300,46 @@ def test_same_patient_in_two_files_with_conflicting_birth_dates_is_reported(fhir
     assert _cli("import-table", str(b), "--mapping", str(mapping), "--fhir", fhir_url, "--report", str(report)) == 0
     rep = json.loads(report.read_text())
     assert rep["status"] == "imported-with-conflicts" and rep["patient_conflicts"]
+
+
+def test_failed_trigger_is_retried_and_rejected_import_fails_its_run_with_a_report(dags: dict[str, Any], s3: Any,
+                                                                                  fhir: Any) -> None:
+    from airflow.models import DagModel, DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+
+    from kaapana_fhir.flows.tables import watch as W
+
+    tag = uuid.uuid4().hex[:8]
+    bucket = f"kf-trig-{tag}"
+    s3.ensure_bucket(bucket)
+    ids = [f"LUNG1-{tag}-{i:03d}" for i in range(1, 4)]
+    bad = synthetic_lung1_csv(ids, seed=5).splitlines()
+    header = bad[0].split(",")
+    cells = bad[1].split(",")
+    cells[header.index("age")] = "-3"  # below the preset's minimum age
+    bad[1] = ",".join(cells)
+    s3.put_bytes(bucket, "fhir-import/bad.csv", ("\n".join(bad) + "\n").encode())
+    s3.put_bytes(bucket, "fhir-import/bad.preset", b"lung1\n")
+    # 1. the import DAG is not registered yet (as before the scheduler parsed it): the trigger fails
+    with create_session() as session:
+        session.query(DagModel).filter(DagModel.dag_id == "fhir-table-import").delete()
+    dr = dags["watcher"].test(run_conf={"bucket": bucket, "prefix": "fhir-import/"})
+    assert dr.state == DagRunState.FAILED
+    assert s3.head(bucket, W.state_key("fhir-import/bad.csv")) is None  # no state: nothing lost
+    # 2. once the DAG is registered, the next watcher run triggers it
+    from airflow.models import DagBag
+
+    DagBag(dag_folder=str(DAGS), include_examples=False).sync_to_db()
+    before = len(DagRun.find(dag_id="fhir-table-import"))
+    run_id, confs = _run_watcher(dags["watcher"], bucket)
+    assert [c["object_key"] for c in confs] == ["fhir-import/bad.csv"] and len(_triggered_runs(before)) == 1
+    state = json.loads(s3.get_bytes(bucket, W.state_key("fhir-import/bad.csv")))
+    assert state["status"] == "pending" and state["run_id"]
+    # 3. the import rejects the file: its DAG run fails, and the report is written all the same
+    imp = dags["import"].test(run_conf=confs[0])
+    assert imp.state == DagRunState.FAILED
+    report = json.loads(s3.get_bytes(bucket, "fhir-import/bad.import-report.json"))
+    assert report["status"] == "rejected" and report["rejected"][0]["column"] == "age"
+    assert json.loads(s3.get_bytes(bucket, W.state_key("fhir-import/bad.csv")))["status"] == "rejected"
+    assert list(fhir.search("Patient", {"identifier": f"{DEFAULT_PATIENT_SYSTEM}|{ids[1]}"})) == []

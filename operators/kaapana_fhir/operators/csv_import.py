@@ -31,7 +31,8 @@ class CsvImportOperator(BaseOperator):
     :param mapping_key: key of a mapping YAML (templated); default ``<name>.mapping.yaml`` beside the object.
     :param preset: preset name ``lung1`` / ``redcap`` (templated).
     :param skip_invalid_rows: import valid rows and report the rest instead of rejecting the file.
-    :param fail_on_rejected: raise (task fails) when the file is rejected; default False (report only).
+    :param fail_on_rejected: raise (the task and its DAG run fail) when the file is rejected, after the report is
+        written; default True (issue 17: a rejected file must not show "success").
 
     ``template_fields``: ``object_key``, ``bucket``, ``mapping_key``, ``preset``.
     """
@@ -39,7 +40,7 @@ class CsvImportOperator(BaseOperator):
     template_fields: Sequence[str] = ("object_key", "bucket", "mapping_key", "preset")
 
     def __init__(self, *, object_key: str = "", bucket: str = "", mapping_key: str = "", preset: str = "",
-                 skip_invalid_rows: bool = False, fail_on_rejected: bool = False, fhir_conn_id: str = "fhir_default",
+                 skip_invalid_rows: bool = False, fail_on_rejected: bool = True, fhir_conn_id: str = "fhir_default",
                  s3_conn_id: str = "s3_default", chunk_size: int = 500, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.object_key = object_key
@@ -118,3 +119,35 @@ class FhirImportWatcherOperator(BaseOperator):
                                 default_preset=conf.get("default_preset") or self.default_preset or None,
                                 skip_invalid_rows=bool(conf.get("skip_invalid_rows", self.skip_invalid_rows)),
                                 max_objects=self.max_objects)
+
+
+class FhirImportRecordTriggeredOperator(BaseOperator):
+    """Record ``pending`` state only for objects whose import trigger succeeded (issue 17).
+
+    Runs after the mapped ``trigger-import`` task (``trigger_rule="all_done"``); reads the watcher's confs and the
+    triggered run ids (XCom ``trigger_run_id`` of each mapped trigger), marks the triggered objects ``pending`` and
+    fails when a trigger failed, so the watcher run shows it; the missed objects are triggered again next run.
+    """
+
+    def __init__(self, *, watch_task_id: str = "find-new-objects", trigger_task_id: str = "trigger-import",
+                 s3_conn_id: str = "s3_default", **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", "all_done")
+        super().__init__(**kwargs)
+        self.watch_task_id, self.trigger_task_id, self.s3_conn_id = watch_task_id, trigger_task_id, s3_conn_id
+
+    def execute(self, context: Any) -> list[str]:
+        from kaapana_fhir.exceptions import FhirServerError
+        from kaapana_fhir.flows.tables.watch import record_triggered
+        from kaapana_fhir.hooks.fhir import ObjectStoreHook
+
+        ti = context["ti"]
+        confs = list(ti.xcom_pull(task_ids=self.watch_task_id) or [])
+        if not confs:
+            return []
+        run_ids = [ti.xcom_pull(task_ids=self.trigger_task_id, key="trigger_run_id", map_indexes=i)
+                   for i in range(len(confs))]
+        missed = record_triggered(ObjectStoreHook(self.s3_conn_id).get_conn(), confs[0]["bucket"], confs, run_ids)
+        if missed:
+            raise FhirServerError(f"{len(missed)} import trigger(s) failed ({', '.join(missed[:5])}); no state "
+                                  "recorded, the next watcher run triggers them again")
+        return [c["object_key"] for c in confs]

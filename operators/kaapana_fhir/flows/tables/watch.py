@@ -15,6 +15,12 @@ not imported twice for the same ETag); ``gone`` (deleted before the import read 
 when the object is listed again (re-uploaded, even with the same bytes); ``failed`` is retried on the
 next run; ``pending`` (triggered, not finished) is left alone until ``pending_timeout_s`` passes; an
 object without a mapping, preset or default preset waits (not triggered, no state) until one is uploaded.
+
+**State is recorded only after a trigger succeeded**: :func:`find_new_objects` writes nothing by default; the
+watcher DAG's last task calls :func:`record_triggered` with the run ids of the triggers that succeeded and marks
+those objects ``pending``. An object whose trigger failed (e.g. ``DagNotFound`` while the scheduler has not
+registered the import DAG yet) has no new state and is triggered again by the next watcher run, and the watcher
+run fails so the failure is visible.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from kaapana_fhir.exceptions import ObjectStoreError
 log = logging.getLogger(__name__)
 
 STATE_DIR = ".kaapana-fhir-state"
-DATA_EXTENSIONS = (".csv", ".tsv", ".txt", ".xlsx", ".json")
+DATA_EXTENSIONS = (".csv", ".tsv", ".txt", ".xlsx", ".json", ".xml")
 SIDECAR_SUFFIXES = (".mapping.yaml", ".mapping.yml", ".preset", ".dictionary.csv", ".import-report.json")
 DONE = ("imported", "rejected")
 
@@ -83,9 +89,11 @@ def signature_of(store: ObjectStore, bucket: str, key: str) -> str:
 
 
 def write_state(store: ObjectStore, bucket: str, key: str, signature: str, status: str, *,
-                error: str | None = None) -> None:
+                error: str | None = None, run_id: str | None = None) -> None:
     doc = {"key": key, "signature": signature, "status": status,
            "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    if run_id:
+        doc["run_id"] = run_id
     if error:
         doc["error"] = error[:2000]
     store.put_bytes(bucket, state_key(key), json.dumps(doc).encode("utf-8"), "application/json")
@@ -108,9 +116,10 @@ def _states(store: ObjectStore, bucket: str, infos: list[ObjectInfo]) -> dict[st
 
 def find_new_objects(store: ObjectStore, bucket: str, prefix: str = "fhir-import/", *,
                      default_preset: str | None = None, skip_invalid_rows: bool = False,
-                     pending_timeout_s: float = 3600.0, mark_pending: bool = True,
+                     pending_timeout_s: float = 3600.0, mark_pending: bool = False,
                      max_objects: int = 100) -> list[dict[str, Any]]:
-    """Confs for the import DAG, one per new/changed/failed object; marks them ``pending``."""
+    """Confs for the import DAG, one per new/changed/failed object (``mark_pending``: mark them at once, for
+    callers without a separate :func:`record_triggered` step)."""
     infos = list(store.list(bucket, prefix))
     etags = {i.key: i.etag for i in infos}
     states = _states(store, bucket, infos)
@@ -149,3 +158,23 @@ def find_new_objects(store: ObjectStore, bucket: str, prefix: str = "fhir-import
         confs.append(conf)
     log.info("watcher: %d object(s) to import under s3://%s/%s", len(confs), bucket, prefix)
     return confs
+
+
+def record_triggered(store: ObjectStore, bucket: str, confs: list[dict[str, Any]],
+                     run_ids: list[str | None]) -> list[str]:
+    """Mark ``pending`` each object whose trigger succeeded (``run_ids[i]`` set); returns keys not triggered.
+
+    ``confs`` are :func:`find_new_objects`' confs, ``run_ids`` the triggered import runs in the same order
+    (``None`` for a failed trigger). Objects left out keep their old state and are triggered again next run.
+    """
+    missed = []
+    for i, conf in enumerate(confs):
+        rid = run_ids[i] if i < len(run_ids) else None
+        if rid:
+            write_state(store, bucket, conf["object_key"], conf.get("signature", ""), "pending",
+                        error=None, run_id=str(rid))
+        else:
+            missed.append(conf["object_key"])
+    if missed:
+        log.warning("%d trigger(s) failed; retried on the next watcher run: %s", len(missed), ", ".join(missed[:20]))
+    return missed

@@ -81,7 +81,22 @@ def test_object_without_mapping_waits_then_triggers_once(store: Any) -> None:
     store.put_bytes(BUCKET, "fhir-import/a.preset", b"lung1\n")
     confs = W.find_new_objects(store, BUCKET, "fhir-import/")
     assert [(c["object_key"], c["preset"]) for c in confs] == [("fhir-import/a.csv", "lung1")]
+    assert W.record_triggered(store, BUCKET, confs, ["manual__1"]) == []
     assert W.find_new_objects(store, BUCKET, "fhir-import/") == []  # pending: not triggered twice
+
+
+def test_state_only_after_a_successful_trigger_failed_trigger_retried(store: Any) -> None:
+    _put_lung1(store)
+    store.put_bytes(BUCKET, "fhir-import/b.csv", b"PatientID,age\nP1,50\n")
+    confs = W.find_new_objects(store, BUCKET, "fhir-import/", default_preset="lung1")
+    assert len(confs) == 2
+    # listing alone records nothing: a watcher run that dies before triggering loses no file
+    assert len(W.find_new_objects(store, BUCKET, "fhir-import/", default_preset="lung1")) == 2
+    # trigger of a.csv failed (e.g. DagNotFound), b.csv succeeded
+    missed = W.record_triggered(store, BUCKET, confs, [None, "manual__b"])
+    assert missed == ["fhir-import/a.csv"]
+    again = W.find_new_objects(store, BUCKET, "fhir-import/", default_preset="lung1")
+    assert [c["object_key"] for c in again] == ["fhir-import/a.csv"]
 
 
 def test_imported_same_etag_not_again_changed_etag_again(store: Any) -> None:
@@ -151,6 +166,8 @@ def test_object_deleted_between_listing_and_reading(store: Any) -> None:
 
 def test_stale_pending_is_triggered_again(store: Any) -> None:
     _put_lung1(store)
-    assert len(W.find_new_objects(store, BUCKET, "fhir-import/", default_preset="lung1")) == 1
+    confs = W.find_new_objects(store, BUCKET, "fhir-import/", default_preset="lung1")
+    assert len(confs) == 1
+    W.record_triggered(store, BUCKET, confs, ["manual__1"])
     assert W.find_new_objects(store, BUCKET, "fhir-import/", default_preset="lung1") == []
     assert len(W.find_new_objects(store, BUCKET, "fhir-import/", default_preset="lung1", pending_timeout_s=0)) == 1
