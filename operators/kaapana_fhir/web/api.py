@@ -7,7 +7,7 @@ The spec is ``openapi.yaml`` beside this file (served at ``api/openapi.yaml``).
 Data comes from the FHIR server (project base URL, see :mod:`.settings`): the cohort is fetched and
 flattened with the shipped ViewDefinitions (:mod:`kaapana_fhir.flows.cohort.flow`), joined
 (:mod:`kaapana_fhir.core.cohort.tables`), and kept in memory per (FHIR base, searches) together with the
-server's state (the newest entry of ``_history``). A request re-checks the state at most every
+server's state (newest resource and total per type). A request re-checks the state at most every
 ``KAAPANA_FHIR_WEB_STATE_TTL`` seconds and rebuilds when it changed. Filters, segment-label selection,
 paging and formats work on the cached table.
 """
@@ -137,14 +137,22 @@ def _default_client(base: str) -> Any:
     return FhirClient(base, timeout=(5.0, 300.0))
 
 
+STATE_TYPES = ("Patient", "Observation", "Condition", "ImagingStudy", "BodyStructure")
+
+
 def server_state(client: Any) -> str:
-    """Token that changes when anything is written: the newest ``_history`` entry (id, version, time)."""
-    b = client.request("GET", "_history", params={"_count": "1"}).json()
-    e = (b.get("entry") or [{}])[0]
-    r = e.get("resource") or {}
-    meta = r.get("meta") or {}
-    return "|".join(str(x) for x in (e.get("fullUrl") or r.get("id"), meta.get("versionId"), meta.get("lastUpdated"),
-                                     (e.get("request") or {}).get("method"), b.get("total")))
+    """Token that changes when the cohort's resources change: per type the newest resource (id, version,
+    lastUpdated) and the total (catches deletes). One search per type, bypassing HAPI's search cache.
+    (System ``_history`` is not used: a partitioned HAPI answers it with an empty bundle.)"""
+    parts = []
+    for rtype in STATE_TYPES:
+        b = client.request("GET", rtype, params={"_sort": "-_lastUpdated", "_count": "1", "_total": "accurate",
+                                                 "_elements": "id"},
+                           headers={"Cache-Control": "no-cache"}).json()
+        r = ((b.get("entry") or [{}])[0]).get("resource") or {}
+        meta = r.get("meta") or {}
+        parts.append(f"{rtype}:{b.get('total')}:{r.get('id')}:{meta.get('versionId')}:{meta.get('lastUpdated')}")
+    return "|".join(parts)
 
 
 @dataclass

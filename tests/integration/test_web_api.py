@@ -1,0 +1,213 @@
+"""Retrieval API of the plugin, served by the real Airflow 2.11 web server (plugins/ folder, temp AIRFLOW_HOME)
+against the real HAPI server: authentication, paging, filters, segment labels, formats, cache invalidation,
+links, and schemathesis against the shipped OpenAPI spec."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import requests
+
+from kaapana_fhir.clients.fhir import FhirClient
+from kaapana_fhir.core import bundle
+from kaapana_fhir.web import survival
+from tests.browser.airflow_web import PASSWORD, USER, AirflowWeb, airflow_web
+from tests.support.cohort_data import patient_resources
+
+pytestmark = [pytest.mark.integration, pytest.mark.airflow]
+
+REPO = Path(__file__).resolve().parents[2]
+SPEC = REPO / "operators" / "kaapana_fhir" / "web" / "openapi.yaml"
+N = 16
+XSS = ['<script>alert("x")</script>', '"><img src=x onerror=alert(1)>']
+
+
+def web_cohort(fhir_url: str, n: int = N) -> dict[str, Any]:
+    """n synthetic patients (2 segments each) under a fresh identifier system; a few carry XSS payloads in
+    their histology text and segment label."""
+    system = f"urn:test:web:{uuid.uuid4().hex[:10]}"
+    res: list[dict[str, Any]] = []
+    for i in range(n):
+        ov = {"stage": "IIIa"} if i < 5 else {"stage": "I"}
+        if i == 0:
+            ov["histology"] = XSS[1]
+        if i == 1:
+            ov["segment_label"] = XSS[0]
+        res.extend(patient_resources(system, f"W{i:03d}", n_clinical=6, n_features=6, n_segments=2,
+                                     text_overrides=ov))
+    FhirClient(fhir_url).write_entries([bundle.put_entry(r) for r in res], chunk_size=400)
+    return {"system": system, "resources": res, "n": n}
+
+
+def cohort_dir(tmp: Path, system: str) -> Path:
+    d = tmp / "cohorts"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "web.json").write_text(json.dumps({
+        "id": "web", "title": 'Web test <script>alert("t")</script>',
+        "patient_search": f"Patient?identifier={system}|"}))
+    (d / "web-iiia.json").write_text(json.dumps({
+        "id": "web-iiia", "title": "Stage IIIa", "patient_search": f"Patient?identifier={system}|",
+        "filters": ["Overall.Stage=IIIa"]}))
+    return d
+
+
+def web_env(fhir_url: str, cohorts: Path, system: str) -> dict[str, str]:
+    return {"FHIR_BASE_URL": fhir_url, "KAAPANA_FHIR_COHORTS_DIR": str(cohorts),
+            "KAAPANA_FHIR_DEFAULT_PATIENT_SEARCH": f"Patient?identifier={system}|",
+            "KAAPANA_FHIR_WEB_STATE_TTL": "10", "KAAPANA_FHIR_PUBLIC_DICOMWEB_URL": "http://dicomweb.example/dicom-web",
+            "KAAPANA_FHIR_PROJECTS": "admin"}
+
+
+@pytest.fixture(scope="module")
+def data(fhir_url: str) -> dict[str, Any]:
+    return web_cohort(fhir_url)
+
+
+@pytest.fixture(scope="module")
+def web(fhir_url: str, data: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowWeb]:
+    cohorts = cohort_dir(tmp_path_factory.mktemp("web"), data["system"])
+    with airflow_web(Path(sys.executable).parent, web_env(fhir_url, cohorts, data["system"])) as w:
+        yield w
+
+
+@pytest.fixture(scope="module")
+def api(web: AirflowWeb) -> str:
+    return f"{web.url}/kaapana-fhir/api"
+
+
+AUTH = (USER, PASSWORD)
+
+
+def test_api_and_page_need_airflow_login(web: AirflowWeb, api: str) -> None:
+    assert requests.get(f"{api}/cohorts", timeout=30).status_code == 401
+    assert requests.get(f"{api}/cohorts", auth=(USER, "wrong"), timeout=30).status_code == 401
+    page = requests.get(f"{web.url}/kaapana-fhir/", allow_redirects=False, timeout=30)
+    assert page.status_code == 302 and "login" in page.headers["Location"]
+    s = web.session()
+    r = s.get(f"{web.url}/kaapana-fhir/", timeout=30)
+    assert r.status_code == 200 and "Cohort explorer" in r.text
+    assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+    assert s.get(f"{api}/cohorts", timeout=30).status_code == 200
+    assert s.get(f"{web.url}/kaapana-fhir/static/plotly.min.js", timeout=30).status_code == 200
+    assert s.get(f"{web.url}/kaapana-fhir/static/..%2Fapi.py", timeout=30).status_code == 404
+
+
+def test_paging_covers_every_row_once(api: str, data: dict[str, Any]) -> None:
+    seen: list[tuple[str, str]] = []
+    offset: int | None = 0
+    while offset is not None:
+        p = requests.get(f"{api}/cohorts/web/rows", params={"offset": offset, "limit": 7}, auth=AUTH,
+                         timeout=120).json()
+        assert p["total"] == 2 * data["n"]
+        seen += [(r["patient_key"], r["segment_key"]) for r in p["rows"]]
+        offset = p["next_offset"]
+    assert len(seen) == len(set(seen)) == 2 * data["n"]
+
+
+def test_filters_segment_label_and_saved_definition(api: str, data: dict[str, Any]) -> None:
+    iiia = requests.get(f"{api}/cohorts/web/rows", params={"filter": "Overall.Stage=IIIa", "limit": 1000},
+                        auth=AUTH, timeout=60).json()
+    assert {r["Overall.Stage"] for r in iiia["rows"]} == {"IIIa"} and iiia["total"] == 2 * 5
+    saved = requests.get(f"{api}/cohorts/web-iiia/rows", params={"limit": 1000}, auth=AUTH, timeout=60).json()
+    assert saved["total"] == iiia["total"]
+    two = requests.get(f"{api}/cohorts/web/rows", auth=AUTH, timeout=60, params=[
+        ("filter", "Overall.Stage=IIIa"), ("filter", "age>=0"), ("segment_label", "Lung-Left"),
+        ("limit", "1000")]).json()
+    # patients 0-4 are IIIa; patient 1's segments carry the XSS label instead of GTV-1 / Lung-Left
+    assert two["total"] == 4 and {r["segment_label"] for r in two["rows"]} == {"Lung-Left"}
+    bad = requests.get(f"{api}/cohorts/web/rows", params={"filter": "nope=1"}, auth=AUTH, timeout=60)
+    assert bad.status_code == 400 and "nope" in bad.json()["error"]
+    d = requests.get(f"{api}/cohorts/web", params={"filter": "age>=60", "segment_label": "GTV-1"}, auth=AUTH,
+                     timeout=60).json()
+    assert d["id"] == "web-custom" and d["filters"] == ["age>=60"] and d["segment_label"] == "GTV-1"
+    other = requests.get(f"{api}/cohorts/web/rows", params={"project": "other"}, auth=AUTH, timeout=60)
+    assert other.status_code == 404
+
+
+def test_csv_and_parquet_equal_the_json_rows(api: str) -> None:
+    params = {"filter": "Overall.Stage=I", "limit": 1000}
+    js = requests.get(f"{api}/cohorts/web/rows", params=params, auth=AUTH, timeout=60).json()
+    csv = requests.get(f"{api}/cohorts/web/rows", params={**params, "format": "csv"}, auth=AUTH, timeout=60)
+    assert csv.headers["Content-Type"].startswith("text/csv") and csv.headers["X-Total-Count"] == str(js["total"])
+    pq = requests.get(f"{api}/cohorts/web/rows", params={**params, "format": "parquet"}, auth=AUTH, timeout=60)
+    a = pd.DataFrame(js["rows"], columns=js["columns"]).sort_values(["patient_key", "segment_key"])
+    a = a.reset_index(drop=True)
+    for other in (pd.read_csv(io.BytesIO(csv.content)), pd.read_parquet(io.BytesIO(pq.content))):
+        b = other.sort_values(["patient_key", "segment_key"]).reset_index(drop=True)
+        assert list(b.columns) == js["columns"] and len(b) == len(a)
+        for col in ("patient_id", "Overall.Stage", "segment_label"):
+            assert a[col].astype(str).tolist() == b[col].astype(str).tolist(), col
+        for col in ("age", "shape_MeshVolume"):
+            assert a[col].astype(float).round(6).tolist() == b[col].astype(float).round(6).tolist(), col
+
+
+def test_km_matches_the_module_on_the_same_rows(api: str) -> None:
+    k = requests.get(f"{api}/cohorts/web/km", params={"time": "Survival.time", "group": "Overall.Stage"},
+                     auth=AUTH, timeout=60).json()
+    assert k["unit"] == "d" and k["n"] == N and sum(c["n"] for c in k["curves"]) == N
+    rows = requests.get(f"{api}/cohorts/web/rows", params={"limit": 1000}, auth=AUTH, timeout=60).json()["rows"]
+    pts = {r["patient_key"]: r for r in rows}.values()
+    groups = {}
+    for r in pts:
+        groups.setdefault(r["Overall.Stage"], ([], []))
+        groups[r["Overall.Stage"]][0].append(r["Survival.time"])
+        groups[r["Overall.Stage"]][1].append(bool(r["deceased"]))
+    lr = survival.logrank([groups[g] for g in sorted(groups)])
+    assert lr is not None and k["logrank"]["p_value"] == pytest.approx(lr.p_value)
+
+
+def test_series_links_have_kaapana_shapes(api: str, data: dict[str, Any]) -> None:
+    s = requests.get(f"{api}/cohorts/web/series", params={"limit": 1000}, auth=AUTH, timeout=60).json()
+    assert s["total"] == 2 * data["n"]
+    r = next(r for r in s["rows"] if r["modality"] == "CT")
+    assert r["ohif_url"] == (f"/ohif/viewer?StudyInstanceUIDs={r['study_uid']}"
+                             f"&initialSeriesInstanceUID={r['series_uid']}")
+    assert r["dicomweb_url"] == (f"http://dicomweb.example/dicom-web/studies/{r['study_uid']}/series/"
+                                 f"{r['series_uid']}")
+    fhir = requests.get(r["fhir_imaging_study_url"], timeout=30)
+    assert fhir.status_code == 200 and fhir.json()["resourceType"] == "ImagingStudy"
+
+
+def test_cache_is_reused_and_rebuilt_after_a_write(api: str, fhir_url: str, data: dict[str, Any]) -> None:
+    requests.get(f"{api}/cohorts/web/summary", auth=AUTH, timeout=120)
+    s1 = requests.get(f"{api}/cohorts/web/summary", auth=AUTH, timeout=120).json()
+    s2 = requests.get(f"{api}/cohorts/web/summary", auth=AUTH, timeout=120).json()
+    assert s1["built_at"] == s2["built_at"]
+    stage = {c["name"]: c for c in s1["columns"]}["Overall.Stage"]
+    assert stage["n"] + stage["missing"] == N
+    extra = patient_resources(data["system"], "W999", n_clinical=6, n_features=6, n_segments=2)
+    FhirClient(fhir_url).write_entries([bundle.put_entry(r) for r in extra])
+    time.sleep(10.5)  # the state TTL: the next request checks the server again
+    s3 = requests.get(f"{api}/cohorts/web/summary", auth=AUTH, timeout=120).json()
+    assert s3["built_at"] > s1["built_at"] and s3["patients"] == N + 1
+
+
+def test_views_list_and_rows(api: str, data: dict[str, Any]) -> None:
+    views = requests.get(f"{api}/views", auth=AUTH, timeout=60).json()["views"]
+    assert {"patient", "segment", "radiomics_feature"} <= {v["name"] for v in views}
+    p = requests.get(f"{api}/views/patient/rows", params={"limit": 5}, auth=AUTH, timeout=120).json()
+    assert p["total"] >= data["n"] and len(p["rows"]) == 5
+    assert requests.get(f"{api}/views/nope/rows", auth=AUTH, timeout=60).status_code == 404
+
+
+def test_schemathesis_against_the_shipped_spec(api: str, tmp_path: Path) -> None:
+    """Every documented operation, generated inputs: no 5xx, documented status codes, content types and
+    response schemas."""
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "schemathesis"), "run", str(SPEC), "--url", api,
+         "--auth", f"{USER}:{PASSWORD}", "--max-examples", "15", "--phases", "examples,fuzzing",
+         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+                     "response_schema_conformance,response_headers_conformance",
+         "--report", "junit", "--report-dir", str(tmp_path), "--no-color", "--seed", "1"],
+        capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-2000:]
