@@ -22,7 +22,6 @@ from tests.support.kaapana_packaging import (
 )
 
 WORKFLOW = REPO / "helm" / "kaapana-fhir-workflow"
-HAPI = REPO / "helm" / "hapi-fhir"
 PLATFORM = (
     "global.registry_url=registry.example.org/kaapana",
     "global.kaapana_build_version=0.6.0",
@@ -137,105 +136,4 @@ def test_workflow_chart_settings_job_can_be_disabled(tmp_path: Path) -> None:
     assert set(by_kind(objs, "Job")) == {"dag-kaapana-fhir"}
 
 
-# ---------------------------------------------------------------- HAPI FHIR application chart
-def test_hapi_chart_metadata() -> None:
-    chart = yaml.safe_load((HAPI / "Chart.yaml").read_text())
-    assert "kaapanaapplication" in chart["keywords"]
-    assert chart["annotations"]["ui-visible-name"]
-
-
-@pytest.mark.parametrize(
-    "extra",
-    [
-        (),
-        (
-            "image.tag=v8.0.0",
-            "storage.size=50Gi",
-            "ingress.enabled=false",
-            "networkPolicy.egressFromNamespaces={project-a,project-b}",
-        ),
-    ],
-)
-def test_hapi_chart_lints(extra: tuple[str, ...]) -> None:
-    out = helm("lint", str(HAPI), "--strict", *[a for s in extra for a in ("--set", s)])
-    assert "0 chart(s) failed" in out
-
-
-def test_hapi_chart_default_render() -> None:
-    objs = render(HAPI)
-    assert {o["metadata"]["namespace"] for o in objs} == {"services"}
-    svc = by_kind(objs, "Service")["hapi-fhir-service"]
-    assert svc["spec"]["ports"][0]["port"] == 8080
-    server = by_kind(objs, "Deployment")["hapi-fhir"]
-    assert svc["spec"]["selector"].items() <= server["spec"]["template"]["metadata"]["labels"].items()
-    c = server["spec"]["template"]["spec"]["containers"][0]
-    assert c["image"] == "hapiproject/hapi:v7.0.3"
-    env = {e["name"]: e for e in c["env"]}
-    assert (
-        env["SPRING_DATASOURCE_URL"]["value"] == "jdbc:postgresql://hapi-fhir-postgres.services.svc:5432/hapi"
-    )
-    assert env["SPRING_DATASOURCE_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "hapi-fhir-postgres"
-    hapi_cfg = json.loads(env["SPRING_APPLICATION_JSON"]["value"])["hapi"]["fhir"]
-    assert hapi_cfg["fhir_version"] == "R4"
-    assert hapi_cfg["server_address"] == "http://hapi-fhir-service.services.svc:8080/fhir"
-    ing = by_kind(objs, "Ingress")["hapi-fhir-ingress"]
-    path = ing["spec"]["rules"][0]["http"]["paths"][0]
-    assert path["path"] == "/fhir" and path["backend"]["service"]["name"] == "hapi-fhir-service"
-    pvc = by_kind(objs, "PersistentVolumeClaim")["hapi-fhir-postgres-data"]
-    assert pvc["spec"]["resources"]["requests"]["storage"] == "10Gi"
-    np = by_kind(objs, "NetworkPolicy")["hapi-fhir-allow-processing-containers"]
-    peers = np["spec"]["ingress"][0]["from"]
-    assert {
-        "namespaceSelector": {},
-        "podSelector": {"matchLabels": {"kaapana.ai/type": "processing-container"}},
-    } in peers
-    assert (
-        np["spec"]["podSelector"]["matchLabels"].items()
-        <= server["spec"]["template"]["metadata"]["labels"].items()
-    )
-    assert np["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 8080}]
-    db_np = by_kind(objs, "NetworkPolicy")["hapi-fhir-postgres-only-hapi"]
-    assert db_np["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 5432}]
-
-
-def test_hapi_chart_non_default_values(tmp_path: Path) -> None:
-    values = {
-        "global": {"services_namespace": "kp-services"},
-        "image": {"tag": "v8.0.0"},
-        "storage": {"size": "50Gi", "storageClass": "fast"},
-        "fhir": {"baseUrl": "https://kp.example.org/fhir"},
-        "ingress": {"enabled": False},
-        "networkPolicy": {"egressFromNamespaces": ["project-a"]},
-    }
-    objs = render(HAPI, values=values, tmp=tmp_path)
-    server = by_kind(objs, "Deployment")["hapi-fhir"]
-    c = server["spec"]["template"]["spec"]["containers"][0]
-    assert c["image"] == "hapiproject/hapi:v8.0.0"
-    env = {e["name"]: e for e in c["env"]}
-    assert (
-        json.loads(env["SPRING_APPLICATION_JSON"]["value"])["hapi"]["fhir"]["server_address"]
-        == "https://kp.example.org/fhir"
-    )
-    assert "kp-services.svc" in env["SPRING_DATASOURCE_URL"]["value"]
-    pvc = by_kind(objs, "PersistentVolumeClaim")["hapi-fhir-postgres-data"]
-    assert (
-        pvc["spec"]["resources"]["requests"]["storage"] == "50Gi"
-        and pvc["spec"]["storageClassName"] == "fast"
-    )
-    assert "Ingress" not in {o["kind"] for o in objs}
-    egress = [o for o in objs if o["kind"] == "NetworkPolicy" and o["metadata"]["namespace"] == "project-a"]
-    assert len(egress) == 1
-    assert egress[0]["spec"]["podSelector"]["matchLabels"] == {"kaapana.ai/type": "processing-container"}
-    to = egress[0]["spec"]["egress"][0]["to"][0]
-    assert to["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == "kp-services"
-
-
-def test_hapi_chart_ingress_host_sets_public_base_url() -> None:
-    objs = render(HAPI, "ingress.host=kp.example.org")
-    c = by_kind(objs, "Deployment")["hapi-fhir"]["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e for e in c["env"]}
-    assert (
-        json.loads(env["SPRING_APPLICATION_JSON"]["value"])["hapi"]["fhir"]["server_address"]
-        == "https://kp.example.org/fhir"
-    )
-    assert by_kind(objs, "Ingress")["hapi-fhir-ingress"]["spec"]["rules"][0]["host"] == "kp.example.org"
+# The HAPI FHIR application chart (helm/hapi-fhir) is tested in test_hapi_fhir_chart.py.
