@@ -76,9 +76,15 @@ NEEDED_BY_MODALITY: dict[str, tuple[str, ...]] = {
 }
 
 
+#: ``Quantity.unit`` texts the MII extensions fix (``patternString``) per UCUM code.
+UNIT_NAMES = {"mGy": "milligray", "kV": "kilovolt", "ms": "milliseconds", "mA.s": "milliampere second",
+              "mA": "milliampere", "T": "tesla", "deg": "plane angle degree", "s": "Seconds", "MBq": "Megabecquerel",
+              "Bq": "Becquerel", "kHz": "kilohertz", "Hz": "hertz", "mm": "millimeter"}
+
+
 def _quantity(value: float, code: str) -> dict[str, Any]:
     v: float | int = int(value) if float(value).is_integer() and abs(value) < 1e15 else value
-    return {"value": v, "unit": code, "system": UCUM, "code": code}
+    return {"value": v, "unit": UNIT_NAMES.get(code, code), "system": UCUM, "code": code}
 
 
 def _num(attrs: dict[str, Any], key: str, issue: Issue) -> float | None:

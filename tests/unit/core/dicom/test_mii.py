@@ -51,7 +51,7 @@ def test_ct_extension_with_ucum_codes() -> None:
              CTDIvol=3.25, SliceThickness="1.5", ContrastBolusAgent="Imeron")
     s = m.imaging_study["series"][0]
     ct = _sub(_ext(s, mii.EXT_CT))
-    assert ct["KVP"] == {"value": 120, "unit": "kV", "system": "http://unitsofmeasure.org", "code": "kV"}
+    assert ct["KVP"] == {"value": 120, "unit": "kilovolt", "system": "http://unitsofmeasure.org", "code": "kV"}
     assert ct["CTDIvol"]["value"] == 3.25 and ct["CTDIvol"]["code"] == "mGy"
     assert ct["exposure"]["code"] == "mA.s" and ct["exposureTime"]["code"] == "ms"
     assert ct["xRayTubeCurrent"]["code"] == "mA" and ct["convolutionalKernel"] == "B19f"
@@ -93,8 +93,8 @@ def test_pt_and_nm_extensions() -> None:
     pt = _sub(_ext(m.imaging_study["series"][0], mii.EXT_PT))
     assert pt["radiopharmaceutical"] == {"text": "FDG"}
     assert pt["radionuclide"]["coding"][0]["system"] == "http://snomed.info/sct"
-    assert pt["radionuclideTotalDose"] == {"value": 350000000, "unit": "Bq", "system": "http://unitsofmeasure.org",
-                                           "code": "Bq"}
+    assert pt["radionuclideTotalDose"] == {"value": 350000000, "unit": "Becquerel",
+                                           "system": "http://unitsofmeasure.org", "code": "Bq"}
     assert pt["units"]["coding"][0]["code"] == "Bq/mL"
     assert [c["code"] for c in pt["seriesType"]["coding"]] == ["IMAGE"]  # "WHOLE BODY" is not a code: issue
     attrs = series_json(Modality="NM")
