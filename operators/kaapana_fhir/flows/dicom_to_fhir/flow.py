@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import re
 import threading
 import time
@@ -54,6 +53,7 @@ from kaapana_fhir.core.dicom.merge import comparable, merge_imaging_study, merge
 from kaapana_fhir.core.ids import normalize_uid
 from kaapana_fhir.core.validate import validate_resource
 from kaapana_fhir.exceptions import ConfigError, DicomWebError, FhirServerError, MappingError, ResourceNotFound
+from kaapana_fhir.flows.write import Shared, with_lost, write_merged
 
 log = logging.getLogger(__name__)
 
@@ -234,76 +234,17 @@ def _also(m: StudyMapping) -> list[dict[str, Any]]:
 
 def write_study(fhir: Any, m: StudyMapping, *, written: dict[str, str] | None = None, max_attempts: int = 8,
                 lost: Sequence[dict[str, Any]] = (), lost_patients: Sequence[dict[str, Any]] = ()) -> dict[str, int]:
-    """Write one mapped study in one transaction with ``If-Match`` on Patient and ImagingStudy.
+    """Write one mapped study in one transaction with ``If-Match`` on Patient and ImagingStudy (the shared
+    strategy of :func:`kaapana_fhir.flows.write.write_merged`).
 
     ``written`` caches Endpoint/Device/Observation contents already written in this call (skipped when unchanged).
     ``lost`` / ``lost_patients``: versions a concurrent writer created that an earlier write of ours replaced;
     they are merged back. Returns counts ``created``, ``updated``, ``unchanged``, ``conflicts``.
     """
-    written = written if written is not None else {}
-    counts = {"created": 0, "updated": 0, "unchanged": 0, "conflicts": 0}
-    lost = list(lost)
-    shared = _also(m)
-    for attempt in range(1, max_attempts + 1):
-        cur_p, etag_p = _read(fhir, "Patient", m.patient["id"])
-        cur_s, etag_s = _read(fhir, "ImagingStudy", m.imaging_study["id"])
-        patient = merge_patient(cur_p, m.patient)
-        for old_p in lost_patients:
-            patient = merge_patient(old_p, patient)
-        study = merge_imaging_study(cur_s, m.imaging_study)
-        for old in lost:
-            study = merge_imaging_study(old, study)
-        entries = []
-        skipped = 0
-        for r in shared:
-            key = f"{r['resourceType']}/{r['id']}"
-            if written.get(key) != comparable(r):
-                entries.append(fb.put_entry(r))
-            else:
-                skipped += 1
-        if not same_content(cur_p, patient):
-            entries.append(fb.put_entry(patient, if_match=etag_p if cur_p else None))
-        else:
-            skipped += 1
-        if not same_content(cur_s, study):
-            if lost or cur_s is not None:
-                validate_resource(study)
-            entries.append(fb.put_entry(study, if_match=etag_s if cur_s else None))
-        else:
-            skipped += 1
-        if not entries:
-            counts["unchanged"] += skipped
-            return counts
-        try:
-            resp = fhir.transaction(fb.transaction(entries, sort=False))
-        except FhirServerError as exc:
-            if not _is_conflict(exc) or attempt == max_attempts:
-                raise
-            counts["conflicts"] += 1
-            log.info("study %s: version conflict (%s), re-reading and retrying (%d/%d)", m.study_uid,
-                     exc.status_code, attempt, max_attempts)
-            time.sleep(random.uniform(0.05, 0.2) * attempt)
-            continue
-        for r in shared:
-            written[f"{r['resourceType']}/{r['id']}"] = comparable(r)
-        _count_response(resp, counts)
-        counts["unchanged"] += skipped
-        overwrote = None
-        for e, req in zip(resp.get("entry", []), entries, strict=False):
-            status = (e.get("response", {}).get("status") or "").split(" ")[0]
-            if req["resource"]["resourceType"] == "ImagingStudy" and cur_s is None and status == "200":
-                overwrote = e.get("response", {}).get("location", "")
-        if overwrote:
-            match = _VERSION_RE.search(overwrote)
-            version = int(match.group(1)) if match else 0
-            if version > 1:  # a concurrent run created it between our read and our write: merge its series back
-                prev = fhir.request("GET", f"ImagingStudy/{m.imaging_study['id']}/_history/{version - 1}").json()
-                if not same_content(merge_imaging_study(prev, study), study):
-                    counts["conflicts"] += 1
-                    lost.append(prev)
-                    continue
-        return counts
-    return counts  # pragma: no cover - loop always returns or raises
+    shared = [Shared(m.patient, with_lost(merge_patient, lost_patients)),
+              Shared(m.imaging_study, with_lost(merge_imaging_study, lost), validate=validate_resource)]
+    return write_merged(fhir, shared, _also(m), written=written, max_attempts=max_attempts,
+                        label=f"study {m.study_uid}")
 
 
 def _prefetch(fhir: Any, rtype: str, ids: list[str]) -> dict[str, tuple[dict[str, Any], str | None]] | None:

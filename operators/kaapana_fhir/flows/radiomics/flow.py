@@ -29,7 +29,7 @@ from kaapana_fhir.core.radiomics.mapping import (
     patient_stub,
 )
 from kaapana_fhir.core.validate import validate_resource
-from kaapana_fhir.exceptions import ConfigError, MappingError, ResourceNotFound
+from kaapana_fhir.exceptions import ConfigError, MappingError
 from kaapana_fhir.flows.radiomics.compute import (
     Volume,
     build_volume,
@@ -39,6 +39,7 @@ from kaapana_fhir.flows.radiomics.compute import (
     referenced_series,
     segment_infos,
 )
+from kaapana_fhir.flows.write import Shared, write_merged
 
 log = logging.getLogger(__name__)
 
@@ -238,19 +239,31 @@ def compute_from_dicomweb(dicomweb: Any, seg_series_uid: str, settings: dict[str
     return results
 
 
-def entries_for(run: RadiomicsRun, *, layout: str = "members", fhir: Any = None,
-                validate: bool = True) -> tuple[list[dict[str, Any]], Any]:
-    """Transaction entries of a run (referenced resources first); Patient/ImagingStudy stubs only when missing."""
-    mapped = map_run(run, layout=layout)
-    extra = []
+def stubs_for(run: RadiomicsRun) -> list[dict[str, Any]]:
+    """Minimal Patient / ImagingStudy resources the radiomics resources reference (create-only: the DICOM flow
+    owns them)."""
     stubs = [patient_stub(run), imaging_study_stub(run, run.study_uid, [(run.image_series_uid, run.modality)]
                                                   if run.image_series_uid else [])]
     if run.seg_study_uid:
         stubs.append(imaging_study_stub(run, run.seg_study_uid, []))
-    for stub in stubs:
-        if fhir is None or not _exists(fhir, stub["resourceType"], stub["id"]):
-            extra.append(stub)
-    resources = extra + mapped.resources
+    return stubs
+
+
+def _group_last(entry: dict[str, Any]) -> tuple[int, int]:
+    """Write order: referenced resources first, feature Observations, then the group Observations (``hasMember``)
+    last, so a run killed mid-write never leaves a group that points to a partial feature set."""
+    return bundle.sort_key(entry), 1 if "hasMember" in entry["resource"] else 0
+
+
+def entries_for(run: RadiomicsRun, *, layout: str = "members", fhir: Any = None,
+                validate: bool = True, with_stubs: bool | None = None) -> tuple[list[dict[str, Any]], Any]:
+    """Transaction entries of a run (referenced resources first, group Observations last).
+
+    The Patient/ImagingStudy stubs are included for a Bundle file (``fhir`` None); a FHIR writer creates them
+    with :func:`write_run` (create-only, never replacing the DICOM flow's richer resources)."""
+    mapped = map_run(run, layout=layout)
+    include = (fhir is None) if with_stubs is None else with_stubs
+    resources = (stubs_for(run) if include else []) + mapped.resources
     if validate:
         seen = set()
         for r in resources:  # one of each kind is enough in the hot path; all in tests
@@ -258,28 +271,31 @@ def entries_for(run: RadiomicsRun, *, layout: str = "members", fhir: Any = None,
             if key not in seen:
                 validate_resource(r)
                 seen.add(key)
-    entries = sorted((bundle.put_entry(r) for r in resources), key=bundle.sort_key)
+    entries = sorted((bundle.put_entry(r) for r in resources), key=_group_last)
     return entries, mapped
 
 
-def _exists(fhir: Any, rtype: str, rid: str) -> bool:
-    try:
-        fhir.read(rtype, rid)
-        return True
-    except ResourceNotFound:
-        return False
-
-
 def write_run(fhir: Any, run: RadiomicsRun, *, layout: str = "members", chunk_size: int = 500) -> dict[str, Any]:
-    """Map and write one run; returns a small summary (counts, ids, issues)."""
+    """Map and write one run; returns a small summary (counts, ids, issues).
+
+    Patient and ImagingStudy stubs go through the shared strategy (:func:`kaapana_fhir.flows.write.write_merged`)
+    as create-only resources: written only when absent, and a concurrent DICOM write is never replaced (a stub
+    that overwrote a concurrent create is detected from the version and the richer version restored). The
+    radiomics resources follow in transaction chunks, the group Observations last: until a run has completed,
+    no group Observation presents its (partial) feature set; a re-run writes the same ids (no duplicates).
+    """
     t0 = time.perf_counter()
-    entries, mapped = entries_for(run, layout=layout, fhir=fhir)
+    entries, mapped = entries_for(run, layout=layout, fhir=fhir, with_stubs=False)
+    stubs = stubs_for(run)
+    for stub in stubs:
+        validate_resource(stub)
     t_map = time.perf_counter() - t0
     t = time.perf_counter()
+    shared = write_merged(fhir, [Shared(stub) for stub in stubs], label=f"radiomics SEG {run.seg_sop_uid}")
     counts = fhir.write_entries(entries, chunk_size=chunk_size)
     return {"seg_sop_uid": run.seg_sop_uid, "groups": mapped.groups, "features": mapped.features,
             "absent": mapped.absent, "resources": len(entries), "status_counts": counts,
-            "issues": mapped.issues, "map_s": t_map, "write_s": time.perf_counter() - t}
+            "referenced": shared, "issues": mapped.issues, "map_s": t_map, "write_s": time.perf_counter() - t}
 
 
 def resolve_settings(settings_path: str | Path | None = None, preset: str | None = None,
