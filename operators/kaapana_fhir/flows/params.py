@@ -68,7 +68,7 @@ class FlowParams:
 
     # ---- field introspection ---------------------------------------------------------------------
     @classmethod
-    def keys(cls) -> tuple[str, ...]:
+    def form_keys(cls) -> tuple[str, ...]:
         """The ``workflow_form`` keys (= field names)."""
         return tuple(f.name for f in dataclasses.fields(cls))
 
@@ -131,7 +131,7 @@ class FlowParams:
     # ---- building --------------------------------------------------------------------------------
     def with_values(self: P, values: Mapping[str, Any], source: str = "values") -> P:
         """A copy with the known, non-empty ``values`` applied (unknown keys are ignored)."""
-        known = set(self.keys())
+        known = set(self.form_keys())
         changes = {
             k: self.coerce(k, v, source) for k, v in values.items() if k in known and v not in EMPTY
         }
@@ -155,7 +155,7 @@ class FlowParams:
     def from_env(cls: type[P], env: Mapping[str, str], base: P | None = None) -> P:
         """Env entry: ``KEY.upper()`` per field, values as Kaapana passes them (``str(value)``)."""
         out = base if base is not None else cls()
-        values = {k: env[cls.env_name(k)] for k in cls if cls.env_name(k) in env}
+        values = {k: env[cls.env_name(k)] for k in cls.form_keys() if cls.env_name(k) in env}
         return out.with_values(values, "env")
 
     @classmethod
@@ -188,13 +188,13 @@ class FlowParams:
     def changed(self) -> dict[str, Any]:
         """The fields that differ from the defaults."""
         default = type(self)()
-        return {k: getattr(self, k) for k in self.keys() if getattr(self, k) != getattr(default, k)}
+        return {k: getattr(self, k) for k in self.form_keys() if getattr(self, k) != getattr(default, k)}
 
     def to_env(self, *, only_changed: bool = True) -> dict[str, str]:
         """Env vars for the container (``KEY.upper()`` → ``str(value)``, lists as ``str(list)``, as Kaapana
         passes ``workflow_form`` values). Only non-default values by default, so that values of a flat
         trigger-rule conf still apply."""
-        items = self.changed() if only_changed else {k: getattr(self, k) for k in self.keys()}
+        items = self.changed() if only_changed else {k: getattr(self, k) for k in self.form_keys()}
         out: dict[str, str] = {}
         for key, value in items.items():
             if value is None:

@@ -49,7 +49,7 @@ def flow_params(task: str, values: Mapping[str, Any]) -> FlowParams:
     """The task's Params from in-process operator keyword arguments (aliases applied, others dropped)."""
     cls = PARAMS[task]
     aliases = KWARG_ALIASES.get(task, {})
-    known = set(cls.keys())
+    known = set(cls.form_keys())
     kept: dict[str, Any] = {}
     for key, value in values.items():
         name = aliases.get(key, key)

@@ -115,7 +115,13 @@ def _token(k: KaapanaRun, specific: str) -> str | None:
 def fhir_client(k: KaapanaRun) -> Any:
     from kaapana_fhir.clients.fhir import FhirClient
 
-    return FhirClient(k.fhir_base_url(), token=k.fhir_token())
+    client = FhirClient(k.fhir_base_url(), token=k.fhir_token())
+    # per-project FHIR data (HAPI partition <base>/<project>), the rule of hooks.fhir.run_project: conf "project";
+    # with KAAPANA_FHIR_PARTITIONING=url Kaapana's project_form.name, for triggered runs the admin project
+    project = str(k.conf.get("project") or "").strip() or None
+    if project is None and str(k.env.get("KAAPANA_FHIR_PARTITIONING", "none")).strip().lower() == "url":
+        project = str(k.project_form.get("name") or "admin")
+    return client.for_project(project)
 
 
 def dicomweb_client(k: KaapanaRun) -> Any:

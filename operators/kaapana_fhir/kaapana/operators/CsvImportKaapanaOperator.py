@@ -19,8 +19,8 @@ class CsvImportKaapanaOperator(KaapanaFhirBaseOperator):
 
     def __init__(self, dag: Any, name: str = "fhir-table-import", **kwargs: Any) -> None:
         super().__init__(
-            dag,
-            name,
+            dag=dag,
+            name=name,
             image=f"{DEFAULT_REGISTRY}/kaapana-fhir:{KAAPANA_BUILD_VERSION}",
             **kwargs,
         )

@@ -21,8 +21,8 @@ class FhirQueryKaapanaOperator(KaapanaFhirBaseOperator):
 
     def __init__(self, dag: Any, name: str = "fhir-cohort", **kwargs: Any) -> None:
         super().__init__(
-            dag,
-            name,
+            dag=dag,
+            name=name,
             image=f"{DEFAULT_REGISTRY}/kaapana-fhir:{KAAPANA_BUILD_VERSION}",
             **kwargs,
         )
