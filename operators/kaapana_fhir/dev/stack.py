@@ -147,12 +147,17 @@ def build_hapi(root: Path | None = None, *, force: bool = False) -> Path:
 
 
 def start_hapi(state_dir: Path, *, db_file: Path | None = None, port: int | None = None,
-               deadline_s: float = 240.0) -> Service:
+               deadline_s: float = 240.0, partitioning: bool = True, bulk_export: bool = True) -> Service:
+    """HAPI on 127.0.0.1. ``partitioning``: one partition per project at ``<base>/<project>`` (the plain base is
+    the default partition; database partition mode, so a file database made without it needs ``False``);
+    ``bulk_export``: FHIR Bulk Data ``$export``."""
     jar = build_hapi()
     port = port or free_port()
     logfile = state_dir / "hapi.log"
     cmd = ["java", "-Xmx2g", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-jar", str(jar),
-           f"--server.port={port}", "--server.address=127.0.0.1"]
+           f"--server.port={port}", "--server.address=127.0.0.1",
+           f"--kaapanafhir.partitioning.enabled={str(partitioning).lower()}",
+           f"--kaapanafhir.bulk-export.enabled={str(bulk_export).lower()}"]
     if db_file is not None:
         db_file.parent.mkdir(parents=True, exist_ok=True)
         cmd.append(f"--spring.datasource.url=jdbc:h2:file:{db_file};DB_CLOSE_ON_EXIT=FALSE;WRITE_DELAY=0")

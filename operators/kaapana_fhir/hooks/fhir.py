@@ -97,16 +97,20 @@ class FhirHook(BaseHook):
     conn_type = "fhir"
     hook_name = "FHIR"
 
-    def __init__(self, fhir_conn_id: str = default_conn_name, base_url: str | None = None) -> None:
+    def __init__(self, fhir_conn_id: str = default_conn_name, base_url: str | None = None,
+                 project: str | None = None) -> None:
         super().__init__()
         self.fhir_conn_id = fhir_conn_id
         self.base_url = base_url
+        self.project = project
 
     def get_conn(self) -> FhirClient:
+        """The FHIR client; with a ``project`` the client of that project's HAPI partition (``<base>/<project>``)."""
         st = _http_settings(self.fhir_conn_id, self.base_url, "FHIR_BASE_URL", "FHIR_TOKEN",
                             "create the connection (conn_type fhir, host = FHIR base URL)")
-        return FhirClient(st.url, token=st.token, basic_auth=st.basic_auth, verify=st.verify,
-                          timeout=st.timeout if st.timeout is not None else 120.0)
+        client = FhirClient(st.url, token=st.token, basic_auth=st.basic_auth, verify=st.verify,
+                            timeout=st.timeout if st.timeout is not None else 120.0)
+        return client.for_project(self.project)
 
     def test_connection(self) -> tuple[bool, str]:
         def probe() -> str:
@@ -172,3 +176,17 @@ class ObjectStoreHook(BaseHook):
             return "S3 answered"
 
         return _test(probe)
+
+
+def run_project(conf: Any) -> str | None:
+    """The FHIR project (HAPI partition) of a run: ``conf["project"]`` (plain Airflow option); with
+    ``KAAPANA_FHIR_PARTITIONING=url`` also Kaapana's ``project_form.name``, else the admin project (triggered runs);
+    None: the server's default partition."""
+    c = conf if isinstance(conf, dict) else {}
+    explicit = str(c.get("project") or "").strip()
+    if explicit:
+        return explicit
+    if os.environ.get("KAAPANA_FHIR_PARTITIONING", "none").strip().lower() == "url":
+        form = c.get("project_form") if isinstance(c.get("project_form"), dict) else {}
+        return str((form or {}).get("name") or "admin")
+    return None

@@ -56,7 +56,7 @@ class CsvImportOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from kaapana_fhir.exceptions import ConfigError, MappingError
         from kaapana_fhir.flows.tables.flow import import_object
-        from kaapana_fhir.hooks.fhir import FhirHook, ObjectStoreHook
+        from kaapana_fhir.hooks.fhir import FhirHook, ObjectStoreHook, run_project
 
         conf = _conf(context)
         key = conf.get("object_key") or self.object_key
@@ -66,7 +66,8 @@ class CsvImportOperator(BaseOperator):
         mapping = conf.get("mapping_key") or conf.get("mapping") or self.mapping_key or None
         preset = conf.get("preset") or self.preset or None
         skip = bool(conf.get("skip_invalid_rows", self.skip_invalid_rows))
-        rep = import_object(ObjectStoreHook(self.s3_conn_id).get_conn(), FhirHook(self.fhir_conn_id).get_conn(),
+        fhir = FhirHook(self.fhir_conn_id, project=run_project(conf)).get_conn()  # the run's project partition, if any
+        rep = import_object(ObjectStoreHook(self.s3_conn_id).get_conn(), fhir,
                             bucket, key, mapping_key=mapping, preset=preset, skip_invalid_rows=skip,
                             signature=conf.get("signature"), chunk_size=self.chunk_size)
         self.log.info("import of %s: %s, rows %s, resources %s", key, rep.get("status"), rep.get("rows_read"),

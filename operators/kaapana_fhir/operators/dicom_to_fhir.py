@@ -149,7 +149,7 @@ class DicomToFhirOperator(BaseOperator):
         from kaapana_fhir.core.ids import DEFAULT_PATIENT_SYSTEM
         from kaapana_fhir.exceptions import MappingError
         from kaapana_fhir.flows.dicom_to_fhir.flow import sync_studies
-        from kaapana_fhir.hooks.fhir import DicomWebHook, FhirHook
+        from kaapana_fhir.hooks.fhir import DicomWebHook, FhirHook, run_project
 
         conf = _conf(context)
         form = {k: v for k, v in (conf.get("workflow_form") or {}).items() if k in FORM_KEYS and v not in (None, "")}
@@ -167,7 +167,8 @@ class DicomToFhirOperator(BaseOperator):
             include_instances=_bool(form.get("include_instances", self.include_instances)),
             include_device=_bool(form.get("include_device", self.include_device)),
         )
-        result = sync_studies(DicomWebHook(self.dicomweb_conn_id).get_conn(), FhirHook(self.fhir_conn_id).get_conn(),
+        fhir = FhirHook(self.fhir_conn_id, project=run_project(conf)).get_conn()  # the run's project partition, if any
+        result = sync_studies(DicomWebHook(self.dicomweb_conn_id).get_conn(), fhir,
                               study_uids=studies, series_uids=series, options=options,
                               wado=form.get("wado", self.wado), missing=form.get("missing_series", self.missing_series))
         result["issues"] = result["issues"][: self.max_issues]

@@ -82,7 +82,7 @@ class FhirQueryOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from kaapana_fhir.flows.cohort.flow import run_cohort
-        from kaapana_fhir.hooks.fhir import FhirHook, ObjectStoreHook
+        from kaapana_fhir.hooks.fhir import FhirHook, ObjectStoreHook, run_project
 
         conf = _conf(context)
         project = conf.get("project_form") or {}
@@ -97,7 +97,8 @@ class FhirQueryOperator(BaseOperator):
         out_dir = Path(self.out_dir) if self.out_dir else workflow_dir(context, self.task_id)
         store = ObjectStoreHook(self.s3_conn_id).get_conn() if (self.upload and bucket) else None
         dataset_name = conf.get("dataset_name") or self.dataset_name
-        summary = run_cohort(FhirHook(self.fhir_conn_id).get_conn(), out_dir, searches=searches,
+        fhir = FhirHook(self.fhir_conn_id, project=run_project(conf)).get_conn()  # the run's project partition, if any
+        summary = run_cohort(fhir, out_dir, searches=searches,
                              patient_search=patient_search, view_files=views, filters=filters,
                              modality=modality or None, dataset_name=dataset_name, store=store, bucket=bucket or None,
                              prefix=prefix, count=self.page_size)

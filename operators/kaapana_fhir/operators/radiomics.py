@@ -59,7 +59,7 @@ class RadiomicsToFhirOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from kaapana_fhir.flows.radiomics.flow import run_for_series
-        from kaapana_fhir.hooks.fhir import DicomWebHook, FhirHook
+        from kaapana_fhir.hooks.fhir import DicomWebHook, FhirHook, run_project
 
         dr = context.get("dag_run") if hasattr(context, "get") else None
         conf = dict(getattr(dr, "conf", None) or {})
@@ -68,8 +68,9 @@ class RadiomicsToFhirOperator(BaseOperator):
         if not uids:
             self.log.info("no SEG series UIDs given; nothing to do")
             return {"segs": 0, "groups": 0, "features": 0, "issues": []}
+        fhir = FhirHook(self.fhir_conn_id, project=run_project(conf)).get_conn()  # the run's project partition, if any
         result = run_for_series(
-            DicomWebHook(self.dicomweb_conn_id).get_conn(), FhirHook(self.fhir_conn_id).get_conn(), uids,
+            DicomWebHook(self.dicomweb_conn_id).get_conn(), fhir, uids,
             settings_path=self.settings_path, preset=form.get("settings_preset"),
             settings_override=form.get("settings", self.settings_override),
             layout=form.get("layout", self.layout), patient_system=form.get("patient_system", self.patient_system))

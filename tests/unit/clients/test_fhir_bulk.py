@@ -262,3 +262,30 @@ def test_iter_ndjson_names_the_bad_line(tmp_path: Path) -> None:
     f.write_text(json.dumps(P1) + "\n\n{not json\n")
     with pytest.raises(BulkExportError, match=r"x.ndjson: line 3 is not JSON"):
         list(iter_ndjson(f))
+
+
+# ---------------------------------------------------------------------------------------------- project plumbing
+def test_run_project_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kaapana_fhir.hooks.fhir import run_project
+
+    monkeypatch.delenv("KAAPANA_FHIR_PARTITIONING", raising=False)
+    assert run_project({"project": " lung "}) == "lung"
+    assert run_project({"project_form": {"name": "kp"}}) is None  # partitioning off: the default partition
+    monkeypatch.setenv("KAAPANA_FHIR_PARTITIONING", "url")
+    assert run_project({"project_form": {"name": "kp"}}) == "kp"
+    assert run_project({}) == "admin"  # triggered runs: Kaapana's admin project
+    assert run_project({"project": "x", "project_form": {"name": "kp"}}) == "x"
+
+
+@responses.activate
+def test_kaapana_container_client_uses_the_runs_project(tmp_path: Path) -> None:
+    from kaapana_fhir.kaapana.env import KaapanaRun
+    from kaapana_fhir.kaapana.tasks import fhir_client
+
+    responses.post(f"{BASE}/$partition-management-create-partition", json={"resourceType": "Parameters"})
+    env = {"FHIR_BASE_URL": BASE, "KAAPANA_FHIR_PARTITIONING": "url"}
+    k = KaapanaRun(tmp_path, conf={"fhir_base_url": BASE, "project_form": {"name": "kp-proj1"}}, env=env)
+    assert fhir_client(k).base_url == f"{BASE}/kp-proj1"
+    plain = KaapanaRun(tmp_path, conf={"fhir_base_url": BASE, "project_form": {"name": "kp-proj1"}},
+                       env={"FHIR_BASE_URL": BASE})
+    assert fhir_client(plain).base_url == BASE
