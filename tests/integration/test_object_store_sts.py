@@ -207,3 +207,43 @@ def test_credential_choice_is_explicit_in_the_stack_env(sso_stack: sso.SsoStack)
         credentials_from_env(env)
     assert object_store_from_env({**env, "KAAPANA_FHIR_S3_AUTH": "static"}).put_bytes(
         BUCKET, f"fhir-import/{_tag()}/static.csv", b"x")
+
+
+@pytest.mark.airflow
+def test_watcher_and_import_dags_run_in_airflow_with_sts_only(sso_stack: sso.SsoStack, airflow_home: Path,
+                                                              fhir_url: str, fhir: Any,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kaapana's Airflow has no S3 connection and no keys: the hooks fall back to the environment, which
+    carries the project user, the client secret and KEYCLOAK_URL (as Kaapana's scheduler pod does)."""
+    import json
+    import os
+
+    from airflow.models import DagBag, XCom
+    from airflow.utils.state import DagRunState
+
+    for k in list(os.environ):
+        if k.startswith(("AIRFLOW_CONN_S3", "S3_", "MINIO_", "AWS_")):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("AIRFLOW_CONN_FHIR_DEFAULT", json.dumps({"conn_type": "http", "host": fhir_url}))
+    for k, v in sso_stack.env().items():
+        monkeypatch.setenv(k, v)
+    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags"), include_examples=False)
+    watcher, imp = bag.get_dag("fhir-import-watcher"), bag.get_dag("fhir-table-import")
+    assert watcher is not None and imp is not None, bag.import_errors
+    bag.sync_to_db()
+
+    store = _sts_store(sso_stack)
+    tag = _tag()
+    prefix = f"fhir-import/{tag}/"
+    ids = [f"AF-{tag}-{i}" for i in range(1, 4)]
+    store.put_bytes(BUCKET, f"{prefix}lung1.csv", synthetic_lung1_csv(ids, seed=9).encode())
+    store.put_bytes(BUCKET, f"{prefix}lung1.preset", b"lung1\n")
+
+    dr = watcher.test(run_conf={"bucket": BUCKET, "prefix": prefix})
+    assert dr.state == DagRunState.SUCCESS
+    confs = XCom.get_one(run_id=dr.run_id, dag_id=watcher.dag_id, task_id="find-new-objects", key="return_value")
+    assert [c["object_key"] for c in confs] == [f"{prefix}lung1.csv"]
+    assert imp.test(run_conf=confs[0]).state == DagRunState.SUCCESS
+    for pid in ids:
+        assert fhir.count("Patient", {"identifier": f"{DEFAULT_PATIENT_SYSTEM}|{pid}"}) == 1
+    assert store.head(BUCKET, f"{prefix}lung1.import-report.json") is not None
