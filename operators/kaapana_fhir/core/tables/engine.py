@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,8 +33,31 @@ from kaapana_fhir.exceptions import ConfigError, MappingError
 #: key marking an entry that retracts an Observation whose cell became empty (removed before writing)
 RETRACT = "x-retract"
 
+log = logging.getLogger(__name__)
+
+#: a progress line is logged at least this often while reading and writing a table (seconds)
+PROGRESS_EVERY_S = 10.0
+
 #: At most this many issues are kept in a report (the count is always exact).
 MAX_REPORTED_ISSUES = 1000
+
+
+class _Progress:
+    """Logs ``<what>: row N (R rows/s)`` when a pass starts and then at least every :data:`PROGRESS_EVERY_S`
+    seconds (checked every 256 rows)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.t0 = self.last = time.monotonic()
+        log.info("%s: row 1 (start)", what)
+
+    def tick(self, row: int) -> None:
+        if row & 255:
+            return
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_S * 0.9:
+            self.last = now
+            log.info("%s: row %d (%.0f rows/s)", self.what, row, row / max(now - self.t0, 1e-9))
 
 
 class PatientIndex:
@@ -130,7 +155,9 @@ def scan(table: Table, mapper: TableMapper, *, validate_kinds: bool = True, requ
     mapper.bind(table.header, delimiter=table.delimiter)
     res = ScanResult()
     kinds: set[tuple[str, str]] = set()
+    progress = _Progress(f"{table.name}: validating")
     for n, row in table.rows():
+        progress.tick(n)
         if is_empty_row(row):
             res.empty_rows += 1
             continue
@@ -197,7 +224,9 @@ def iter_entries(table: Table, mapper: TableMapper, scanned: ScanResult, *,
     if scanned.issue_count and not skip_invalid_rows:
         raise MappingError("refusing to write a file with invalid rows (rule: skip_invalid_rows is off)")
     scanned.index.reset_emitted()
+    progress = _Progress(f"{table.name}: writing")
     for n, row in table.rows():
+        progress.tick(n)
         if n in scanned.bad_rows or n in scanned.duplicate_rows or is_empty_row(row):
             continue
         mapped, issues = mapper.map_row(n, row)

@@ -217,16 +217,14 @@ def import_table(table: Table, mapping: dict[str, Any], *, client: FhirClient | 
         written = write_bundle_file(out_path, (e for e in iter_entries(table, mapper, scanned, skip_invalid_rows=True)
                                                if not e.get(RETRACT)))
     elif client is not None:
-        if workers > 1:  # Patients first (all of them), so parallel chunks never reference a missing Patient
-            written = write_chunks(client, iter_patient_entries(mapper, scanned), chunk_size=chunk_size,
-                                   workers=workers, conflicts=conflicts)
-            rest = write_chunks(client, iter_entries(table, mapper, scanned, skip_invalid_rows=True, patients=False),
-                                chunk_size=chunk_size, workers=workers, merge_patients=False)
-            for k, v in rest.items():
-                written[k] = written.get(k, 0) + v
-        else:
-            written = write_chunks(client, iter_entries(table, mapper, scanned, skip_invalid_rows=True),
-                                   chunk_size=chunk_size, conflicts=conflicts)
+        # all Patients first (merged with existing ones, one search per chunk), then the other resources without
+        # any read: parallel chunks never reference a missing Patient and the write path has no searches
+        written = write_chunks(client, iter_patient_entries(mapper, scanned), chunk_size=chunk_size,
+                               workers=workers, conflicts=conflicts)
+        rest = write_chunks(client, iter_entries(table, mapper, scanned, skip_invalid_rows=True, patients=False),
+                            chunk_size=chunk_size, workers=workers, merge_patients=False)
+        for k, v in rest.items():
+            written[k] = written.get(k, 0) + v
     else:
         raise ConfigError("import_table needs a FHIR client or an output path (rule: --fhir or --out)")
     status = "imported" if not scanned.issue_count else "imported-with-rejections"
