@@ -15,9 +15,9 @@ Entry points
 
 Studies are read and mapped concurrently by a bounded thread pool (``workers``). Patient demographics come from
 every series of a study and from every study of the patient in the run; conflicts are issues. Writes go in
-transactions of several studies: Patients and ImagingStudies are read first (one search per resource type and
-chunk), merged (:mod:`~kaapana_fhir.core.dicom.merge`) and written with ``If-Match``; a version conflict
-(HAPI 409, others 412) re-writes that chunk study by study with re-reads (:func:`write_study`), which also merges
+transactions of several studies: Patients and ImagingStudies are read first (one batch of GETs per chunk),
+merged (:mod:`~kaapana_fhir.core.dicom.merge`) and written with ``If-Match``; a version conflict (HAPI 409,
+others 412) re-writes that chunk study by study with re-reads (:func:`write_study`), which also merges
 back a concurrent create. Unchanged resources are not written. All PACS reads of a :func:`sync_studies` call
 happen before its first write, so an unreachable PACS writes nothing.
 """
@@ -247,26 +247,41 @@ def write_study(fhir: Any, m: StudyMapping, *, written: dict[str, str] | None = 
                         label=f"study {m.study_uid}")
 
 
-def _prefetch(fhir: Any, rtype: str, ids: list[str]) -> dict[str, tuple[dict[str, Any], str | None]] | None:
-    """Current versions of ``ids`` with one search (``_id=a,b,...``); None when the client cannot search."""
-    search = getattr(fhir, "search", None)
-    if search is None or not ids:
+def _prefetch(fhir: Any, keys: list[tuple[str, str]]) -> dict[str, tuple[dict[str, Any], str | None]] | None:
+    """Current versions of ``keys`` (``(type, id)``) with one ``batch`` of GETs; None when the client cannot do it.
+
+    Reads (not a search: HAPI would persist a search result per chunk); a 404 entry means absent.
+    """
+    if not keys or not hasattr(fhir, "request") or not hasattr(fhir, "search"):
         return None
+    bundle = {"resourceType": "Bundle", "type": "batch",
+              "entry": [{"request": {"method": "GET", "url": f"{t}/{i}"}} for t, i in keys]}
+    answer = fhir.request("POST", "", json_body=bundle).json()
+    entries = answer.get("entry", []) if isinstance(answer, dict) else []
+    if answer.get("type") != "batch-response" or len(entries) != len(keys):
+        raise FhirServerError(f"FHIR batch read of {len(keys)} resources: unexpected answer "
+                              f"(type {answer.get('type')!r}, {len(entries)} entries)")
     out: dict[str, tuple[dict[str, Any], str | None]] = {}
-    for res in search(rtype, {"_id": ",".join(ids), "_count": str(len(ids))}):
-        vid = (res.get("meta") or {}).get("versionId")
-        out[res["id"]] = (res, f'W/"{vid}"' if vid else None)
+    for (rtype, rid), e in zip(keys, entries, strict=True):
+        status = str((e.get("response") or {}).get("status") or "").split(" ")[0]
+        res = e.get("resource")
+        if status.startswith("2") and isinstance(res, dict) and res.get("resourceType") == rtype:
+            vid = (res.get("meta") or {}).get("versionId")
+            out[f"{rtype}/{rid}"] = (res, f'W/"{vid}"' if vid else None)
+        elif status not in ("404", "410"):
+            raise FhirServerError(f"FHIR batch read of {rtype}/{rid} answered {status or 'no status'}",
+                                  status_code=int(status) if status.isdigit() else 0)
     return out
 
 
 def write_chunk(fhir: Any, mapped: Sequence[StudyMapping], *, written: dict[str, str]) -> dict[str, int]:
-    """Write several studies in one transaction (Patients/ImagingStudies prefetched with one search each,
+    """Write several studies in one transaction (Patients/ImagingStudies read first with one batch request,
     ``If-Match`` on every existing one). A conflict, or a create that answered version > 1 (a concurrent
     writer created it), re-writes the studies one by one with :func:`write_study`."""
     counts = {"created": 0, "updated": 0, "unchanged": 0, "conflicts": 0}
-    patients = _prefetch(fhir, "Patient", sorted({m.patient["id"] for m in mapped}))
-    studies = _prefetch(fhir, "ImagingStudy", [m.imaging_study["id"] for m in mapped])
-    if patients is None or studies is None or len({m.imaging_study["id"] for m in mapped}) != len(mapped):
+    current = _prefetch(fhir, [("Patient", p) for p in sorted({m.patient["id"] for m in mapped})]
+                        + [("ImagingStudy", m.imaging_study["id"]) for m in mapped])
+    if current is None or len({m.imaging_study["id"] for m in mapped}) != len(mapped):
         return _one_by_one(fhir, mapped, written, counts)
     entries: list[dict[str, Any]] = []
     pending: dict[str, dict[str, Any]] = {}
@@ -283,10 +298,10 @@ def write_chunk(fhir: Any, mapped: Sequence[StudyMapping], *, written: dict[str,
     merged_patients: dict[str, dict[str, Any]] = {}
     for m in mapped:
         pid = m.patient["id"]
-        base = merged_patients.get(pid) or patients.get(pid, (None, None))[0]
+        base = merged_patients.get(pid) or current.get(f"Patient/{pid}", (None, None))[0]
         merged_patients[pid] = merge_patient(base, m.patient)
     for pid, patient in merged_patients.items():
-        cur, etag = patients.get(pid, (None, None))
+        cur, etag = current.get(f"Patient/{pid}", (None, None))
         if same_content(cur, patient):
             skipped += 1
             continue
@@ -294,7 +309,7 @@ def write_chunk(fhir: Any, mapped: Sequence[StudyMapping], *, written: dict[str,
             absent.add(f"Patient/{pid}")
         entries.append(fb.put_entry(patient, if_match=etag if cur is not None else None))
     for m in mapped:
-        cur, etag = studies.get(m.imaging_study["id"], (None, None))
+        cur, etag = current.get(f"ImagingStudy/{m.imaging_study['id']}", (None, None))
         study = merge_imaging_study(cur, m.imaging_study)
         if same_content(cur, study):
             skipped += 1
