@@ -20,7 +20,8 @@ from kaapana_fhir.dev.synthetic_tables import synthetic_lung1_csv
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
-DICTIONARY = '''"Variable / Field Name","Form Name","Section Header","Field Type","Field Label","Choices, Calculations, OR Slider Labels","Field Note","Text Validation Type OR Show Slider Number"
+DICTIONARY = '''"Variable / Field Name","Form Name","Section Header","Field Type","Field Label",\
+"Choices, Calculations, OR Slider Labels","Field Note","Text Validation Type OR Show Slider Number"
 record_id,demographics,,text,Record ID,,,
 sex,demographics,,radio,Sex,"1, Male | 2, Female",,
 ecog,demographics,,dropdown,ECOG,"0, Fully active | 1, Restricted",,

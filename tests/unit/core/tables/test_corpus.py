@@ -103,7 +103,8 @@ def test_dates_in_several_formats(tmp_path: Path, cell: str) -> None:
 def test_impossible_date_is_reported_with_row_column_value_rule(tmp_path: Path) -> None:
     with pytest.raises(TableRejected) as exc:
         _run((HEADER + "P1,m,1970-02-30,72,ok,1\n").encode(), tmp_path)
-    assert exc.value.report["rejected"] == [{"row": 2, "column": "dob", "value": "1970-02-30", "rule": "impossible date"}]
+    assert exc.value.report["rejected"] == [
+        {"row": 2, "column": "dob", "value": "1970-02-30", "rule": "impossible date"}]
 
 
 def test_comma_decimals(tmp_path: Path) -> None:

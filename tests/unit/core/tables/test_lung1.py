@@ -49,7 +49,8 @@ def test_lung1_row_maps_to_coded_resources() -> None:
     assert age["valueQuantity"] == {"value": 68.5, "unit": "a", "system": codes.UCUM, "code": "a"}
     t = _by_text(res, "clinical.T.Stage")
     assert t["code"]["coding"][0]["code"] == "399504009"
-    assert t["valueCodeableConcept"]["coding"][0] == {"system": codes.SNOMED, "code": "67673008", "display": "T2 category"}
+    assert t["valueCodeableConcept"]["coding"][0] == {"system": codes.SNOMED, "code": "67673008",
+                                                      "display": "T2 category"}
     stage = _by_text(res, "Overall.Stage")
     assert stage["valueCodeableConcept"]["coding"][0]["code"] == "261638004"
     surv = _by_text(res, "Survival.time")
@@ -93,7 +94,7 @@ def test_ids_are_deterministic_and_change_only_for_changed_cells() -> None:
     lines[3] = ",".join(cells)
     c = _resources("\n".join(lines) + "\n")
     assert [r["id"] for r in a] == [r["id"] for r in c]
-    diff = [x["id"] for x, y in zip(a, c) if x != y]
+    diff = [x["id"] for x, y in zip(a, c, strict=True) if x != y]
     assert len(diff) == 1 and _by_text([x for x in c if x["id"] == diff[0]], "Survival.time")
 
 

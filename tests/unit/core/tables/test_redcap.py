@@ -13,7 +13,9 @@ from kaapana_fhir.core.validate import validate_resource
 from kaapana_fhir.exceptions import ConfigError
 from kaapana_fhir.flows.tables.flow import resolve_mapping
 
-DICTIONARY = '''"Variable / Field Name","Form Name","Section Header","Field Type","Field Label","Choices, Calculations, OR Slider Labels","Field Note","Text Validation Type OR Show Slider Number","Text Validation Min","Text Validation Max"
+DICTIONARY = '''"Variable / Field Name","Form Name","Section Header","Field Type","Field Label",\
+"Choices, Calculations, OR Slider Labels","Field Note","Text Validation Type OR Show Slider Number",\
+"Text Validation Min","Text Validation Max"
 record_id,demographics,,text,Record ID,,,,,
 sex,demographics,,radio,Sex,"1, Male | 2, Female",,,,
 dob,demographics,,text,Date of birth,,,date_ymd,,
