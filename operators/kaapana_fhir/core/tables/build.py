@@ -455,7 +455,7 @@ class TableMapper:
         for part in ("stage", "histology"):
             spec = cond.get(part)
             raw = self._raw(row, spec["column"]) if spec else None
-            if raw is None:
+            if spec is None or raw is None:
                 continue
             try:
                 cc = self._concept(spec, raw)

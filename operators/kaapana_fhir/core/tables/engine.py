@@ -108,7 +108,7 @@ class ScanResult:
     bad_rows: set[int] = field(default_factory=set)
     duplicate_rows: set[int] = field(default_factory=set)
     index: PatientIndex = field(default_factory=PatientIndex)
-    resources: Counter = field(default_factory=Counter)
+    resources: Counter[str] = field(default_factory=Counter)
 
     @property
     def rows_rejected(self) -> int:

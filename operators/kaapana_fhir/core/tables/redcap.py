@@ -42,6 +42,7 @@ import csv
 import html
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,7 +85,7 @@ _SPACE_RE = re.compile(r"\s+")
 _ANNOT_CODE_RE = re.compile(r"(?<![A-Za-z])(SNOMED ?CT|SNOMED|SCT|LOINC|LN|ICD-?10-?GM|ICD-?10-?CM|ICD-?10|NCIT|HPO?|"
                             r"MONDO|ORPHA|UCUM)\s*[:=]\s*([A-Za-z0-9][A-Za-z0-9.\-_\[\]/{}*%']*)")
 _MEASURE_TAG_RE = re.compile(r"@FHIR-MEASUREMENT\s*=\s*([A-Za-z0-9_]+)\s*:\s*(value|unit|date|test)", re.I)
-_NAME_CODE_RE = [
+_NAME_CODE_RE: list[tuple[re.Pattern[str], str, Callable[[re.Match[str]], str]]] = [
     (re.compile(r"^(?:snomedct|snomed|sct)_(\d{6,18})(?:_|$)", re.I), codes.SNOMED, lambda m: m.group(1)),
     (re.compile(r"^loinc_(\d{1,7})_(\d)(?:_|$)", re.I), codes.LOINC, lambda m: f"{m.group(1)}-{m.group(2)}"),
     (re.compile(r"^loinc_(la\d{3,7})[-_](\d)$", re.I), codes.LOINC, lambda m: f"{m.group(1).upper()}-{m.group(2)}"),

@@ -132,7 +132,8 @@ def profile_table(table: Table, *, max_rows: int = MAX_PROFILE_ROWS) -> tuple[li
             if V.is_na(raw, na):
                 p.missing += 1
                 continue
-            v = str(raw).strip() if not hasattr(raw, "isoformat") else raw.isoformat()
+            iso = getattr(raw, "isoformat", None)
+            v = str(iso()) if callable(iso) else str(raw).strip()
             if not p.overflow:
                 if v not in p.distinct and len(p.examples) < 3:
                     p.examples.append(v[:40])
@@ -272,7 +273,7 @@ def _key(profiles: list[ColumnProfile], table: Table, nrows: int) -> tuple[dict[
                     "several rows per patient?)")
     cands = [p.name for p in profiles if p.missing == 0 and p.n_distinct > 1 and (
         _ID_NAME.search(p.name) or (p.kind in ("text", "categorical", "integer") and match_catalogue(p) is None))][:8]
-    seen: dict[tuple[str, ...], set[tuple[str, ...]]] = {}
+    seen: dict[tuple[str, str], set[tuple[str, ...]]] = {}
     for pair in combinations(cands, 2):
         seen[pair] = set()
     if seen:
