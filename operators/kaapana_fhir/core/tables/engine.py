@@ -133,9 +133,10 @@ class MappingIncomplete(ConfigError):
     """The mapping still has ``TODO`` placeholders or ``review`` markers; ``items`` lists them."""
 
     def __init__(self, name: str, items: list[str]) -> None:
-        shown = "; ".join(items[:20]) + (f"; ... {len(items) - 20} more" if len(items) > 20 else "")
-        super().__init__(f"mapping {name}: {len(items)} item(s) to fill in or confirm before any import: {shown} "
-                         "(rule: no TODO placeholders or review markers; nothing was written)")
+        shown = "".join(f"\n  - {i}" for i in items[:30]) + (f"\n  ... {len(items) - 30} more" if len(items) > 30
+                                                               else "")
+        super().__init__(f"mapping {name}: {len(items)} item(s) to fill in or confirm before any import "
+                         f"(rule: no TODO placeholders or review markers; nothing was written):{shown}")
         self.items = items
 
 

@@ -270,7 +270,7 @@ def pending_edits(data: Any, path: str = "") -> list[str]:
         for k, v in data.items():
             p = f"{path}.{k}" if path else str(k)
             if k == "review":
-                out.append(f"key '{p}': marked for review: {str(v)[:160]} (delete the 'review' key once checked)")
+                out.append(f"key '{p}': check, then delete this line: {' '.join(str(v).split())[:220]}")
             else:
                 out.extend(pending_edits(v, p))
     elif isinstance(data, list):
