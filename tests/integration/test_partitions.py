@@ -9,6 +9,8 @@ and the plain base URL (the default partition) sees neither.
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +24,7 @@ from kaapana_fhir.flows.cohort.flow import build_cohort
 from kaapana_fhir.flows.tables.flow import import_table
 
 pytestmark = pytest.mark.integration
+DAGS = Path(__file__).resolve().parents[2] / "dags"
 
 
 def _import(client: FhirClient, ids: list[str], name: str) -> dict[str, int]:
@@ -99,3 +102,30 @@ def test_plain_base_url_is_the_default_partition_and_names_are_checked(fhir: Fhi
     assert proj.read("Patient", pid)["id"] == pid
     with pytest.raises(ResourceNotFound, match="not valid"):
         FhirClient(f"{fhir.base_url}/never-created-{tag}").read("Patient", pid)
+
+
+@pytest.mark.airflow
+def test_table_import_dag_writes_into_the_runs_project(airflow_home: Path, stack_env: dict[str, str], s3: Any,
+                                                       fhir: FhirClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain Airflow: the real fhir-table-import DAG with ``conf.project`` writes into that project's partition."""
+    for k, v in stack_env.items():
+        monkeypatch.setenv(k, v)
+    from airflow.models import DagBag
+    from airflow.utils.state import DagRunState
+
+    dag = DagBag(dag_folder=str(DAGS), include_examples=False).get_dag("fhir-table-import")
+    tag = uuid.uuid4().hex[:6].upper()
+    bucket = f"kf-part-{tag.lower()}"
+    s3.ensure_bucket(bucket)
+    pid_value = f"DAG{tag}-1"
+    projects = [f"dag-a-{tag.lower()}", f"dag-b-{tag.lower()}"]
+    for i, project in enumerate(projects):
+        key = f"fhir-import/p{i}.csv"
+        s3.put_bytes(bucket, key, synthetic_lung1_csv([pid_value]).encode())
+        dr = dag.test(run_conf={"bucket": bucket, "object_key": key, "preset": "lung1", "project": project})
+        assert dr.state == DagRunState.SUCCESS
+    pid = patient_id(None, pid_value)
+    for project in projects:
+        assert fhir.for_project(project).read("Patient", pid)["identifier"][0]["value"] == pid_value
+    with pytest.raises(ResourceNotFound):
+        fhir.read("Patient", pid)  # nothing in the default partition
