@@ -5,7 +5,8 @@ Kaapana's build script (``build-scripts/build_helper/container/container.py``) a
 inside that folder. This script copies them there (all generated paths are git-ignored):
 
 * ``extension/docker/files/dags/``: the DAG files and trigger rules of ``dags/`` plus the ``kaapana_fhir``
-  package **without** ``dev/`` (local stack, demo, plain-Airflow runner) and with an ``.airflowignore`` so
+  package **without** ``dev/`` (local stack, demo, plain-Airflow runner) and ``cli/`` (the command line runs
+  in the processing container, never in Airflow) and with an ``.airflowignore`` so
   Airflow does not parse package modules as DAG files;
 * ``processing-containers/kaapana-fhir/files/src/``: ``pyproject.toml``, ``README.md``, ``LICENSE``,
   ``NOTICE`` and ``operators/`` (``pip install --no-deps`` of the package in the image).
@@ -23,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 EXTENSION = REPO / "docker" / "kaapana-fhir"
 #: package sub-folders that never go into the DAG image
-DAG_IMAGE_EXCLUDED = ("dev",)
+DAG_IMAGE_EXCLUDED = ("dev", "cli")
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".pytest_cache", ".mypy_cache")
 
 

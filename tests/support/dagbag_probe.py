@@ -50,6 +50,7 @@ def main() -> None:
                 if isinstance(getattr(t, "env_vars", None), dict)
                 else None,
                 "arguments": getattr(t, "arguments", None),
+                "cmds": getattr(t, "cmds", None),
                 "image_pull_secrets": getattr(t, "image_pull_secrets", None),
                 "downstream": sorted(t.downstream_task_ids),
             }

@@ -37,6 +37,8 @@ PARAMS: dict[str, type[FlowParams]] = {
     "radiomics": RadiomicsParams,
     "cohort": CohortParams,
 }
+#: endpoint overrides passed through as env (the container reads them like workflow_form keys)
+ENDPOINT_KEYS = ("fhir_base_url", "dicomweb_url")
 #: in-process operator keyword → Params key, where the names differ
 KWARG_ALIASES: dict[str, dict[str, str]] = {
     "import-table": {"mapping_key": "mapping"},
@@ -73,7 +75,13 @@ def container_env(
     for key in ("fhir_base_url", "dicomweb_url"):
         if settings.get(key):
             env[key.upper()] = str(settings[key])
-    p = params if isinstance(params, FlowParams) else flow_params(task, params)
+    if not isinstance(params, FlowParams):
+        for key in ENDPOINT_KEYS:
+            value = params.get(key)
+            if value not in (None, "") and "{{" not in str(value):
+                env[key.upper()] = str(value)
+    p = params if isinstance(params, FlowParams) else flow_params(task, {
+        k: v for k, v in params.items() if k not in ENDPOINT_KEYS})
     env.update(p.to_env())
     env.update(dict(env_vars or {}))
     return env

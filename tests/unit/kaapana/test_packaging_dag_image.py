@@ -1,8 +1,10 @@
-"""The DAG image as Kaapana installs it: lay out its files from the Dockerfile's COPY lines, then load the
-DagBag from there with Kaapana's plugin stubbed (tests/support/kaapana_plugin_stub) and the Kaapana runtime.
+"""The DAG image as Kaapana installs it: its build context generated (docker/tools/build_layout.py), its files
+laid out from the Dockerfile's COPY lines (context = the Dockerfile's own folder), then the DagBag loaded from
+there with the contract harness standing in for Kaapana's plugin (tests/support/kaapana_contract) and the
+Kaapana runtime.
 
 Also checks Kaapana's build-script rule that every operator file names its image on one line matching
-IMAGE_PATTERN, and the processing-container Dockerfile.
+IMAGE_PATTERN, that no dev module ships, and the processing-container Dockerfile.
 """
 
 from __future__ import annotations
@@ -10,19 +12,22 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.kaapana_contract import PLUGIN_DIR
 from tests.support.kaapana_packaging import (
     DAG_DOCKERFILE,
+    EXTENSION,
     IMAGE_PATTERN,
     INSTALLER_TOP_LEVEL,
     PC_DOCKERFILE,
     REPO,
-    STUB_PLUGIN,
+    build_layout,
     lay_out_image,
     parse_dockerfile,
 )
@@ -30,17 +35,26 @@ from tests.support.kaapana_packaging import (
 PROBE = REPO / "tests" / "support" / "dagbag_probe.py"
 KAAPANA_OPERATORS = REPO / "operators" / "kaapana_fhir" / "kaapana" / "operators"
 PLATFORM_ENV = {
-    k: f"http://{k.lower().replace('_', '-')}.services.svc:8080"
-    for k in (
-        "KEYCLOAK_URL",
-        "KUBE_HELM_URL",
-        "OPENSEARCH_URL",
-        "DICOM_WEB_FILTER_URL",
-        "NOTIFICATION_URL",
-        "AII_URL",
-        "KAAPANA_BACKEND_URL",
-        "MINIO_URL",
-    )
+    **{
+        k: f"http://{k.lower().replace('_', '-')}.services.svc:8080"
+        for k in (
+            "KEYCLOAK_URL",
+            "KUBE_HELM_URL",
+            "OPENSEARCH_URL",
+            "DICOM_WEB_FILTER_URL",
+            "NOTIFICATION_URL",
+            "AII_URL",
+            "KAAPANA_BACKEND_URL",
+            "MINIO_URL",
+        )
+    },
+    "DEFAULT_REGISTRY": "registry.kaapana.test/kaapana",
+    "KAAPANA_BUILD_VERSION": "0.6.0",
+    "SERVICES_NAMESPACE": "services",
+    "ADMIN_NAMESPACE": "admin",
+    # KaapanaBaseOperator.set_defaults reads this Airflow Variable at parse time; the env secrets backend
+    # answers before the metastore (Kaapana has it in its DB).
+    "AIRFLOW_VAR_ENABLE_JOB_SCHEDULER": "True",
 }
 #: libraries the flows need but Kaapana's Airflow image does not ship (the DAGs must parse without them)
 NOT_IN_KAAPANA_AIRFLOW = (
@@ -50,7 +64,9 @@ NOT_IN_KAAPANA_AIRFLOW = (
     "highdicom",
     "fhirpathpy",
     "dicomweb_client",
-    "SimpleITK",
+    "boto3",
+    "botocore",
+    "pyarrow",
 )
 
 
@@ -58,24 +74,38 @@ def dag_files() -> list[Path]:
     return sorted((REPO / "dags").glob("dag_*.py"))
 
 
+def generated_extension(tmp: Path) -> Path:
+    """A copy of docker/kaapana-fhir with its build contexts generated (the repo's copy stays untouched)."""
+    ext = tmp / "kaapana-fhir"
+    shutil.copytree(EXTENSION, ext, ignore=shutil.ignore_patterns("dags", "src"))
+    build_layout.dag_image_files(ext)
+    build_layout.processing_image_files(ext)
+    return ext
+
+
 @pytest.fixture(scope="module")
-def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return lay_out_image(DAG_DOCKERFILE, tmp_path_factory.mktemp("dag-image"))
+def extension(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generated_extension(tmp_path_factory.mktemp("ext"))
 
 
-def probe(image_root: Path, tmp: Path, blocked: tuple[str, ...] = ()) -> dict:
+@pytest.fixture(scope="module")
+def image_root(extension: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dockerfile = extension / DAG_DOCKERFILE.relative_to(EXTENSION)
+    return lay_out_image(dockerfile, tmp_path_factory.mktemp("dag-image"))
+
+
+def probe(image_root: Path, tmp: Path, blocked: tuple[str, ...] = (), python: str = sys.executable) -> dict:
     dags_dir = image_root / "kaapana" / "tmp" / "dags"
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
         **PLATFORM_ENV,
-        "KAAPANA_FHIR_RUNTIME": "kaapana",
-        "PYTHONPATH": os.pathsep.join([str(dags_dir), str(STUB_PLUGIN)]),
+        "PYTHONPATH": os.pathsep.join([str(dags_dir), str(PLUGIN_DIR), str(REPO)]),
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags_dir),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "KAAPANA_FHIR_SETTINGS": str(tmp / "no-settings.json"),
     }
     proc = subprocess.run(
-        [sys.executable, str(PROBE), str(dags_dir), ",".join(blocked)],
+        [python, str(PROBE), str(dags_dir), ",".join(blocked)],
         env=env,
         cwd=tmp,
         capture_output=True,
@@ -106,11 +136,48 @@ def test_processing_container_dockerfile() -> None:
     assert df.base == "local-only/base-python-cpu:latest"
     assert df.labels["IMAGE"] == "kaapana-fhir"
     text = PC_DOCKERFILE.read_text()
-    assert '--no-build-isolation "pyradiomics==3.0.1"' in text
+    # Kaapana 0.6 runs the pod without command/args: the image's own command must name no flow
     assert 'ENTRYPOINT ["kaapana-fhir", "kaapana-run"]' in text
-    reqs = (PC_DOCKERFILE.parent / "requirements.txt").read_text().split("\n")
+    assert not re.search(r"^CMD", text, re.M)
+    reqs = (PC_DOCKERFILE.parent / "files" / "requirements.txt").read_text().split("\n")
     pins = [r for r in reqs if r and not r.startswith("#")]
     assert pins and all("==" in r for r in pins), "every processing-container requirement is pinned"
+    assert "pyradiomics-bhklab==3.1.4" in pins and not any(p.startswith("pyradiomics==") for p in pins)
+
+
+def test_processing_requirements_cover_the_package_dependencies() -> None:
+    """Every runtime dependency of pyproject.toml is pinned in the image (pip check runs in CI too)."""
+    import tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    reqs = (PC_DOCKERFILE.parent / "files" / "requirements.txt").read_text().lower()
+    pinned = {ln.split("==")[0].strip() for ln in reqs.splitlines() if "==" in ln and not ln.startswith("#")}
+    names = {re.split(r"[<>=!~\[ ]", d, maxsplit=1)[0].strip().lower() for d in deps}
+    assert names - pinned == set(), f"not pinned in the processing image: {sorted(names - pinned)}"
+
+
+def test_every_image_builds_from_its_own_folder(extension: Path) -> None:
+    """Kaapana's build and the EDK run `docker build .` in the Dockerfile's folder: every COPY source must be
+    there (after build_layout), and the EDK accepts exactly one Chart.yaml in the extension."""
+    dockerfiles = sorted(extension.rglob("Dockerfile"))
+    assert len(dockerfiles) == 2
+    for df in dockerfiles:
+        for src, _ in parse_dockerfile(df).copies:
+            assert ".." not in Path(src).parts and (df.parent / src.rstrip("/")).exists(), (df, src)
+    assert len(list(EXTENSION.rglob("Chart.yaml"))) == 1
+
+
+def test_dag_image_ships_no_dev_module(image_root: Path) -> None:
+    pkg = image_root / "kaapana" / "tmp" / "dags" / "kaapana_fhir"
+    assert pkg.is_dir() and not (pkg / "dev").exists()
+    dev_imports = [
+        f"{path.relative_to(pkg)}:{n}"
+        for path in pkg.rglob("*.py")
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if re.match(r"\s*(from|import)\s+kaapana_fhir\.dev\b", line)
+    ]
+    assert dev_imports == [], f"modules shipped in the DAG image import the excluded dev room: {dev_imports}"
+    assert (pkg / ".airflowignore").read_text().strip() == ".*"
 
 
 def test_image_layout_only_uses_installer_folders(image_root: Path) -> None:
@@ -153,7 +220,7 @@ def operator_files() -> list[Path]:
 
 
 def test_every_kaapana_operator_file_matches_the_build_script_image_pattern() -> None:
-    files = operator_files()
+    files = [p for p in operator_files() if p.name != "KaapanaFhirBaseOperator.py"]
     assert len(files) == 4
     pc_image = parse_dockerfile(PC_DOCKERFILE).labels["IMAGE"]
     for path in files:
@@ -201,8 +268,8 @@ def test_flow_tasks_run_as_kaapana_container_operators(kaapana_bag: dict) -> Non
                 assert "kaapana.operators.KaapanaBaseOperator.KaapanaBaseOperator" in t["mro"]
                 assert t["image"] == "registry.kaapana.test/kaapana/kaapana-fhir:0.6.0"
                 assert t["image_pull_secrets"] == ["registry-secret"]
-                assert t["arguments"][0] == "kaapana-run"
-                assert t["env_vars"]["KAAPANA_FHIR_TASK"] == t["arguments"][1]
+                assert t["arguments"] == [] and t["cmds"] == []  # Kaapana 0.6 would ignore them anyway
+                assert t["env_vars"]["KAAPANA_FHIR_TASK"] in ("dicom-to-fhir", "import-table", "radiomics", "cohort")
 
 
 def test_dags_parse_without_flow_libraries(image_root: Path, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """Runtime selection (plain Airflow vs Kaapana containers), the Kaapana container operators built against
-the stubbed plugin, and the container-contract parsing in kaapana_env."""
+the contract harness's plugin stand-in, and the container-contract parsing in kaapana_env."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from kaapana_fhir.exceptions import ConfigError
 from kaapana_fhir.kaapana import env as kaapana_env
 from kaapana_fhir.kaapana import runtime as runtime
 from kaapana_fhir.kaapana.container_env import container_env
-from tests.support.kaapana_packaging import STUB_PLUGIN
+from tests.support.kaapana_contract import PLUGIN_DIR
 
 PLATFORM_ENV = (
     "KEYCLOAK_URL",
@@ -31,9 +31,10 @@ PLATFORM_ENV = (
 @pytest.fixture()
 def kaapana_plugin(monkeypatch: pytest.MonkeyPatch):
     """Kaapana's plugin (stand-in) importable, platform env set; modules removed again afterwards."""
-    monkeypatch.syspath_prepend(str(STUB_PLUGIN))
+    monkeypatch.syspath_prepend(str(PLUGIN_DIR))
     for k in PLATFORM_ENV:
         monkeypatch.setenv(k, f"http://{k.lower()}:8080")
+    monkeypatch.setenv("AIRFLOW_VAR_ENABLE_JOB_SCHEDULER", "True")  # Variable.get at parse time
     monkeypatch.setenv("KAAPANA_FHIR_SETTINGS", "/nonexistent/settings.json")
     yield
     for name in [
@@ -97,15 +98,21 @@ def test_kaapana_operator_per_flow(flow: str, monkeypatch: pytest.MonkeyPatch, k
     assert isinstance(op, KaapanaBaseOperator)
     assert op.image == f"{DEFAULT_REGISTRY}/kaapana-fhir:{KAAPANA_BUILD_VERSION}"
     assert op.image_pull_secrets == ["registry-secret"]
-    assert op.cmds == ["kaapana-fhir"] and op.arguments == ["kaapana-run", flow]
+    assert op.cmds == [] and op.arguments == []  # Kaapana 0.6 never uses them; the env names the task
     assert op.task_id == f"{flow}-task" and op.operator_in_dir == "get-input-data"
     assert op.retries == 3 and op.ram_mem_mb == 1234
     assert op.execution_timeout >= timedelta(minutes=10)
     env = op.env_vars
-    assert env["KAAPANA_FHIR_TASK"] == flow and env["PATIENT_SYSTEM"] == "urn:x"
-    assert json.loads(env["TAGS"]) == ["a", "b"]
+    from kaapana_fhir.kaapana.container_env import PARAMS
+
+    assert env["KAAPANA_FHIR_TASK"] == flow
+    if "patient_system" in PARAMS[flow].form_keys():
+        assert env["PATIENT_SYSTEM"] == "urn:x"
+    else:  # not a parameter of this flow: not passed
+        assert "PATIENT_SYSTEM" not in env
+    assert "TAGS" not in env  # not a parameter of the flow
     assert "FHIR_CONN_ID" not in env and "SERIES_UIDS" not in env  # Airflow-only / templated values stay out
-    assert cleaner.extra_kwargs["clean_workflow_dir"] is True
+    assert cleaner.clean_workflow_dir is True
     assert cleaner.trigger_rule == "none_failed"
 
 

@@ -1,8 +1,9 @@
 """Shared base of the kaapana-fhir container operators (needs Kaapana's Airflow plugin).
 
 A subclass sets only its task, default name, resources and its image line (Kaapana's build script and base
-installer find images by scanning ``*Operator*.py`` files for ``image=f"{DEFAULT_REGISTRY}/...``, so the
-line stays in each operator file). No ``cmds``/``arguments``: Kaapana 0.6 ignores them (``task_api``
+installer find images by scanning ``*Operator*.py`` files line by line for an ``image=``
+assignment built from ``DEFAULT_REGISTRY`` and ``KAAPANA_BUILD_VERSION``, so that line stays in each
+operator file). No ``cmds``/``arguments``: Kaapana 0.6 ignores them (``task_api``
 starts the pod without command/args) and 0.5 would override the image's ENTRYPOINT with them; the task
 travels as ``KAAPANA_FHIR_TASK`` in ``env_vars`` on both.
 """

@@ -1,1 +1,0 @@
-"""Test stand-in for Kaapana's Airflow plugin package ``kaapana``."""

@@ -1,8 +1,0 @@
-"""Test stand-in for Kaapana's ``GetInputOperator``."""
-
-from kaapana.operators.KaapanaBaseOperator import KaapanaBaseOperator
-
-
-class GetInputOperator(KaapanaBaseOperator):
-    def __init__(self, dag=None, name="get-input-data", **kwargs):
-        super().__init__(dag=dag, name=name, **kwargs)
