@@ -50,7 +50,9 @@ __all__ = [
     "MAX_YAML_BYTES",
     "LimitError",
     "check_size",
+    "check_json_depth",
     "finite_number",
+    "json_decoder",
     "load_json",
     "load_yaml",
     "loads_json",
@@ -116,13 +118,9 @@ def json_depth(text: str) -> int:
     return deepest
 
 
-def loads_json(data: str | bytes, *, source: str = "<json>", max_bytes: int = MAX_DOCUMENT_BYTES,
-               max_depth: int = MAX_DEPTH, max_int_digits: int = MAX_INT_DIGITS) -> Any:
-    """Parse JSON within the limits; raise :class:`LimitError` naming ``source`` and the rule."""
-    text = _text(data, source, max_bytes)
-    depth = json_depth(text)
-    if depth > max_depth:
-        raise LimitError(source, f"JSON nesting at most {max_depth} levels", f"is nested {depth} levels deep;")
+def json_decoder(source: str, *, max_int_digits: int = MAX_INT_DIGITS, allow_nan: bool = False) -> json.JSONDecoder:
+    """A ``json.JSONDecoder`` that refuses long integers and non-finite numbers (``NaN`` too unless
+    ``allow_nan``: pyradiomics writes ``NaN`` for undefined features), naming ``source``."""
 
     def parse_int(s: str) -> int:
         digits = len(s.lstrip("-"))
@@ -133,18 +131,34 @@ def loads_json(data: str | bytes, *, source: str = "<json>", max_bytes: int = MA
 
     def parse_float(s: str) -> float:
         value = float(s)
-        if not math.isfinite(value):
+        if math.isinf(value):
             raise LimitError(source, "finite numbers (within ±1.8e308)", f"has the number {s[:40]!r};")
         return value
 
     def parse_constant(s: str) -> Any:
-        raise LimitError(source, "finite numbers (NaN and Infinity are not JSON)", f"has {s!r};")
+        if s == "NaN" and allow_nan:
+            return math.nan
+        raise LimitError(source, "finite numbers (Infinity is not a number; NaN only where allowed)", f"has {s!r};")
 
+    return json.JSONDecoder(parse_int=parse_int, parse_float=parse_float, parse_constant=parse_constant)
+
+
+def check_json_depth(text: str, source: str, max_depth: int = MAX_DEPTH) -> None:
+    depth = json_depth(text)
+    if depth > max_depth:
+        raise LimitError(source, f"JSON nesting at most {max_depth} levels", f"is nested {depth} levels deep;")
+
+
+def loads_json(data: str | bytes, *, source: str = "<json>", max_bytes: int = MAX_DOCUMENT_BYTES,
+               max_depth: int = MAX_DEPTH, max_int_digits: int = MAX_INT_DIGITS, allow_nan: bool = False) -> Any:
+    """Parse JSON within the limits; raise :class:`LimitError` naming ``source`` and the rule."""
+    text = _text(data, source, max_bytes)
+    check_json_depth(text, source, max_depth)
     try:
-        return json.loads(text, parse_int=parse_int, parse_float=parse_float, parse_constant=parse_constant)
+        return json_decoder(source, max_int_digits=max_int_digits, allow_nan=allow_nan).decode(text)
     except json.JSONDecodeError as exc:
         raise LimitError(source, "well-formed JSON", f"line {exc.lineno} column {exc.colno}: {exc.msg};") from None
-    except RecursionError:  # defence in depth; json_depth refuses deep documents before
+    except RecursionError:  # defence in depth; check_json_depth refuses deep documents before
         raise LimitError(source, f"JSON nesting at most {max_depth} levels", "is nested too deep;") from None
 
 
@@ -264,6 +278,10 @@ def load_yaml(path: str | Path, **limits: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- XML
+_XML_DECL = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+_XML_DECL_B = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+
+
 def parse_xml(data: str | bytes, *, source: str = "<xml>", max_bytes: int = MAX_DOCUMENT_BYTES,
               max_depth: int = MAX_DEPTH) -> Any:
     """Parse XML with ``defusedxml`` (no DTD, no entities, no external references); returns the root Element."""
@@ -274,14 +292,18 @@ def parse_xml(data: str | bytes, *, source: str = "<xml>", max_bytes: int = MAX_
 
     check_size(len(data), source, max_bytes)
     if not (data.strip() if isinstance(data, (str, bytes)) else data):
-        raise LimitError(source, "well-formed XML", "is empty;")
+        raise LimitError(source, "well-formed XML", "empty file;")
+    decl = _XML_DECL.search(data) if isinstance(data, str) else _XML_DECL_B.search(data)
+    if decl:
+        raise LimitError(source, "XML without DTD, entities or external references",
+                         "XML has a DOCTYPE/ENTITY declaration;")
     try:
         root = fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     except DefusedXmlException as exc:
         raise LimitError(source, "XML without DTD, entities or external references",
-                         f"{type(exc).__name__};") from None
+                         f"XML has a DOCTYPE/ENTITY declaration ({type(exc).__name__});") from None
     except ParseError as exc:
-        raise LimitError(source, "well-formed XML", f"{exc};") from None
+        raise LimitError(source, "well-formed XML", f"not well-formed XML ({exc});") from None
     except RecursionError:
         raise LimitError(source, f"XML nesting at most {max_depth} levels", "is nested too deep;") from None
     stack = [(root, 1)]

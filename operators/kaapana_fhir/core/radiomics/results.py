@@ -14,6 +14,12 @@ Formats (detected from the content):
 
 The segment number comes from a ``Label`` column/key, from a dcmqi-style mask name
 ``<dcm>--<labelID>--<SegmentLabel>`` or, failing both, from the position (an issue is recorded).
+Hostile input is bounded (:mod:`kaapana_fhir.core.limits`): a file above :data:`MAX_RESULT_BYTES` or with more than
+:data:`MAX_FEATURES` values is refused before it is mapped; JSON nesting, long integers, ``Infinity``/``1e309``
+and ``true``/``false`` as feature values or voxel counts are refused naming the file, row and field; XML is parsed
+with ``defusedxml`` (no DTD, no entities). ``NaN`` stays allowed (pyradiomics writes it; it becomes
+``dataAbsentReason``). A pyradiomics batch CSV/JSON with several cases (the same segment number for different
+images or masks) is refused: one result file maps to one segmented image.
 No Airflow, no network.
 """
 
@@ -22,24 +28,35 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
-from xml.etree.ElementTree import ParseError
 
+from kaapana_fhir.core import limits
 from kaapana_fhir.core.radiomics.mapping import CodedFeature, SegmentFeatures
 from kaapana_fhir.exceptions import MappingError
 
 _DCMQI_NAME = re.compile(r"--(\d+)--([^/]*?)(?:\.(?:nii\.gz|nii|nrrd|mha|mhd))?$")
 
 
+#: largest result file read (bytes); a pyradiomics run with every image type and feature class on 20 segments
+#: writes about 1 MB
+MAX_RESULT_BYTES = 16 * 1024 * 1024
+#: most feature values in one result file (about 1,700 per segment with every image type: 14 such segments);
+#: mapping holds one Observation per value in memory (about 25 kB each: 25,000 values ≈ 650 MB peak)
+MAX_FEATURES = 25_000
+
+
 def parse_result_file(path: str | Path) -> tuple[list[SegmentFeatures], list[dict[str, Any]], str]:
     """Parse a result file; returns (segments, issues, detected format)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MappingError(f"{p}: cannot read radiomics result ({exc})") from None
+        text = limits.read_bounded(p, MAX_RESULT_BYTES).decode("utf-8-sig")
+    except limits.LimitError as exc:
+        raise MappingError(f"{exc} (radiomics result)") from None
+    except UnicodeDecodeError as exc:
+        raise MappingError(f"{p}: not UTF-8 text at byte {exc.start} (rule: radiomics result file)") from None
     fallback = mask_name_from_result_path(p)
     head = text.lstrip()[:4096]
     if p.suffix.lower() == ".xml" or head.startswith("<"):
@@ -53,6 +70,62 @@ def parse_result_file(path: str | Path) -> tuple[list[SegmentFeatures], list[dic
     return parse_json(text, source=str(p))
 
 
+def _checked(segs: list[SegmentFeatures], source: str, where: list[str] | None = None) -> list[SegmentFeatures]:
+    """Refuse values that are not numbers but would pass as one (``true``, ``Infinity``, ``1e309``), too many
+    values, and several cases in one file (``where[i]``: the row / list index of ``segs[i]``)."""
+    total = sum(len(s.features) + len(s.coded_features) for s in segs)
+    if total > MAX_FEATURES:
+        raise limits.LimitError(source, f"at most {MAX_FEATURES} feature values per result file",
+                                f"has {total} values;")
+    for i, seg in enumerate(segs):
+        at = where[i] if where else source
+        values = [(k, v) for k, v in seg.features.items() if not k.startswith("diagnostics_")]
+        values += [(c.key, c.value) for c in seg.coded_features]
+        for key, value in values:
+            if isinstance(value, bool):
+                raise limits.LimitError(f"{at} field {key}", "a feature value is a number (not true/false)",
+                                        f"is {str(value).lower()};")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if isinstance(value, float) and math.isnan(value):
+                    continue
+                limits.finite_number(value, where=f"{at} field {key}")
+            elif isinstance(value, str) and value.strip().lower() not in ("nan", "-nan", ""):
+                try:
+                    number = float(value)
+                except ValueError:
+                    continue  # text: the mapping writes dataAbsentReason "error" with an issue
+                if not math.isnan(number):
+                    limits.finite_number(value, where=f"{at} field {key}")
+    return segs
+
+
+def _voxels(raw: Any, source: str) -> int | None:
+    """``diagnostics_Mask-original_VoxelNum``: a non-negative integer, or None when absent."""
+    where = f"{source} field diagnostics_Mask-original_VoxelNum"
+    value = limits.finite_number(raw, where=where, allow_none=True)
+    if value is None:
+        return None
+    if value < 0 or value != int(value):
+        raise limits.LimitError(where, "a voxel count is a non-negative integer", f"is {raw!r};")
+    return int(value)
+
+
+def _one_case(segs: list[SegmentFeatures], cases: list[tuple[str, str]], where: list[str], source: str) -> None:
+    """A result file maps to one segmented image: the same segment number twice (pyradiomics batch output with
+    several cases, each ``Label=1``) is refused, naming both rows and their Image/Mask."""
+    seen: dict[int, int] = {}
+    for i, seg in enumerate(segs):
+        j = seen.setdefault(seg.segment_number, i)
+        if j != i:
+            a, b = cases[j], cases[i]
+            what = (f"Image/Mask {a[0] or '?'} / {a[1] or '?'} and {b[0] or '?'} / {b[1] or '?'}" if a != b
+                    else "the same Image/Mask")
+            raise MappingError(f"{source}: {where[j]} and {where[i]} both give segment {seg.segment_number} "
+                               f"({what}); {len(segs)} rows look like a pyradiomics batch result of several cases "
+                               "(rule: one result file holds the segments of one segmented image; split the batch "
+                               "into one file per case and map each with its own --study/--patient-id)")
+
+
 def _segment_from_name(name: str, position: int, issues: list[dict[str, Any]], source: str) -> tuple[int, str]:
     m = _DCMQI_NAME.search(name)
     if m:
@@ -63,15 +136,15 @@ def _segment_from_name(name: str, position: int, issues: list[dict[str, Any]], s
 
 
 def parse_json(text: str, *, source: str = "<json>") -> tuple[list[SegmentFeatures], list[dict[str, Any]], str]:
-    try:
-        # NaN / Infinity literals are accepted (pyradiomics writes them); they become dataAbsentReason
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise MappingError(f"{source}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    # NaN literals are accepted (pyradiomics writes them; they become dataAbsentReason); Infinity, 1e309, long
+    # integers and deep nesting are refused
+    data = limits.loads_json(text, source=source, max_bytes=MAX_RESULT_BYTES, allow_nan=True)
     issues: list[dict[str, Any]] = []
     if isinstance(data, list):
-        segs = [_from_flat(d, i + 1, issues, f"{source}[{i}]") for i, d in enumerate(data) if _is_dict(d, source, i)]
-        return segs, issues, "pyradiomics-json"
+        where = [f"{source}[{i}]" for i in range(len(data))]
+        segs = [_from_flat(d, i + 1, issues, where[i]) for i, d in enumerate(data) if _is_dict(d, source, i)]
+        _one_case(segs, [(str(d.get("Image", "")), str(d.get("Mask", ""))) for d in data], where, source)
+        return _checked(segs, source, where), issues, "pyradiomics-json"
     if not isinstance(data, dict) or not data:
         raise MappingError(f"{source}: expected a JSON object or list of feature objects (rule: pyradiomics or "
                            "Kaapana PyRadiomicsOperator output)")
@@ -86,8 +159,9 @@ def parse_json(text: str, *, source: str = "<json>") -> tuple[list[SegmentFeatur
             segs.append(SegmentFeatures(num, label, dict(feats), all_zero_is_failure=True))
         if not segs:
             raise MappingError(f"{source}: no mask with features (rule: {{mask: {{feature: value}}}})")
-        return segs, issues, "kaapana-pyradiomics-json"
-    return [_from_flat(data, 1, issues, source)], issues, "pyradiomics-json"
+        return _checked(segs, source, [f"{source} mask {m!r}" for m, f in data.items() if f]), issues, \
+            "kaapana-pyradiomics-json"
+    return _checked([_from_flat(data, 1, issues, source)], source), issues, "pyradiomics-json"
 
 
 def _is_dict(d: Any, source: str, i: int) -> bool:
@@ -104,7 +178,8 @@ def _from_flat(d: dict[str, Any], position: int, issues: list[dict[str, Any]], s
         try:
             num = int(float(label_val))
         except (TypeError, ValueError):
-            raise MappingError(f"{source}: Label {label_val!r} is not an integer (rule: pyradiomics label value)") from None
+            raise MappingError(f"{source}: Label {label_val!r} is not an integer "
+                               "(rule: pyradiomics label value)") from None
         label = _DCMQI_NAME.search(mask_name).group(2) if _DCMQI_NAME.search(mask_name) else f"label {num}"
     elif mask_name:
         num, label = _segment_from_name(mask_name, position, issues, source)
@@ -112,11 +187,7 @@ def _from_flat(d: dict[str, Any], position: int, issues: list[dict[str, Any]], s
         num, label = position, f"segment {position}"
     if not any(not k.startswith("diagnostics_") for k in feats):
         issues.append({"tag": source, "value": mask_name or str(num), "rule": "no feature columns in this case"})
-    vox = d.get("diagnostics_Mask-original_VoxelNum")
-    try:
-        voxels = int(float(vox)) if vox not in (None, "") else None
-    except (TypeError, ValueError):
-        voxels = None
+    voxels = _voxels(d.get("diagnostics_Mask-original_VoxelNum"), source)
     err = "empty mask (diagnostics_Mask-original_VoxelNum = 0)" if voxels == 0 else None
     return SegmentFeatures(num, label, feats, error=err, voxel_count=voxels)
 
@@ -130,19 +201,23 @@ def parse_csv(text: str, *, source: str = "<csv>") -> tuple[list[SegmentFeatures
     header = rows[0]
     if len(header) == 2 and not any("_" in h and h.split("_")[0] in ("original", "diagnostics") for h in header):
         flat = {r[0]: r[1] for r in rows if len(r) == 2}
-        return [_from_flat(flat, 1, issues, source)], issues, "pyradiomics-csv-long"
+        return _checked([_from_flat(flat, 1, issues, source)], source), issues, "pyradiomics-csv-long"
     if not any(re.match(r"^[A-Za-z0-9.\-]+_[A-Za-z0-9]+(_[A-Za-z0-9]+)?$", h) and not h.startswith("diagnostics_")
                for h in header):
         raise MappingError(f"{source}: row 1 has no feature columns like 'original_firstorder_Mean' "
                            "(rule: pyradiomics CSV output)")
-    segs = []
+    segs, cases, where = [], [], []
     for i, r in enumerate(rows[1:], start=2):
         if len(r) != len(header):
             raise MappingError(f"{source}: row {i} has {len(r)} cells, header has {len(header)}")
-        segs.append(_from_flat(dict(zip(header, r)), i - 1, issues, f"{source} row {i}"))
+        d = dict(zip(header, r, strict=True))
+        where.append(f"{source} row {i}")
+        cases.append((d.get("Image", ""), d.get("Mask", "")))
+        segs.append(_from_flat(d, i - 1, issues, where[-1]))
     if not segs:
         raise MappingError(f"{source}: header only, no result rows")
-    return segs, issues, "pyradiomics-csv"
+    _one_case(segs, cases, where, source)
+    return _checked(segs, source, where), issues, "pyradiomics-csv"
 
 
 # --- MITK CLGlobalImageFeatures (Kaapana "radiomics-dcmseg") -----------------------------------------------------
@@ -299,7 +374,8 @@ def parse_mitk_csv(text: str, *, source: str = "<csv>",
     issues: list[dict[str, Any]] = []
     unknown = [h for h in header if "::" not in h and h not in _MITK_CSV_META]
     if unknown:
-        issues.append({"tag": f"{source} row 1", "value": ",".join(unknown), "rule": "unknown MITK CSV columns ignored"})
+        issues.append({"tag": f"{source} row 1", "value": ",".join(unknown),
+                       "rule": "unknown MITK CSV columns ignored"})
     by_num: dict[int, SegmentFeatures] = {}
     for i, r in enumerate(rows[1:], start=2):
         if r and r[-1] == "EndOfMeasurement":
@@ -309,7 +385,7 @@ def parse_mitk_csv(text: str, *, source: str = "<csv>",
         if len(r) != len(header):
             raise MappingError(f"{source}: row {i} has {len(r)} cells, header has {len(header)} "
                                "(rule: MITK CSV ';'-separated, one value per header column)")
-        cells = dict(zip(header, r))
+        cells = dict(zip(header, r, strict=True))
         feats = []
         for col, val in cells.items():
             if "::" in col:
@@ -325,29 +401,12 @@ def parse_mitk_csv(text: str, *, source: str = "<csv>",
         by_num[seg.segment_number] = seg
     if not by_num:
         raise MappingError(f"{source}: header only, no result rows (rule: MITK CLGlobalImageFeatures CSV output)")
-    return list(by_num.values()), issues, "mitk-csv"
-
-
-_XML_DECL = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+    return _checked(list(by_num.values()), source), issues, "mitk-csv"
 
 
 def _xml_root(text: str, source: str) -> Any:
-    """Parse without DTDs: a DOCTYPE / ENTITY declaration is rejected before parsing (entity expansion)."""
-    if not text.strip():
-        raise MappingError(f"{source}: empty file (rule: MITK Phenotyping XML)")
-    if _XML_DECL.search(text):
-        raise MappingError(f"{source}: XML has a DOCTYPE/ENTITY declaration; rejected (rule: MITK Phenotyping XML "
-                           "has no DTD, entity expansion is not allowed)")
-    try:  # defence in depth when installed; the declaration check above is the guard otherwise
-        from defusedxml.ElementTree import fromstring
-    except ImportError:
-        from xml.etree.ElementTree import fromstring
-    try:
-        return fromstring(text)
-    except ParseError as exc:
-        raise MappingError(f"{source}: not well-formed XML ({exc}) (rule: MITK Phenotyping XML)") from None
-    except ValueError as exc:  # defusedxml's DTDForbidden / EntitiesForbidden
-        raise MappingError(f"{source}: unsafe XML rejected ({exc})") from None
+    """Parse with defusedxml (no DTD, no entities, no external references), within the size and depth limits."""
+    return limits.parse_xml(text, source=source, max_bytes=MAX_RESULT_BYTES)
 
 
 def parse_mitk_xml(text: str, *, source: str = "<xml>",
@@ -382,7 +441,7 @@ def _mitk_result(doc: dict[str, Any], feats: list[tuple[str, str, str, Any]], so
                                                                    "morph-mask", "logfile")}
     meta = {"software": MITK_SOFTWARE, "version": (doc["version"] or "unknown").strip(), "settings": params}
     mask = Path(str(doc["mask"]).replace("\\", "/")).name if doc["mask"] else ""
-    return [_mitk_segment(feats, mask, fallback_name, meta, issues, source, 1)], issues, fmt
+    return _checked([_mitk_segment(feats, mask, fallback_name, meta, issues, source, 1)], source), issues, fmt
 
 
 def _local(key: str) -> str:
@@ -419,7 +478,8 @@ def parse_mitk_json(text: str, *, source: str = "<json>",
     """Kaapana's ``xq`` conversion of the MITK XML (xmltodict: ``@attr``, ``#text``); appended documents → last."""
     if not text.strip():
         raise MappingError(f"{source}: empty file (rule: xq JSON of MITK Phenotyping XML)")
-    dec, docs, pos = json.JSONDecoder(), [], 0
+    limits.check_json_depth(text, source)
+    dec, docs, pos = limits.json_decoder(source, allow_nan=True), [], 0
     while pos < len(text):
         while pos < len(text) and text[pos].isspace():
             pos += 1
@@ -428,7 +488,10 @@ def parse_mitk_json(text: str, *, source: str = "<json>",
         try:
             obj, pos = dec.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
-            raise MappingError(f"{source}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+            raise MappingError(f"{source}: not valid JSON at line {exc.lineno} column {exc.colno}: "
+                               f"{exc.msg}") from None
+        except RecursionError:
+            raise limits.LimitError(source, "JSON nesting at most 64 levels", "is nested too deep;") from None
         docs.append(obj)
     root = _child(docs[-1], "measurement") if docs else None
     if not isinstance(root, dict):

@@ -18,9 +18,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from kaapana_fhir.core import bundle
+from kaapana_fhir.core import bundle, limits
 from kaapana_fhir.core.radiomics.mapping import (
     RadiomicsRun,
     SegmentFeatures,
@@ -64,21 +62,17 @@ class ComputeResult:
 def load_settings(path: str | Path | None = None, override: dict[str, Any] | str | None = None) -> dict[str, Any]:
     """Read a pyradiomics parameter YAML (default: the shipped one) and deep-merge ``override`` (dict or YAML text)."""
     p = Path(path) if path else DEFAULT_SETTINGS
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read settings ({exc})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{p}: settings are not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    try:  # bounded: size, depth, no aliases (alias bombs); keys are strings (YAML 1.1 ``yes:`` keys)
+        data = limits.load_yaml(p)
+    except limits.LimitError as exc:
+        raise ConfigError(f"settings: {exc}") from None
     data = _check_settings(data, str(p))
     if override:
         if isinstance(override, str):
             try:
-                override = yaml.safe_load(override)
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"settings override is not valid YAML: {exc}") from None
+                override = limits.loads_yaml(override, source="settings override")
+            except limits.LimitError as exc:
+                raise ConfigError(str(exc)) from None
         override = _check_settings(override, "settings override")
         for key, value in override.items():
             if key == "setting" and isinstance(value, dict):
@@ -92,7 +86,7 @@ def _check_settings(data: Any, source: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: settings must be a mapping with keys setting/imageType/featureClass "
                           f"(got {type(data).__name__})")
-    unknown = set(data) - {"setting", "imageType", "featureClass", "voxelSetting"}
+    unknown = {str(k) for k in data} - {"setting", "imageType", "featureClass", "voxelSetting"}
     if unknown:
         raise ConfigError(f"{source}: unknown top-level key(s) {sorted(unknown)} (rule: pyradiomics parameter file: "
                           "setting, imageType, featureClass, voxelSetting)")
@@ -143,7 +137,8 @@ def extract(volume: Volume, masks: dict[int, Any], settings: dict[str, Any],
             result = extractor.execute(volume.image, mask, label=label)
         except (ValueError, RuntimeError, IndexError) as exc:  # pyradiomics: too few voxels, bad geometry
             issues.append({"tag": f"segment {num} ({name})", "value": str(exc)[:300], "rule": "pyradiomics failed"})
-            segs.append(SegmentFeatures(num, name, {}, error=f"pyradiomics failed: {str(exc)[:200]}", voxel_count=voxels))
+            segs.append(SegmentFeatures(num, name, {}, error=f"pyradiomics failed: {str(exc)[:200]}",
+                                        voxel_count=voxels))
             continue
         finally:
             t_exec += time.perf_counter() - t
@@ -180,7 +175,8 @@ def compute(cts: list[Any], seg_ds: Any, settings: dict[str, Any], *, patient_sy
     for s in segs:
         info = infos.get(s.segment_number)
         if info:
-            s.property_type, s.anatomic_region, s.tracking_uid = info.property_type, info.anatomic_region, info.tracking_uid
+            s.property_type, s.anatomic_region = info.property_type, info.anatomic_region
+            s.tracking_uid = info.tracking_uid
     computed, skipped = image_type_report(settings, segs)
     date = volume.study_date
     run = RadiomicsRun(
