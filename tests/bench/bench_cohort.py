@@ -1,30 +1,43 @@
-"""Cohort bench: flatten N patients from HAPI into the cohort table vs raw paging of the same searches;
-dashboard size and render time for 1,000 patients.
+"""Cohort bench: HAPI → cohort table vs raw paging; ViewDefinition flattening of the same resources by our
+SQL-on-FHIR runner, fhirpathpy per-path evaluation and FHIR-PYrate; peak memory of a cohort build; dashboard
+size and render time.
 
 Per patient (as in issue 7): 20 clinical Observations, 107 radiomics feature Observations (+ 1 group,
 1 BodyStructure), 1 ImagingStudy, 1 Condition. ``--quick``: 50 patients (report: 200).
+
+FHIR-PYrate (PyPI ``fhir-pyrate``) runs in a venv of its own that this bench creates on first use
+(``$XDG_CACHE_HOME/kaapana-fhir/bench/fhir-pyrate-<version>``), so its pins never touch the project venv.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import requests
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from kaapana_fhir.clients.fhir import FhirClient
-from kaapana_fhir.core import bundle
-from kaapana_fhir.core.cohort import report as R
-from kaapana_fhir.core.cohort import tables as C
-from kaapana_fhir.core.cohort.views import load_view, run_view, shipped_views
-from kaapana_fhir.flows.cohort.flow import RELATED, fetch_and_flatten, load_views
-from tests.support.cohort_data import cohort_resources
+from kaapana_fhir.clients.fhir import FhirClient  # noqa: E402 - after the sys.path entry above
+from kaapana_fhir.core import bundle  # noqa: E402
+from kaapana_fhir.core.cohort import report as R  # noqa: E402
+from kaapana_fhir.core.cohort import tables as C  # noqa: E402
+from kaapana_fhir.core.cohort.views import load_view, run_view, shipped_views  # noqa: E402
+from kaapana_fhir.core.sof import compile_view  # noqa: E402
+from kaapana_fhir.flows.cohort.flow import RELATED, build_cohort, load_views  # noqa: E402
+from tests.support.cohort_data import cohort_resources  # noqa: E402
+
+PYRATE_VERSION = "0.2.6"
+#: resources of this many patients are flattened by all three engines (the slow ones set the size)
+COMPARE_PATIENTS = 20
 
 
 def _raw_paging(url: str, system: str, count: int, batch: int) -> tuple[float, int]:
@@ -55,45 +68,143 @@ def _raw_paging(url: str, system: str, count: int, batch: int) -> tuple[float, i
     return time.perf_counter() - t, n
 
 
+def _flatten_rate(resources: list[dict[str, Any]], engine: str) -> tuple[float, int]:
+    """resources/s of the shipped views over ``resources`` (rows as tuples, as the cohort flow keeps them)."""
+    views = [compile_view(load_view(n), engine=engine) for n in shipped_views()]  # type: ignore[arg-type]
+    by_type: dict[str, list[Any]] = {}
+    for v in views:
+        by_type.setdefault(v.resource, []).append(v)
+    t = time.perf_counter()
+    rows = 0
+    for r in resources:
+        for v in by_type.get(r["resourceType"], ()):
+            rows += len(v.tuples(r))
+    return len(resources) / (time.perf_counter() - t), rows
+
+
+# FHIR-PYrate: the same columns as our views (per type), from Bundles in memory (no server)
 _PYRATE = """
 import json, sys, time
 from fhir_pyrate import Pirate
-url, system = sys.argv[1], sys.argv[2]
-p = Pirate(base_url=url, auth=None, num_processes=1, silence_fhirpath_warning=True, default_count=1000)
+from fhir_pyrate.util.fhirobj import FHIRObj
+res = json.load(open(sys.argv[1]))
+paths = {
+ "Patient": [("id", "id"), ("identifier_system", "identifier.first().system"),
+             ("patient_id", "identifier.first().value"), ("gender", "gender"), ("birth_date", "birthDate"),
+             ("deceased", "deceasedBoolean")],
+ "Observation": [("id", "id"), ("patient", "subject.reference"), ("code", "code.coding.first().code"),
+                 ("system", "code.coding.first().system"), ("text", "code.text"), ("value", "valueQuantity.value"),
+                 ("unit", "valueQuantity.code"), ("segment", "focus.reference"), ("study", "derivedFrom.reference"),
+                 ("image_type", "method.coding.first().code"), ("status", "status"),
+                 ("category", "category.coding.code.first()")],
+ "Condition": [("id", "id"), ("patient", "subject.reference"), ("text", "code.text"),
+               ("code", "code.coding.first().code"), ("onset", "onsetDateTime")],
+ "ImagingStudy": [("id", "id"), ("patient", "subject.reference"), ("series", "series.uid"),
+                  ("modality", "series.modality.code")],
+ "BodyStructure": [("id", "id"), ("patient", "patient.reference"), ("label", "description")],
+}
+p = Pirate(base_url="http://localhost/fhir", auth=None, num_processes=1, silence_fhirpath_warning=True)
+by_type = {}
+for r in res:
+    by_type.setdefault(r["resourceType"], []).append(r)
 t = time.perf_counter()
 n = 0
-for rtype, param, paths in (
-        ("Patient", "identifier", [("id", "id"), ("gender", "gender"), ("birth", "birthDate")]),
-        ("Observation", "subject:Patient.identifier", [("id", "id"), ("patient", "subject.reference"),
-         ("code", "code.coding.first().code"), ("text", "code.text"), ("value", "valueQuantity.value"),
-         ("unit", "valueQuantity.code"), ("segment", "focus.reference"), ("image_type", "method.coding.first().code")]),
-        ("Condition", "subject:Patient.identifier", [("id", "id"), ("patient", "subject.reference"), ("text", "code.text")]),
-        ("ImagingStudy", "subject:Patient.identifier", [("id", "id"), ("patient", "subject.reference"),
-         ("series", "series.uid")]),
-        ("BodyStructure", "patient:Patient.identifier", [("id", "id"), ("label", "description")])):
-    df = p.steal_bundles_to_dataframe(resource_type=rtype, request_params={param: system + "|", "_count": 1000},
-                                      fhir_paths=paths)
+for rtype, items in by_type.items():
+    bundles = [FHIRObj(**{"resourceType": "Bundle", "type": "searchset",
+                          "entry": [{"resource": r} for r in items[i:i + 1000]]})
+               for i in range(0, len(items), 1000)]
+    df = p.bundles_to_dataframe(bundles, fhir_paths=paths[rtype])
     n += len(df)
 print(json.dumps({"seconds": time.perf_counter() - t, "rows": n}))
 """
 
 
-def _pyrate(url: str, system: str) -> tuple[float, int] | None:
-    """FHIR-PYrate (PyPI fhir-pyrate) on the same server: ``$FHIR_PYRATE_PYTHON`` (a venv with fhir-pyrate;
-    kept out of the project venv) or this interpreter when fhir_pyrate imports."""
-    import importlib.util
-    import json
-    import os
-    import subprocess
+def _pyrate_python() -> tuple[str | None, str]:
+    """The interpreter of FHIR-PYrate's own venv (created and filled with pip on first use)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kaapana-fhir" / "bench"
+    venv = cache / f"fhir-pyrate-{PYRATE_VERSION}"
+    py = venv / "bin" / "python"
+    if py.is_file() and subprocess.run([str(py), "-c", "import fhir_pyrate"], capture_output=True,
+                                       check=False).returncode == 0:
+        return str(py), ""
+    cache.mkdir(parents=True, exist_ok=True)
+    steps = ([sys.executable, "-m", "venv", "--clear", str(venv)],
+             [str(py), "-m", "pip", "install", "-q", f"fhir-pyrate=={PYRATE_VERSION}"])
+    for cmd in steps:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+        if res.returncode != 0:
+            return None, f"{' '.join(cmd[:4])} failed: {res.stderr.strip()[-300:]}"
+    return str(py), ""
 
-    py = os.environ.get("FHIR_PYRATE_PYTHON") or (sys.executable if importlib.util.find_spec("fhir_pyrate") else "")
-    if not py:
-        return None
-    res = subprocess.run([py, "-c", _PYRATE, url, system], capture_output=True, text=True, timeout=3600, check=False)
+
+def _pyrate_rate(resources: list[dict[str, Any]], workdir: Path) -> tuple[float | None, str]:
+    py, why = _pyrate_python()
+    if py is None:
+        return None, why
+    src = workdir / "pyrate-resources.json"
+    src.write_text(json.dumps(resources), encoding="utf-8")
+    res = subprocess.run([py, "-c", _PYRATE, str(src)], capture_output=True, text=True, timeout=3600, check=False)
     if res.returncode != 0:
-        raise RuntimeError(f"fhir-pyrate run failed: {res.stderr[-800:]}")
+        return None, f"fhir-pyrate run failed: {res.stderr.strip()[-300:]}"
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    return float(out["seconds"]), int(out["rows"])
+    return len(resources) / float(out["seconds"]), f"{out['rows']:,} rows"
+
+
+_RSS_CHILD = """
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[3])
+from kaapana_fhir.clients.fhir import FhirClient
+from kaapana_fhir.core.cohort import tables as C
+from kaapana_fhir.flows.cohort.flow import build_cohort
+t = time.perf_counter()
+b = build_cohort(FhirClient(sys.argv[1]), patient_search=sys.argv[2], count=1000)
+C.write_table(b.cohort.table, sys.argv[4])
+secs = time.perf_counter() - t
+# VmHWM is this process's own peak; ru_maxrss keeps the parent's peak across fork/exec on Linux.
+hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+print(json.dumps({"maxrss_kb": hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "seconds": secs, "patients": len(b.cohort.patients),
+                  "resources": sum(b.fetched.count().values())}))
+"""
+
+
+_OFFLINE_CHILD = """
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[2])
+from kaapana_fhir.core.cohort import tables as C
+from kaapana_fhir.flows.cohort.flow import _Flattener, load_views
+from tests.support.cohort_data import patient_resources
+n = int(sys.argv[1])
+flat = _Flattener(load_views())
+t = time.perf_counter()
+page = []
+for i in range(n):  # resources arrive page by page (1,000 a page), as from a FHIR search or NDJSON
+    page.extend(patient_resources("urn:bench:offline", f"P{i:04d}", n_clinical=20, n_features=107, n_segments=1))
+    if len(page) >= 1000:
+        flat.feed(page)
+        page = []
+flat.feed(page)
+cohort = C.build_cohort(flat.rows)
+C.write_table(cohort.table, sys.argv[3])
+hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+print(json.dumps({"maxrss_kb": hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "seconds": time.perf_counter() - t, "flatten_seconds": flat.seconds,
+                  "resources": flat.resources, "patients": len(cohort.patients)}))
+"""
+
+
+def offline_peak(n: int, out: Path) -> dict[str, Any]:
+    """Peak RSS (own process) of flatten + join + Parquet for ``n`` synthetic patients streamed in pages
+    (no server: what the cohort code itself holds)."""
+    res = subprocess.run([sys.executable, "-c", _OFFLINE_CHILD, str(n), str(HERE.parents[1]), str(out)],
+                         capture_output=True, text=True, timeout=3600, check=True)
+    return dict(json.loads(res.stdout.strip().splitlines()[-1]))
+
+
+def _cohort_peak(url: str, search: str, out: Path) -> dict[str, Any]:
+    res = subprocess.run([sys.executable, "-c", _RSS_CHILD, url, search, str(HERE.parents[1]), str(out)],
+                         capture_output=True, text=True, timeout=3600, check=True)
+    return dict(json.loads(res.stdout.strip().splitlines()[-1]))
 
 
 def run(ctx):
@@ -110,36 +221,51 @@ def run(ctx):
     views = load_views()
     search = f"Patient?identifier={system}|"
     # warm-up (JIT of HAPI's query plans), then measure both in the same run
-    fetch_and_flatten(client, views, patient_search=search, count=1000)
+    build_cohort(client, views=views, patient_search=search, count=1000)
     raw_s, raw_n = _raw_paging(url, system, 1000, 100)
-    t = time.perf_counter()
-    fetched, rows = fetch_and_flatten(FhirClient(url), views, patient_search=search, count=1000)
-    cohort = C.build_cohort(rows)
     out = Path(tempfile.mkdtemp(prefix="kf-bench-cohort-"))
-    C.write_table(cohort.table, out / "cohort.parquet")
-    ours_s = time.perf_counter() - t
-    nres = sum(fetched.count().values())
-    assert nres == raw_n, (nres, raw_n)
     t = time.perf_counter()
-    seq_rows = {name: run_view(load_view(name), (r for d in fetched.resources.values() for r in d.values()))
-                for name in shipped_views()}
-    flatten_s = time.perf_counter() - t
-    assert len(seq_rows["radiomics_feature"]) == n * 107
+    built = build_cohort(FhirClient(url), views=views, patient_search=search, count=1000)
+    C.write_table(built.cohort.table, out / "cohort.parquet")
+    ours_s = time.perf_counter() - t
+    nres = sum(built.fetched.count().values())
+    assert nres == raw_n, (nres, raw_n)
+    table = built.cohort.table
     rows_out = [
         Row("cohort", f"load {n} patients ({len(res):,} resources) into HAPI", len(res) / load_s, "resources/s"),
         Row("cohort", f"HAPI → cohort table, {n} patients ({nres:,} resources)", ours_s, "s",
-            raw_s / ours_s, "raw paging of the same searches / ours (goal >= 0.8)",
-            f"table {cohort.table.shape[0]}x{cohort.table.shape[1]}"),
-        Row("cohort", "ViewDefinition flattening only (7 views, fhirpathpy)", nres / flatten_s, "resources/s"),
+            raw_s / ours_s, "raw paging of the same searches / ours (goal >= 0.9)",
+            f"table {table.shape[0]}x{table.shape[1]}"),
     ]
-    pyr = _pyrate(url, system)
-    if pyr is None:
-        rows_out.append(Row("cohort", "FHIR-PYrate comparison", float("nan"), "s",
-                            note="fhir-pyrate not installed (set FHIR_PYRATE_PYTHON)"))
+    peak = _cohort_peak(url, search, out / "peak.parquet")
+    rows_out.append(Row("cohort", f"peak RSS of a cohort build, {peak['patients']} patients "
+                                  f"({peak['resources']:,} resources)", peak["maxrss_kb"] / 1024, "MB",
+                        note=f"separate process (VmHWM), {peak['seconds']:.1f}s; goal <= 400 MB"))
+    off = offline_peak(n, out / "offline.parquet")
+    rows_out.append(Row("cohort", f"peak RSS, flatten + join + Parquet of {off['patients']} patients streamed in "
+                                  f"pages ({off['resources']:,} resources, no server)", off["maxrss_kb"] / 1024, "MB",
+                        note=f"{off['resources'] / off['flatten_seconds']:,.0f} resources/s flattening"))
+    # flattening only: our compiled runner over every resource, then all three engines on the same sample
+    ours_rate, nrows = _flatten_rate(res, "auto")
+    rows_out.append(Row("cohort", f"flatten, SQL-on-FHIR runner (compiled), {len(res):,} resources", ours_rate,
+                        "resources/s", note=f"{len(shipped_views())} views, {nrows:,} rows; goal >= 50,000"))
+    per_patient = len(res) // n
+    sample = res[: per_patient * min(n, COMPARE_PATIENTS)]
+    ours_s_rate, _ = _flatten_rate(sample, "auto")
+    fp_rate, _ = _flatten_rate(sample, "fhirpathpy")
+    rows_out += [
+        Row("cohort", f"flatten, SQL-on-FHIR runner (compiled), {len(sample):,} resources", ours_s_rate,
+            "resources/s"),
+        Row("cohort", f"flatten, fhirpathpy per path, same {len(sample):,} resources", fp_rate, "resources/s",
+            ours_s_rate / fp_rate, "ours / fhirpathpy"),
+    ]
+    pyr_rate, note = _pyrate_rate(sample, out)
+    if pyr_rate is None:
+        rows_out.append(Row("cohort", "flatten, FHIR-PYrate", float("nan"), "resources/s", note=note))
     else:
-        rows_out.append(Row("cohort", f"FHIR-PYrate steal_bundles_to_dataframe, same data ({pyr[1]:,} rows)", pyr[0], "s",
-                            pyr[0] / ours_s, "FHIR-PYrate time / ours (>1: ours faster)",
-                            "chained subject:Patient.identifier searches, 1 process"))
+        rows_out.append(Row("cohort", f"flatten, FHIR-PYrate {PYRATE_VERSION} bundles_to_dataframe, same "
+                                      f"{len(sample):,} resources", pyr_rate, "resources/s",
+                            ours_s_rate / pyr_rate, "ours / FHIR-PYrate", note))
     # dashboard for 1,000 patients (in-memory resources; quick: 200)
     m = 200 if ctx.quick else 1000
     big = cohort_resources(f"{system}:report", m, n_clinical=20, n_features=107, n_segments=1)

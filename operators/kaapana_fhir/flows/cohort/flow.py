@@ -206,6 +206,27 @@ def fetch_and_flatten(client: FhirClient, views: dict[str, CompiledView], *, sea
     return result, flat.rows
 
 
+def fetch_bulk_and_flatten(client: FhirClient, views: dict[str, CompiledView], folder: str | Path, *,
+                           policy: Any = None) -> tuple[FetchResult, dict[str, ViewTable]]:
+    """FHIR Bulk Data ``$export`` (system level, the view resource types) into ``folder`` (resumable: a re-run
+    with the same folder continues the job), then flatten the NDJSON files line by line."""
+    from kaapana_fhir.clients.fhir_bulk import BulkExporter, iter_ndjson
+
+    types = sorted({str(v.resource) for v in views.values()})
+    result = FetchResult()
+    flat = _Flattener(views)
+    t0 = time.perf_counter()
+    req0 = client.stats.requests
+    exported = BulkExporter(client, policy).export(folder, "system", types=types)
+    for f in exported.files:
+        flat.feed(r for r in iter_ndjson(f.path) if result.add(r))
+    result.seconds = time.perf_counter() - t0
+    result.requests = client.stats.requests - req0
+    log.info("bulk export: %s in %.1fs (waiting %.1fs, downloading %.1fs); flattening took %.1fs",
+             result.count(), result.seconds, exported.seconds_waiting, exported.seconds_downloading, flat.seconds)
+    return result, flat.rows
+
+
 def write_outputs(cohort: C.Cohort, out_dir: str | Path, *, extra_tables: dict[str, Any] | None = None,
                   dataset: dict[str, Any] | None = None, formats: Sequence[str] = ("parquet", "csv")) -> list[Path]:
     """Write ``cohort.*``, ``patients.*``, ``radiomics_long.*``, ``radiomics_wide.*``, ``series.*``, ``studies.*``,
@@ -277,11 +298,18 @@ class CohortBuild:
 
 def build_cohort(client: FhirClient, *, searches: Sequence[str] = (), patient_search: str | None = None,
                  view_files: Sequence[str | Path] = (), filters: Sequence[str] = (), count: int = 1000,
-                 views: dict[str, CompiledView] | None = None) -> CohortBuild:
-    """Fetch (searches or a patient search + their data), flatten with the views as pages arrive, join and
-    filter (``filters``: conditions, ``;``-separated allowed). No files are written."""
+                 views: dict[str, CompiledView] | None = None, bulk_folder: str | Path | None = None) -> CohortBuild:
+    """Fetch (searches or a patient search + their data; or, with ``bulk_folder``, a Bulk Data ``$export`` of
+    all resources of the views' types into that folder), flatten with the views as pages/lines arrive, join
+    and filter (``filters``: conditions, ``;``-separated allowed). No files are written besides the export."""
     views = views if views is not None else load_views(view_files)
-    fetched, rows = fetch_and_flatten(client, views, searches=searches, patient_search=patient_search, count=count)
+    if bulk_folder is not None:
+        if searches or patient_search:
+            raise ConfigError("a bulk export takes all patients: use --where filters instead of searches")
+        fetched, rows = fetch_bulk_and_flatten(client, views, bulk_folder)
+    else:
+        fetched, rows = fetch_and_flatten(client, views, searches=searches, patient_search=patient_search,
+                                          count=count)
     t = time.perf_counter()
     cohort = C.build_cohort(rows)
     selected = C.apply_filters(cohort, list(filters))
@@ -292,10 +320,12 @@ def run_cohort(client: FhirClient, out_dir: str | Path, *, searches: Sequence[st
                patient_search: str | None = None, view_files: Sequence[str | Path] = (),
                filters: Sequence[str] = (), modality: str | None = "CT", dataset_name: str = "fhir-cohort",
                store: Any = None, bucket: str | None = None, prefix: str = "fhir-cohort",
-               formats: Sequence[str] = ("parquet", "csv"), count: int = 1000) -> dict[str, Any]:
-    """The whole job; returns a small JSON-able summary (counts, paths, object keys, timings, dropped)."""
+               formats: Sequence[str] = ("parquet", "csv"), count: int = 1000,
+               bulk_folder: str | Path | None = None) -> dict[str, Any]:
+    """The whole job; returns a small JSON-able summary (counts, paths, object keys, timings, dropped).
+    ``bulk_folder``: read the data with a Bulk Data ``$export`` (NDJSON kept in that folder) instead of searches."""
     built = build_cohort(client, searches=searches, patient_search=patient_search, view_files=view_files,
-                         filters=filters, count=count)
+                         filters=filters, count=count, bulk_folder=bulk_folder)
     t = time.perf_counter() - built.join_seconds
     fetched, rows, cohort, selected = built.fetched, built.rows, built.cohort, built.selected
     dataset = C.series_dataset(selected, modality=modality, dataset_name=dataset_name)
