@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="filter (repeatable, AND; ';' separates conditions), e.g. 'Histology=adenocarcinoma; "
                         "Overall.Stage in IIIa,IIIb' 'age_at_study>=60' 'Condition~NSCLC' "
                         "'loinc_29463_7_body_weight_kg>=150 [lb_av]' (numbers may carry a UCUM unit)")
+    p.add_argument("--bulk", default=None, metavar="FOLDER",
+                   help="read all patients' data with FHIR Bulk Data $export into FOLDER (NDJSON; a re-run with the "
+                        "same folder resumes) instead of paging searches; select with --where")
     p.add_argument("--modality", default="CT", help="series modality of the dataset (default CT; '' = all)")
     p.add_argument("--dataset", default=None, metavar="dataset.json",
                    help="write the Kaapana dataset {data_form: {identifiers}} here")
@@ -67,7 +70,7 @@ def run_cohort_cmd(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="kaapana-fhir-cohort-"))
     summary = run_cohort(_client(args.fhir), work, searches=args.search, patient_search=args.patients,
                          view_files=args.view, filters=args.where, modality=args.modality or None,
-                         formats=("parquet",))
+                         formats=("parquet",), bulk_folder=args.bulk)
     table = C.read_table(work / "cohort.parquet")
     if out.suffix.lower() == ".parquet":  # keep the labels and the data dictionary in the Parquet metadata
         out.parent.mkdir(parents=True, exist_ok=True)
