@@ -2,7 +2,8 @@
 
 Tasks: ``fhir-query`` (:class:`~kaapana_fhir.operators.fhir_query.FhirQueryOperator`: cohort.parquet/.csv,
 patients/radiomics/series tables and ``dataset.json`` into the workflow dir and the project bucket under
-``fhir-cohort/<run_id>/``) → ``cohort-report`` (``report.html`` beside them) → ``has-trigger`` →
+``fhir-cohort/<run_id>/``) → ``cohort-report`` (``report.html`` beside them) → ``read-downstream`` (reads
+``downstream.json`` from the query task's output folder: Kaapana container operators push no XCom) →
 ``trigger-downstream`` (triggers ``trigger_dag_id`` with ``{"data_form": {"dataset_name", "identifiers"}}``,
 the SeriesInstanceUIDs of the selected cohort; skipped when no DAG is named).
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from kaapana_fhir.airflow_compat import DAG, Param, ShortCircuitOperator, TriggerDagRunOperator
 from kaapana_fhir.kaapana.runtime import flow_operator, in_kaapana, kaapana_cleaner
+from kaapana_fhir.operators.fhir_query import read_downstream
 
 ui_forms: dict[str, Any] = {
     "documentation_form": {"path": "/user_guide/extensions.html#fhir-cohort"},
@@ -77,23 +79,27 @@ with DAG(
     doc_md=__doc__,
 ) as dag:
     query = flow_operator("cohort", dag=dag, task_id="fhir-query")
-    has_trigger = ShortCircuitOperator(
-        task_id="has-trigger",
-        python_callable=lambda **ctx: bool((ctx["ti"].xcom_pull(task_ids="fhir-query") or {}).get("trigger_dag_id")),
+    # Kaapana container operators push no XCom: the cohort task (container or in-process) writes
+    # downstream.json into its output folder; this local task reads it (stdlib only) and short-circuits
+    # when no downstream workflow is named.
+    read_downstream_task = ShortCircuitOperator(
+        task_id="read-downstream",
+        python_callable=read_downstream,
+        op_kwargs={"query_task_id": "fhir-query"},
         ignore_downstream_trigger_rules=False,
     )
     trigger = TriggerDagRunOperator(
         task_id="trigger-downstream",
-        trigger_dag_id="{{ ti.xcom_pull(task_ids='fhir-query')['trigger_dag_id'] }}",
-        conf="{{ ti.xcom_pull(task_ids='fhir-query')['trigger_conf'] }}",
+        trigger_dag_id="{{ ti.xcom_pull(task_ids='read-downstream')['trigger_dag_id'] }}",
+        conf="{{ ti.xcom_pull(task_ids='read-downstream')['conf'] }}",
         wait_for_completion=False,
     )
     if in_kaapana():
-        query >> has_trigger >> trigger
+        query >> read_downstream_task >> trigger
         cleaner = kaapana_cleaner(dag)
         trigger >> cleaner
     else:
         from kaapana_fhir.operators.report import CohortReportOperator
 
         report = CohortReportOperator(task_id="cohort-report", query_task_id="fhir-query")
-        query >> report >> has_trigger >> trigger
+        query >> report >> read_downstream_task >> trigger

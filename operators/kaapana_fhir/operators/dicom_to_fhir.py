@@ -6,17 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from kaapana_fhir.airflow_compat import BaseOperator
+from kaapana_fhir.flows.dicom_to_fhir.params import DicomToFhirParams
 from kaapana_fhir.operators._conf_values import as_uid_list as _as_list
 
 #: workflow_form keys a run may set (Kaapana UI / REST trigger); they override the constructor values.
-FORM_KEYS = ("patient_system", "timezone", "endpoint_address", "include_instances", "include_device", "wado",
-             "missing_series")
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
+FORM_KEYS = DicomToFhirParams.form_keys()
 
 
 def uids_from_conf(conf: dict[str, Any] | None) -> tuple[list[str], list[str]]:
@@ -72,7 +66,8 @@ class ResolveDicomStudiesOperator(BaseOperator):
         studies, series = uids_from_conf(conf)
         studies += _as_list(self.study_instance_uids)
         series += _as_list(self.series_instance_uids)
-        missing = (conf.get("workflow_form") or {}).get("missing_series", self.missing_series)
+        missing = DicomToFhirParams.from_conf(conf, DicomToFhirParams.from_values(
+            {"missing_series": self.missing_series}, "operator arguments")).missing_series
         if not studies and not series:
             self.log.info("no study or series UIDs in the run conf; nothing to do")
             return []
@@ -144,33 +139,32 @@ class DicomToFhirOperator(BaseOperator):
         self.fail_on_study_error = fail_on_study_error
         self.max_issues = max_issues
 
+    def params_from_arguments(self) -> DicomToFhirParams:
+        """The flow's Params from this operator's (rendered) arguments."""
+        return DicomToFhirParams.from_values({
+            "patient_system": self.patient_system, "timezone": self.timezone,
+            "endpoint_address": self.endpoint_address, "include_instances": self.include_instances,
+            "include_device": self.include_device, "wado": self.wado, "missing_series": self.missing_series,
+        }, "operator arguments")
+
     def execute(self, context: Any) -> dict[str, Any]:
-        from kaapana_fhir.core.dicom.mapping import MappingOptions
-        from kaapana_fhir.core.ids import DEFAULT_PATIENT_SYSTEM
         from kaapana_fhir.exceptions import MappingError
         from kaapana_fhir.flows.dicom_to_fhir.flow import sync_studies
         from kaapana_fhir.hooks.fhir import DicomWebHook, FhirHook, run_project
 
         conf = _conf(context)
-        form = {k: v for k, v in (conf.get("workflow_form") or {}).items() if k in FORM_KEYS and v not in (None, "")}
+        params = DicomToFhirParams.from_conf(conf, self.params_from_arguments())
         studies, series = _as_list(self.study_instance_uids), _as_list(self.series_instance_uids)
         if not studies and not series:
             studies, series = uids_from_conf(conf)
         if not studies and not series:
             self.log.info("no study or series UIDs given; nothing to do")
             return {"studies": 0, "series": 0, "failed": [], "issues": []}
-        options = MappingOptions(
-            patient_system=form.get("patient_system") or self.patient_system or DEFAULT_PATIENT_SYSTEM,
-            issuer_systems=dict(self.issuer_systems or {}),
-            timezone=form.get("timezone", self.timezone) or None,
-            endpoint_address=form.get("endpoint_address", self.endpoint_address) or None,
-            include_instances=_bool(form.get("include_instances", self.include_instances)),
-            include_device=_bool(form.get("include_device", self.include_device)),
-        )
+        options = params.mapping_options(self.issuer_systems)
         fhir = FhirHook(self.fhir_conn_id, project=run_project(conf)).get_conn()  # the run's project partition, if any
         result = sync_studies(DicomWebHook(self.dicomweb_conn_id).get_conn(), fhir,
                               study_uids=studies, series_uids=series, options=options,
-                              wado=form.get("wado", self.wado), missing=form.get("missing_series", self.missing_series))
+                              wado=params.wado, missing=params.missing_series)
         result["issues"] = result["issues"][: self.max_issues]
         self.log.info("synced %d studies (%d series): %s; %d issues, %d failed", result["studies"], result["series"],
                       result["resources"], result["issue_count"], len(result["failed"]))

@@ -21,21 +21,56 @@ def _conf(context: Any) -> dict[str, Any]:
     return merged
 
 
-def _list(value: Any) -> list[str]:
-    """A list from a list, or from text with one item per line or separated by ';'."""
-    if value is None or value == "":
-        return []
-    if isinstance(value, (list, tuple)):
-        return [str(v).strip() for v in value if str(v).strip()]
-    return [p.strip() for p in str(value).replace(";", "\n").splitlines() if p.strip()]
-
-
 def workflow_dir(context: Any, task_id: str) -> Path:
     """``<AIRFLOW_WORKFLOW_DIR>/<run_id>/<task_id>`` (Kaapana's layout), under the temp dir outside Kaapana."""
     root = os.environ.get("AIRFLOW_WORKFLOW_DIR") or os.path.join(tempfile.gettempdir(), "kaapana-fhir-workflows")
     run_id = str(getattr(context.get("dag_run"), "run_id", None) or context.get("run_id") or "manual")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
     return Path(root) / safe / task_id
+
+
+#: ``<out dir>/downstream.json`` = ``{"trigger_dag_id", "conf"}``, written when a downstream workflow is named
+DOWNSTREAM_FILE = "downstream.json"
+
+
+def write_downstream(out_dir: Path, trigger_dag_id: str, conf: dict[str, Any]) -> Path:
+    import json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / DOWNSTREAM_FILE
+    path.write_text(json.dumps({"trigger_dag_id": trigger_dag_id, "conf": conf}, indent=1), encoding="utf-8")
+    return path
+
+
+def _airflow_workflow_root() -> str:
+    """Where Airflow sees the run folders: Kaapana's ``AIRFLOW_WORKFLOW_DIR`` (its plugin's constant) in
+    Kaapana, else ``$AIRFLOW_WORKFLOW_DIR`` or the temp dir (as :func:`workflow_dir`)."""
+    try:
+        from kaapana.blueprints.kaapana_global_variables import AIRFLOW_WORKFLOW_DIR  # type: ignore[import-not-found]
+
+        return str(AIRFLOW_WORKFLOW_DIR)
+    except ImportError:
+        return os.environ.get("AIRFLOW_WORKFLOW_DIR") or os.path.join(tempfile.gettempdir(), "kaapana-fhir-workflows")
+
+
+def read_downstream(query_task_id: str, **context: Any) -> dict[str, Any] | None:
+    """Callable of the cohort DAG's ``read-downstream`` task (runs inside Airflow; stdlib only).
+
+    Kaapana container operators push no XCom, so the cohort task (container or in-process) writes
+    ``downstream.json`` into its output folder ``<run>/<task_id>``; this returns its content (pushed as this
+    task's XCom for the trigger task) or None (short-circuits: no downstream workflow named)."""
+    import json
+
+    run_id = str(getattr(context.get("dag_run"), "run_id", None) or context.get("run_id") or "manual")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
+    root = Path(_airflow_workflow_root())
+    for folder in dict.fromkeys((run_id, safe)):
+        path = root / folder / query_task_id / DOWNSTREAM_FILE
+        if path.is_file():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("trigger_dag_id"):
+                return {"trigger_dag_id": str(data["trigger_dag_id"]), "conf": dict(data.get("conf") or {})}
+    return None
 
 
 class FhirQueryOperator(BaseOperator):
@@ -82,30 +117,34 @@ class FhirQueryOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from kaapana_fhir.flows.cohort.flow import run_cohort
-        from kaapana_fhir.hooks.fhir import FhirHook, ObjectStoreHook, run_project
+        from kaapana_fhir.flows.cohort.params import CohortParams
+        from kaapana_fhir.hooks.fhir import FhirHook, ObjectStoreHook
 
         conf = _conf(context)
         project = conf.get("project_form") or {}
-        searches = _list(conf.get("fhir_search")) or self.searches
-        patient_search = conf.get("patient_search") or self.patient_search or None
-        filters = _list(conf.get("filters")) or self.filters
-        views = _list(conf.get("views")) or self.views
-        modality = conf.get("modality", self.modality)
-        bucket = conf.get("bucket") or project.get("s3_bucket") or self.bucket
+        base = CohortParams.from_values({
+            "fhir_search": self.searches, "patient_search": self.patient_search, "filters": self.filters,
+            "views": self.views, "modality": self.modality, "dataset_name": self.dataset_name,
+            "trigger_dag_id": self.trigger_dag_id, "bucket": self.bucket, "prefix": self.prefix,
+            "upload": self.upload, "page_size": self.page_size,
+        }, "operator arguments")
+        params = CohortParams.from_conf(conf, base)
+        filters = list(params.filters)
+        bucket = params.bucket or project.get("s3_bucket") or ""
         run_id = str(getattr(context.get("dag_run"), "run_id", "") or "manual")
-        prefix = conf.get("prefix") or self.prefix or f"fhir-cohort/{run_id}"
+        prefix = params.prefix or f"fhir-cohort/{run_id}"
         out_dir = Path(self.out_dir) if self.out_dir else workflow_dir(context, self.task_id)
-        store = ObjectStoreHook(self.s3_conn_id).get_conn() if (self.upload and bucket) else None
-        dataset_name = conf.get("dataset_name") or self.dataset_name
-        fhir = FhirHook(self.fhir_conn_id, project=run_project(conf)).get_conn()  # the run's project partition, if any
-        summary = run_cohort(fhir, out_dir, searches=searches,
-                             patient_search=patient_search, view_files=views, filters=filters,
-                             modality=modality or None, dataset_name=dataset_name, store=store, bucket=bucket or None,
-                             prefix=prefix, count=self.page_size)
-        trigger = conf.get("trigger_dag_id") or self.trigger_dag_id or ""
+        store = ObjectStoreHook(self.s3_conn_id).get_conn() if (params.upload and bucket) else None
+        summary = run_cohort(FhirHook(self.fhir_conn_id).get_conn(), out_dir, searches=list(params.fhir_search),
+                             patient_search=params.patient_search or None, view_files=list(params.views),
+                             filters=filters, modality=params.modality or None, dataset_name=params.dataset_name,
+                             store=store, bucket=bucket or None, prefix=prefix, count=params.page_size)
+        trigger = params.trigger_dag_id
         trigger_conf = dict(summary["dataset"])
         if project:
             trigger_conf["project_form"] = project
+        if trigger:  # the same file the Kaapana container task writes: read by the DAG's read-downstream task
+            write_downstream(out_dir, trigger, trigger_conf)
         self.log.info("cohort: %s patients, %s selected, %s series UIDs, files in %s", summary["patients"],
                       summary["selected_patients"], summary["series_uids"], out_dir)
         return {"patients": summary["patients"], "selected_patients": summary["selected_patients"],

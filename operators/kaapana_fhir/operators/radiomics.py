@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from kaapana_fhir.airflow_compat import BaseOperator
+from kaapana_fhir.flows.radiomics.params import RadiomicsParams
 from kaapana_fhir.operators._conf_values import as_uid_list as _as_list
 
 #: workflow_form keys a run may set (Kaapana UI / REST trigger); they override the constructor values.
-FORM_KEYS = ("settings", "settings_preset", "layout", "patient_system")
+FORM_KEYS = RadiomicsParams.form_keys()
 
 
 def seg_series_from_conf(conf: dict[str, Any] | None) -> list[str]:
@@ -63,7 +64,11 @@ class RadiomicsToFhirOperator(BaseOperator):
 
         dr = context.get("dag_run") if hasattr(context, "get") else None
         conf = dict(getattr(dr, "conf", None) or {})
-        form = {k: v for k, v in (conf.get("workflow_form") or {}).items() if k in FORM_KEYS and v not in (None, "")}
+        override = self.settings_override if isinstance(self.settings_override, str) else None
+        params = RadiomicsParams.from_conf(conf, RadiomicsParams.from_values(
+            {"settings": override, "layout": self.layout, "patient_system": self.patient_system},
+            "operator arguments"))
+        from_form = "settings_preset" in (conf.get("workflow_form") or {}) or "settings_preset" in conf
         uids = _as_list(self.seg_series_uids) or seg_series_from_conf(conf)
         if not uids:
             self.log.info("no SEG series UIDs given; nothing to do")
@@ -71,9 +76,9 @@ class RadiomicsToFhirOperator(BaseOperator):
         fhir = FhirHook(self.fhir_conn_id, project=run_project(conf)).get_conn()  # the run's project partition, if any
         result = run_for_series(
             DicomWebHook(self.dicomweb_conn_id).get_conn(), fhir, uids,
-            settings_path=self.settings_path, preset=form.get("settings_preset"),
-            settings_override=form.get("settings", self.settings_override),
-            layout=form.get("layout", self.layout), patient_system=form.get("patient_system", self.patient_system))
+            settings_path=self.settings_path, preset=params.settings_preset if from_form else None,
+            settings_override=params.settings or (None if override is not None else self.settings_override),
+            layout=params.layout, patient_system=params.patient_system)
         result["issues"] = result["issues"][: self.max_issues]
         self.log.info("radiomics: %d SEG(s), %d groups, %d features (%d absent), image types %s, skipped %s",
                       result["segs"], result["groups"], result["features"], result["absent"],
