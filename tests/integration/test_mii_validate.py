@@ -147,3 +147,28 @@ def test_the_validation_catches_a_broken_profile_rule(mii_fhir: FhirClient) -> N
     ext["valueQuantity"]["code"] = "V"
     rule, _ = _errors(mii_fhir, m.imaging_study)
     assert any("KVP" in e or "kV" in e for e in rule), rule
+
+
+def test_radiomics_observations_validate_against_the_mii_profiles(mii_fhir: FhirClient, artifacts_dir: Path) -> None:
+    import math
+
+    from kaapana_fhir.core.radiomics.mapping import RadiomicsRun, SegmentFeatures, map_run
+
+    seg = SegmentFeatures(1, "GTV-1", {"original_shape_MeshVolume": 1234.5, "original_firstorder_Mean": -20.0,
+                                       "original_glcm_Contrast": 0.5, "original_glcm_Idmn": math.nan},
+                          property_type={"system": "http://snomed.info/sct", "code": "108369006",
+                                         "display": "Neoplasm"})
+    run = RadiomicsRun(patient_value="MII-RAD-1", study_uid="1.2.3", seg_sop_uid="1.2.3.9.1", seg_series_uid="1.2.3.9",
+                       segments=[seg], image_series_uid="1.2.3.4", settings={"setting": {"binWidth": 25}},
+                       pyradiomics_version="3.0.1", issued="2024-01-01T10:00:00+01:00")
+    obs = [r for r in map_run(run).resources if r["resourceType"] == "Observation"]
+    claimed = [o for o in obs if (o.get("meta") or {}).get("profile")]
+    assert len(claimed) == 4  # the group and the three features with a value
+    rule_errors, term_errors = [], []
+    for o in claimed:
+        rule, term = _errors(mii_fhir, o)
+        rule_errors += rule
+        term_errors += term
+    (artifacts_dir / "mii_radiomics_terminology_errors.json").write_text(
+        json.dumps(sorted(set(term_errors)), indent=1), encoding="utf-8")
+    assert rule_errors == []

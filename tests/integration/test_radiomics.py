@@ -51,7 +51,7 @@ def test_radiomics_dag_end_to_end(tmp_path: Path, stack_env: dict, airflow_home:
 
     worst = 0.0
     versions: dict[str, str] = {}
-    for index, p in zip(CASES, pats):
+    for index, p in zip(CASES, pats, strict=False):
         pid = patient_id(None, p["patient_id"])
         study_id = stable_id("ImagingStudy", p["study_uid"])
         study = fhir.read("ImagingStudy", study_id)  # the link resolves
@@ -60,7 +60,7 @@ def test_radiomics_dag_end_to_end(tmp_path: Path, stack_env: dict, airflow_home:
         groups = [o for o in obs if o["code"]["coding"][0]["code"] == "radiomics-feature-set"]
         feats = [o for o in obs if o["code"]["coding"][0]["system"] == codes.CS_PYRADIOMICS]
         assert len(groups) == len(p["segments"]) and len(feats) == 107 * len(p["segments"])
-        assert all(len(g["hasMember"]) == 107 and g["partOf"][0]["reference"] == f"ImagingStudy/{study_id}"
+        assert all(len(g["hasMember"]) == 107 and g["derivedFrom"][0]["reference"] == f"ImagingStudy/{study_id}"
                    for g in groups)
         for seg in p["segments"]:
             bs = fhir.read("BodyStructure", stable_id("BodyStructure", p["seg_sop_uid"], str(seg["number"])))
@@ -85,7 +85,7 @@ def test_radiomics_dag_end_to_end(tmp_path: Path, stack_env: dict, airflow_home:
     # re-run: same ids, same content → nothing new, no new versions
     second = run_dag("radiomics-to-fhir", conf)
     assert second.xcoms["radiomics-to-fhir"]["features"] == out["features"]
-    for index, p in zip(CASES, pats):
+    for index, p in zip(CASES, pats, strict=False):
         pid = patient_id(None, p["patient_id"])
         n = fhir.count("Observation", {"subject": f"Patient/{pid}"})
         assert n == 108 * len(p["segments"])

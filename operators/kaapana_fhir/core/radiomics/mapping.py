@@ -25,6 +25,7 @@ from importlib.resources import files
 from typing import Any
 
 from kaapana_fhir.core import codes
+from kaapana_fhir.core.dicom import mii
 from kaapana_fhir.core.ids import DEFAULT_PATIENT_SYSTEM, patient_id, stable_id, uid_urn
 from kaapana_fhir.exceptions import MappingError
 
@@ -32,8 +33,12 @@ from kaapana_fhir.exceptions import MappingError
 CS_IBSI = "urn:kaapana-fhir:CodeSystem:ibsi"
 #: Identifier system of radiomics Observations (value = group / feature key).
 SYSTEM_RADIOMICS_KEY = "urn:kaapana-fhir:radiomics"
-MII_SERIES_UID = "https://www.medizininformatik-initiative.de/fhir/ext/modul-bildgebung/StructureDefinition/mii-ex-bildgebung-series-uid"
-MII_SOP_UID = "https://www.medizininformatik-initiative.de/fhir/ext/modul-bildgebung/StructureDefinition/mii-ex-bildgebung-sop-instanz-uid"
+MII_SERIES_UID = mii.EXT_SERIES_UID
+MII_SOP_UID = mii.EXT_SOP_UID
+#: LOINC 18782-3 "Radiology Study observation (narrative)": category of the MII radiological observation profile
+LOINC_RADIOLOGY = {"system": codes.LOINC, "code": "18782-3", "display": "Radiology Study observation (narrative)"}
+#: SNOMED CT 122869004 "Measurement procedure": category of the MII radiological measurement profile
+SCT_MEASUREMENT = {"system": codes.SNOMED, "code": "122869004", "display": "Measurement procedure"}
 TAG = {"system": codes.TAG_SOURCE, "code": "radiomics"}
 
 #: UCUM code + display per unit kind and modality family ("CT" = HU-calibrated, "other" = arbitrary units).
@@ -236,10 +241,25 @@ def _absent(code: str, text: str) -> dict[str, Any]:
     return {"coding": [{"system": codes.DATA_ABSENT_REASON, "code": code}], "text": text}
 
 
-def map_run(run: RadiomicsRun, *, layout: str = "members") -> MapResult:
-    """Map one run to FHIR resources (Device, BodyStructures, Observations) and issues (tag, value, rule)."""
+def map_run(run: RadiomicsRun, *, layout: str = "members", profile: str = "mii") -> MapResult:
+    """Map one run to FHIR resources (Device, BodyStructures, Observations) and issues (tag, value, rule).
+
+    Provenance on every Observation (group and features): MII extensions with the SEG's SeriesInstanceUID
+    (0020,000E) and SOPInstanceUID (0008,0018), ``derivedFrom`` the ImagingStudy holding the SEG series,
+    ``partOf`` the segmented image's ImagingStudy, the extraction settings in ``method.text``.
+
+    ``profile="mii"`` (default) claims the MII KDS Bildgebung profiles: the group is a
+    ``mii-pr-bildgebung-radiologische-beobachtung`` with ``value[x]`` (the segment's SegmentedPropertyType, else
+    its label) and each feature with a value a ``mii-pr-bildgebung-radiologische-messung`` (category SCT
+    122869004, UCUM ``valueQuantity``); ``partOf`` is left out because the profile allows only a reporting
+    Procedure there (the ImagingStudy stays in ``derivedFrom``). Features without a value or without a unit do
+    not claim the measurement profile (it needs both); ``profile="core"`` writes plain R4.
+    """
     if layout not in ("members", "components"):
         raise MappingError(f"layout {layout!r} is not 'members' or 'components'")
+    if profile not in ("mii", "core"):
+        raise MappingError(f"profile {profile!r} is not 'mii' or 'core'")
+    use_mii = profile == "mii"
     pid = patient_id(run.patient_system or DEFAULT_PATIENT_SYSTEM, run.patient_value)
     isid = imaging_study_id(run.study_uid)
     derived_study = imaging_study_id(run.seg_study_uid) if run.seg_study_uid else isid
@@ -248,8 +268,16 @@ def map_run(run: RadiomicsRun, *, layout: str = "members") -> MapResult:
     table = feature_table()
     out = MapResult([dev], [])
     common: dict[str, Any] = {
-        "status": "final", "subject": _ref("Patient", pid), "partOf": [_ref("ImagingStudy", isid)],
-        "derivedFrom": [_ref("ImagingStudy", derived_study)], "device": _ref("Device", dev["id"])}
+        "status": "final", "subject": _ref("Patient", pid), "derivedFrom": [_ref("ImagingStudy", derived_study)],
+        "device": _ref("Device", dev["id"])}
+    if not use_mii:
+        common = {**common, "partOf": [_ref("ImagingStudy", isid)]}
+    if run.seg_study_uid and run.seg_study_uid != run.study_uid:
+        common["derivedFrom"] = [*common["derivedFrom"], _ref("ImagingStudy", isid)]
+    if not run.seg_series_uid:
+        out.issues.append({"tag": "(0020,000E)", "value": run.seg_sop_uid,
+                           "rule": "SEG SeriesInstanceUID unknown; the MII series-uid extension is left out"})
+    settings_text = _settings_text(run)
     if run.effective:
         common["effectiveDateTime"] = run.effective
     if run.issued:
@@ -288,12 +316,13 @@ def map_run(run: RadiomicsRun, *, layout: str = "members") -> MapResult:
                 "resourceType": "Observation", "id": gid, "meta": {"tag": [TAG]},
                 "identifier": [{"system": SYSTEM_RADIOMICS_KEY, "value": gkey}],
                 "category": [{"coding": [{"system": codes.CS_DCM, "code": "125007", "display": "Measurement Group"}]},
-                             {"coding": [{"system": codes.OBSERVATION_CATEGORY, "code": "imaging"}]}],
+                             {"coding": [{"system": codes.OBSERVATION_CATEGORY, "code": "imaging"}]},
+                             *([{"coding": [dict(LOINC_RADIOLOGY)]}] if use_mii else [])],
                 "code": {"coding": [{"system": codes.CS_KAAPANA, "code": "radiomics-feature-set",
                                      "display": "Radiomics feature set"}], "text": "Radiomics feature set"},
                 **common, "focus": [_ref("BodyStructure", bs["id"])],
                 "method": {"coding": [{"system": codes.CS_IMAGE_TYPE, "code": itype}],
-                           "text": _settings_text(run)},
+                           "text": settings_text},
                 "note": [{"text": f"image type {itype}; segment {seg.segment_number} '{seg.label}'; "
                                   f"settings hash {h}"}],
                 "extension": _uid_ext(run),
@@ -333,11 +362,17 @@ def map_run(run: RadiomicsRun, *, layout: str = "members") -> MapResult:
                     comps.append(item)
                     continue
                 fid = stable_id("Observation", gid, key)
+                measured = "valueQuantity" in item and "code" in item["valueQuantity"]
                 obs = {"resourceType": "Observation", "id": fid, "meta": {"tag": [TAG]},
+                       "extension": _uid_ext(run),
                        "identifier": [{"system": SYSTEM_RADIOMICS_KEY, "value": f"{gkey}/{key}"}],
-                       "category": [{"coding": [{"system": codes.OBSERVATION_CATEGORY, "code": "imaging"}]}],
+                       "category": [{"coding": [{"system": codes.OBSERVATION_CATEGORY, "code": "imaging"}]},
+                                    *([{"coding": [dict(SCT_MEASUREMENT)]}] if use_mii and measured else [])],
                        **common, "focus": [_ref("BodyStructure", bs["id"])],
-                       "method": {"coding": [{"system": codes.CS_IMAGE_TYPE, "code": itype}]}, **item}
+                       "method": {"coding": [{"system": codes.CS_IMAGE_TYPE, "code": itype}], "text": settings_text},
+                       **item}
+                if use_mii and measured:
+                    mii.add_profile(obs, mii.PROFILE_MEASUREMENT)
                 if "valueQuantity" in item and not calibrated:
                     obs["note"] = [{"text": f"{run.modality or 'non-CT'} intensities have no calibrated unit"}]
                 out.resources.append(obs)
@@ -348,6 +383,9 @@ def map_run(run: RadiomicsRun, *, layout: str = "members") -> MapResult:
                 group["component"] = comps
             if failed or not (members or comps):
                 group["dataAbsentReason"] = _absent("error", failed or "no features computed")
+            elif use_mii:
+                group.update(_group_value(seg))
+                mii.add_profile(group, mii.PROFILE_OBSERVATION)
             out.resources.append(group)
             out.groups += 1
     return out
@@ -366,11 +404,21 @@ def _settings_text(run: RadiomicsRun) -> str:
 
 
 def _uid_ext(run: RadiomicsRun) -> list[dict[str, Any]]:
+    """MII extensions: the SEG's SeriesInstanceUID and SOPInstanceUID (the measured object)."""
     ext = []
-    if run.image_series_uid:
-        ext.append({"url": MII_SERIES_UID, "valueId": run.image_series_uid})
+    if run.seg_series_uid:
+        ext.append({"url": MII_SERIES_UID, "valueId": run.seg_series_uid})
     ext.append({"url": MII_SOP_UID, "valueId": run.seg_sop_uid})
     return ext
+
+
+def _group_value(seg: SegmentFeatures) -> dict[str, Any]:
+    """``value[x]`` of the group (the MII observation profile requires one): the segment's
+    SegmentedPropertyType (0062,000F) as a coded finding, else its label."""
+    pt = seg.property_type or {}
+    if pt.get("system") and pt.get("code"):
+        return {"valueCodeableConcept": {"coding": [dict(pt)], "text": pt.get("display") or seg.label}}
+    return {"valueString": seg.label or f"segment {seg.segment_number}"}
 
 
 def patient_stub(run: RadiomicsRun) -> dict[str, Any]:

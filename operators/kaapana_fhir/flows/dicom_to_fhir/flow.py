@@ -599,6 +599,27 @@ def list_studies(dicomweb: Any, *, since: str | date | None = None, until: str |
         offset += len(page)  # a short page is not proof of the end: some PACS cap pages below our limit
 
 
+def date_windows(since: str | date, until: str | date, days: int) -> list[dict[str, str]]:
+    """``[since, until]`` cut into consecutive windows of ``days`` days (ISO dates, both ends inclusive), the
+    fan-out of the ``dicom-backfill`` DAG (one mapped task per window)."""
+    from datetime import datetime, timedelta
+
+    lo, hi = _da(since, "since"), _da(until, "until")
+    if not lo or not hi:
+        raise ConfigError("a backfill fan-out needs both since and until (YYYY-MM-DD)")
+    if days < 1:
+        raise ConfigError(f"window of {days} days: must be at least 1")
+    start, end = datetime.strptime(lo, "%Y%m%d").date(), datetime.strptime(hi, "%Y%m%d").date()
+    if start > end:
+        raise ConfigError(f"since {since} is after until {until}")
+    out = []
+    while start <= end:
+        stop = min(end, start + timedelta(days=days - 1))
+        out.append({"since": start.isoformat(), "until": stop.isoformat()})
+        start = stop + timedelta(days=1)
+    return out
+
+
 class Cursor:
     """Resumable backfill position: a JSON-lines file, first line the query, then one StudyInstanceUID per line
     for every study written. Appends are flushed per batch, so a killed run loses at most the batch in flight."""

@@ -96,7 +96,8 @@ def test_map_run_resources_links_and_values() -> None:
     mean = obs["original_firstorder_Mean"]
     assert mean["valueQuantity"] == {"value": -512.25, "unit": "HU", "system": codes.UCUM, "code": "[hnsf'U]"}
     assert mean["subject"]["reference"].startswith("Patient/patient-")
-    assert mean["partOf"][0]["reference"].startswith("ImagingStudy/imagings")
+    assert mean["derivedFrom"][0]["reference"].startswith("ImagingStudy/imagings")
+    assert "partOf" not in mean  # MII (default): partOf only to a reporting Procedure
     assert mean["focus"][0]["reference"].startswith("BodyStructure/")
     assert any(c["system"] == CS_IBSI and c["code"] == "Q4LE" for c in mean["code"]["coding"])
     assert obs["original_firstorder_Skewness"]["dataAbsentReason"]["coding"][0]["code"] == "not-a-number"

@@ -184,3 +184,14 @@ def test_non_dicom_files_are_skipped_as_issues_and_strict_fails(tmp_path: Path) 
     out = tmp_path.parent / "out.json"
     assert main(["dicom-to-fhir", "--files", str(tmp_path), "--out", str(out)]) == 0
     assert main(["dicom-to-fhir", "--files", str(tmp_path), "--out", str(out), "--strict"]) == 1
+
+
+def test_date_windows_for_the_dag_fan_out() -> None:
+    w = flow.date_windows("2020-01-01", "2020-03-10", 30)
+    assert w == [{"since": "2020-01-01", "until": "2020-01-30"}, {"since": "2020-01-31", "until": "2020-02-29"},
+                 {"since": "2020-03-01", "until": "2020-03-10"}]
+    assert flow.date_windows("20200101", "20200101", 7) == [{"since": "2020-01-01", "until": "2020-01-01"}]
+    with pytest.raises(ConfigError):
+        flow.date_windows("2020-02-01", "2020-01-01", 7)
+    with pytest.raises(ConfigError):
+        flow.date_windows("2020-01-01", "2020-02-01", 0)
