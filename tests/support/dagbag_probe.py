@@ -62,6 +62,7 @@ def main() -> None:
                 "dags": dags,
                 "kaapana_fhir_file": kaapana_fhir.__file__,
                 "loaded_blocked": sorted(n for n in sys.modules if n.split(".")[0] in blocked),
+                "loaded_modules": sorted({n.split(".")[0] for n in sys.modules}),
             },
             default=str,
         )

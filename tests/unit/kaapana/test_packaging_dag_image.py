@@ -272,6 +272,14 @@ def test_flow_tasks_run_as_kaapana_container_operators(kaapana_bag: dict) -> Non
                 assert t["env_vars"]["KAAPANA_FHIR_TASK"] in ("dicom-to-fhir", "import-table", "radiomics", "cohort")
 
 
+def test_cohort_downstream_is_wired_through_the_local_reader(kaapana_bag: dict) -> None:
+    """Container operators push no XCom: the trigger reads the local read-downstream task's XCom."""
+    tasks = kaapana_bag["dags"]["fhir-cohort"]["tasks"]
+    assert tasks["fhir-query"]["downstream"] == ["read-downstream"]
+    assert tasks["read-downstream"]["downstream"] == ["trigger-downstream"]
+    assert not tasks["read-downstream"]["class"].startswith("kaapana")  # runs inside Airflow
+
+
 def test_dags_parse_without_flow_libraries(image_root: Path, tmp_path: Path) -> None:
     """Kaapana's Airflow image lacks fhir.resources, pyradiomics, highdicom, ...: with the Kaapana runtime the
     DAG files must not import them at parse time (the container does the work)."""
