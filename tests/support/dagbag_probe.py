@@ -55,7 +55,7 @@ def main() -> None:
                 "downstream": sorted(t.downstream_task_ids),
             }
         dags[dag_id] = {"fileloc": dag.fileloc, "tasks": tasks}
-    print(
+    sys.stdout.write(
         json.dumps(
             {
                 "import_errors": {k: str(v)[-3000:] for k, v in bag.import_errors.items()},
@@ -66,6 +66,7 @@ def main() -> None:
             },
             default=str,
         )
+        + "\n"
     )
 
 
