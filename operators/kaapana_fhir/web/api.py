@@ -609,6 +609,11 @@ def _route(method: str, path: str, q: Query, st: S.WebSettings | None, service: 
         return ep_views()
     if parts == ["cohorts"]:
         return _json({"cohorts": [d.to_json() for d in definitions(st).values()]})
+    # paging and format are checked before any FHIR request
+    q.int("offset", 0, 0, 10**9)
+    q.int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    if q.get("format", "json").lower() not in FORMATS:
+        raise ApiError(400, f"format={q.get('format')!r}: use json, csv or parquet")
     ctx.project = st.check_project(q.get("project") or None)
     ctx.base = st.fhir_base(ctx.project)
     if len(parts) == 3 and parts[0] == "views" and parts[2] == "rows":
