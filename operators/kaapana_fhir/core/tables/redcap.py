@@ -153,8 +153,23 @@ def _norm_header(cell: str) -> str:
 
 
 def read_dictionary(text: str, *, name: str = "dictionary") -> Dictionary:
-    """Parse a REDCap data dictionary (CSV text) tolerantly; raises :class:`ConfigError` only if unusable."""
-    rows = list(csv.reader(io.StringIO(text.lstrip("\ufeff"))))
+    """Parse a REDCap data dictionary (CSV text, or the API's JSON metadata export) tolerantly; raises
+    :class:`ConfigError` only if unusable."""
+    text = text.lstrip("\ufeff")
+    if text.lstrip().startswith("["):
+        from kaapana_fhir.core.limits import LimitError, loads_json
+
+        try:
+            records = loads_json(text, source=f"REDCap dictionary {name}")
+        except LimitError as exc:
+            raise ConfigError(str(exc)) from None
+        if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
+            raise ConfigError(f"REDCap dictionary {name}: JSON must be a list of field objects (rule: REDCap API "
+                              "metadata export)")
+        keys = list(dict.fromkeys(k for r in records for k in r))
+        rows = [keys] + [[str(r.get(k, "") if r.get(k) is not None else "") for k in keys] for r in records]
+    else:
+        rows = list(csv.reader(io.StringIO(text)))
     while rows and not any(c.strip() for c in rows[0]):
         rows.pop(0)
     if not rows:

@@ -263,3 +263,19 @@ def test_xlsx_zip_bomb_limits_checked_before_parsing(tmp_path: Path) -> None:
         z.writestr("xl/worksheets/sheet1.xml", '<worksheet><dimension ref="A1:B5000000"/></worksheet>')
     with pytest.raises(MappingError, match="declares 5000000 rows"):
         check_xlsx_limits(str(q), name="rows.xlsx")
+
+
+def test_redcap_api_metadata_json_gives_the_same_mapping_as_the_csv_dictionary() -> None:
+    import csv
+    import io
+    import json
+
+    from kaapana_fhir.core.tables.redcap import COLUMNS
+
+    rows = list(csv.reader(io.StringIO(DICT.read_text("utf-8"))))
+    records = [dict(zip(COLUMNS, (r + [""] * 18)[:18], strict=True)) for r in rows[1:]]
+    records[-1]["field_annotation"] = "see SOP v2"  # the CSV's extra cell, as the API would carry it
+    header = open_table(EXPORT.read_bytes(), name="x.csv").header
+    from_csv = derive_mapping(DICT.read_text("utf-8"), header=header, name="LungImaging")
+    from_json = derive_mapping(json.dumps(records), header=header, name="LungImaging")
+    assert from_json["observations"] == from_csv["observations"] and from_json["patient"] == from_csv["patient"]
