@@ -127,3 +127,20 @@ def test_hostile_settings_are_config_errors(tmp_path: Path, text: str, expect: s
     assert "settings override" in str(exc2.value)
     outcomes.record("input", 2)
     outcomes.record("clear_error", 2)
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (["--out", "{d}/series.csv"], "series table"),
+    (["--out", "{d}/studies.parquet"], "studies table"),
+    (["--out", "{d}/c.csv", "--dataset", "{d}/series.csv"], "--dataset"),
+    (["--out", "{d}/c.csv", "--dataset", "{d}/view.json", "--view", "{d}/view.json"], "input --view"),
+])
+def test_cohort_outputs_never_overwrite_each_other_or_an_input(tmp_path: Path, args: list[str], expect: str) -> None:
+    view = tmp_path / "view.json"
+    view.write_text('{"resourceType": "ViewDefinition", "name": "v", "resource": "Patient", "select": []}')
+    res = subprocess.run([sys.executable, "-m", "kaapana_fhir.cli.main", "cohort", "--fhir", "http://127.0.0.1:9/fhir",
+                          *[a.format(d=tmp_path) for a in args]], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert res.returncode == 1 and "would overwrite" in res.stderr and expect in res.stderr, res.stderr[-2000:]
+    assert view.read_text().startswith('{"resourceType": "ViewDefinition"')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["view.json"]  # nothing written
+    outcomes.record("clear_error")

@@ -67,11 +67,23 @@ def run_cohort_cmd(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".parquet", ".csv"):
         raise ConfigError(f"--out {args.out!r}: use a .parquet or .csv file name")
+    from kaapana_fhir.core.limits import check_output_paths
+
+    outputs: dict[str, str | Path] = {"--out": out, "cohort_meta.json": out.with_name("cohort_meta.json")}
+    outputs |= {f"{name} table": out.with_name(f"{name}{out.suffix}")
+                for name in ("series", "studies", "data_dictionary")}
+    if args.dataset:
+        outputs["--dataset"] = args.dataset
+    inputs = {f"--view {v}": v for v in args.view}
+    check_output_paths(outputs, inputs)  # before anything is fetched or written
     work = Path(tempfile.mkdtemp(prefix="kaapana-fhir-cohort-"))
     summary = run_cohort(_client(args.fhir), work, searches=args.search, patient_search=args.patients,
                          view_files=args.view, filters=args.where, modality=args.modality or None,
                          formats=("parquet",), bulk_folder=args.bulk)
     table = C.read_table(work / "cohort.parquet")
+    outputs |= {f"{name} view table": out.with_name(f"{out.stem}.{name}{out.suffix}") for name in summary["rows"]
+                if name not in C.VIEW_NAMES and (work / f"{name}.parquet").is_file()}
+    check_output_paths(outputs, inputs)
     if out.suffix.lower() == ".parquet":  # keep the labels and the data dictionary in the Parquet metadata
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes((work / "cohort.parquet").read_bytes())

@@ -110,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
                           "or --files PATH...")
     if bool(args.fhir) == bool(args.out):
         raise ConfigError("give exactly one target: --fhir URL or --out bundle.json")
+    from kaapana_fhir.core.limits import check_output_paths
+
+    check_output_paths({"--out": args.out, "--result": args.result}, {f"--files {f}": f for f in args.files or []})
     if args.dicomweb and not (args.study or args.series or window):
         raise ConfigError("--dicomweb needs --study UID, --series UID, --all, or a window (--since/--until/--modality)")
     if window and (args.study or args.series):

@@ -84,7 +84,10 @@ def run_compute(args: argparse.Namespace) -> int:
 
 
 def run_map(args: argparse.Namespace) -> int:
+    from kaapana_fhir.core.limits import check_output_paths
     from kaapana_fhir.flows.radiomics.flow import run_from_result_file
+
+    check_output_paths({"--out": args.out}, {"result": args.result})
 
     run, issues, fmt = run_from_result_file(
         args.result, study_uid=args.study, seg_series_uid=args.seg_series, patient_value=args.patient_id,

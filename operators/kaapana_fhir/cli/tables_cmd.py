@@ -90,9 +90,12 @@ def write_rejected_csv(path: str, rejected: list[dict[str, Any]]) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     from kaapana_fhir.clients.fhir import FhirClient
+    from kaapana_fhir.core.limits import check_output_paths
     from kaapana_fhir.core.tables import TableRejected, load_mapping, open_table
     from kaapana_fhir.flows.tables.flow import import_table, resolve_mapping
 
+    check_output_paths({"--out": args.out, "--report": args.report, "--rejected-csv": args.rejected_csv},
+                       {"table": args.file, "--mapping": args.mapping, "--dictionary": args.dictionary})
     data = _read(args.file)
     mapping_text = None
     src: dict[str, Any] = {}

@@ -313,3 +313,28 @@ def parse_xml(data: str | bytes, *, source: str = "<xml>", max_bytes: int = MAX_
             raise LimitError(source, f"XML nesting at most {max_depth} levels", f"<{el.tag}> at depth {d};")
         stack.extend((child, d + 1) for child in el)
     return root
+
+
+# ---------------------------------------------------------------------------------------------- output paths
+def check_output_paths(outputs: dict[str, str | Path | None],
+                       inputs: dict[str, str | Path | None] | None = None) -> None:
+    """Refuse two outputs that resolve to one file, and an output that would overwrite an input.
+
+    ``outputs`` / ``inputs``: what each path is (e.g. ``{"--out": ..., "series table": ...}``); the error names
+    both roles and the path (rule: no flow writes two outputs to one path or overwrites an input). Empty
+    entries (an option not given) are skipped."""
+    from kaapana_fhir.exceptions import ConfigError
+
+    seen: dict[Path, str] = {}
+    for role, path in (inputs or {}).items():
+        if not path:
+            continue
+        seen.setdefault(Path(path).resolve(), f"input {role}")
+    for role, path in outputs.items():
+        if not path:
+            continue
+        p = Path(path).resolve()
+        if p in seen:
+            raise ConfigError(f"{role} {p} would overwrite the {seen[p]} (rule: no flow writes two outputs to one "
+                              "path or overwrites an input; choose another file name)")
+        seen[p] = role
