@@ -166,8 +166,8 @@ def read_dictionary(text: str, *, name: str = "dictionary") -> Dictionary:
         if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
             raise ConfigError(f"REDCap dictionary {name}: JSON must be a list of field objects (rule: REDCap API "
                               "metadata export)")
-        keys = list(dict.fromkeys(k for r in records for k in r))
-        rows = [keys] + [[str(r.get(k, "") if r.get(k) is not None else "") for k in keys] for r in records]
+        names = list(dict.fromkeys(k for r in records for k in r))
+        rows = [names] + [[str(r.get(k, "") if r.get(k) is not None else "") for k in names] for r in records]
     else:
         rows = list(csv.reader(io.StringIO(text)))
     while rows and not any(c.strip() for c in rows[0]):
