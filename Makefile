@@ -65,3 +65,7 @@ demo-down:
 
 clean: stack-down demo-down
 	rm -rf $(STATE) $(DEMO_DIR) test-artifacts tests/stack/hapi/target
+
+# Kaapana extension: generate each image's build context under docker/kaapana-fhir (see docs/kaapana.md)
+kaapana-layout:
+	python3 docker/tools/build_layout.py
