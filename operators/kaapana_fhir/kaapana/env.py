@@ -38,7 +38,8 @@ EXIT_NOTHING_TO_DO = 126
 DEFAULT_FHIR_URL = "http://hapi-fhir-service.{ns}.svc:8080/fhir"
 DEFAULT_DICOMWEB_URL = "http://dicom-web-filter-service.{ns}.svc:8080"
 RESULT_FILE = "kaapana-fhir-result.json"
-#: written next to the DAG files by the workflow chart (docker/kaapana-fhir/extension/kaapana-fhir-workflow, values ``kaapanaFhir``)
+#: written next to the DAG files by the workflow chart
+#: (docker/kaapana-fhir/extension/kaapana-fhir-workflow, values ``kaapanaFhir``)
 SETTINGS_FILE = "kaapana_fhir_settings.json"
 SETTINGS_ENV = "KAAPANA_FHIR_SETTINGS"
 
