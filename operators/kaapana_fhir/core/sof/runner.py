@@ -115,6 +115,7 @@ class CompiledView:
             raise ViewDefinitionError(self.name, "select", f"duplicate column names {dupes} (column names must "
                                                            "be unique)")
         self._simple = self._simple_columns()
+        self._required = self._required_keys()
 
     # ------------------------------------------------------------------ compile
     def _vars(self, env: Env) -> dict[str, Any]:
@@ -211,6 +212,19 @@ class CompiledView:
             return self._path(text, focus, where)
         finally:
             self.engine = saved
+
+    def _required_keys(self) -> tuple[str, ...]:
+        """Top-level elements a resource must have to give any row: the first member of each root-level
+        ``forEach`` (an empty forEach gives no rows, and sibling selects are cross-joined)."""
+        keys = []
+        for s in self.root.selects:
+            if s.kind != "forEach" or not s.iterate or not s.iterate[0].compiled:
+                continue
+            inner = s.iterate[0].inner
+            steps = getattr(inner, "_chain", None)
+            if steps and getattr(inner, "_base", 1) is None and len(steps[0]) == 1:
+                keys.append(steps[0][0])
+        return tuple(keys)
 
     def _simple_columns(self) -> list[Callable[[Any, Env], Any]] | None:
         """The columns when the view is one plain select (no iteration, nesting or union): fast path."""
@@ -341,6 +355,9 @@ class CompiledView:
 
     def tuples(self, resource: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Rows of one resource as tuples in :attr:`columns` order (empty when another type or filtered)."""
+        for k in self._required:
+            if not resource.get(k):
+                return []
         if not self.matches(resource):
             return []
         env: Env = (resource, 0)

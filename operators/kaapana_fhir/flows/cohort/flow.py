@@ -102,15 +102,18 @@ class _Flattener:
         for name, v in views.items():
             self.by_type.setdefault(str(v.resource), []).append((self.rows[name], v))
         self.seconds = 0.0
+        self.cpu_seconds = 0.0
         self.resources = 0
 
     def feed(self, resources: Iterable[dict[str, Any]]) -> None:
         t = time.perf_counter()
+        c = time.process_time()
         for res in resources:
             self.resources += 1
             for table, v in self.by_type.get(res.get("resourceType", ""), ()):
                 table.tuples.extend(v.tuples(res))
         self.seconds += time.perf_counter() - t
+        self.cpu_seconds += time.process_time() - c
 
 
 def load_views(extra: Sequence[str | Path] = (), *, only: Sequence[str] | None = None) -> dict[str, CompiledView]:
