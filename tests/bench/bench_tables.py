@@ -8,7 +8,8 @@
 * **Memory** (no server): peak RSS (``VmHWM``) of ``import-table --out`` on CSV and xlsx files from 10k to 1M rows
   (CSV) in a fresh process each, and the longest gap between two progress lines (target ≤ 10 s + one batch).
 
-``KF_BENCH_TABLE_ROWS`` / ``KF_BENCH_RSS_SIZES`` / ``KF_BENCH_XLSX_SIZES`` (comma lists) override the sizes.
+``KF_BENCH_TABLE_ROWS`` / ``KF_BENCH_RSS_SIZES`` / ``KF_BENCH_XLSX_SIZES`` (comma lists) override the sizes;
+``KF_BENCH_TABLES_PARTS`` = ``throughput``, ``memory`` or both (default).
 """
 
 from __future__ import annotations
@@ -137,11 +138,21 @@ def _sizes(env: str, default: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def run(ctx: Any) -> list[Any]:
+    parts = os.environ.get("KF_BENCH_TABLES_PARTS", "throughput,memory")
+    work = Path(ctx.workdir)
+    rows: list[Any] = []
+    if "throughput" in parts:
+        rows += _throughput(ctx, work)
+    if "memory" in parts:
+        rows += _memory(ctx, work)
+    return rows
+
+
+def _throughput(ctx: Any, work: Path) -> list[Any]:
     from run import Row
 
     url = ctx.stack().fhir_url
     n = _sizes("KF_BENCH_TABLE_ROWS", (100,) if ctx.quick else (2_000,))[0]
-    work = Path(ctx.workdir)
     src = work / "bench_table.csv"
     write_table(src, n)
     rows = []
@@ -170,7 +181,13 @@ def run(ctx: Any) -> list[Any]:
     rows.append(Row("tables", f"import-table --workers {best} (best raw stream count)", ours[best], "resources/s",
                     ours[best] / raw[best], f"best raw POST ({best} streams; target >= 0.9)",
                     note=f"speed-up over 1 worker: {ours[best] / ours[1]:.2f}x"))
+    return rows
 
+
+def _memory(ctx: Any, work: Path) -> list[Any]:
+    from run import Row
+
+    rows = []
     # memory without a server: --out from CSV (10k .. 1M rows) and xlsx, each in a fresh process
     csv_sizes = _sizes("KF_BENCH_RSS_SIZES", (2_000, 20_000) if ctx.quick else (10_000, 100_000, 1_000_000))
     xlsx_sizes = _sizes("KF_BENCH_XLSX_SIZES", (2_000,) if ctx.quick else (10_000, 100_000))
