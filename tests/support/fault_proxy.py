@@ -55,8 +55,9 @@ class FaultPlan:
     path_contains: str = ""
     stall_s: float = 30.0
     foreign_origin: str = ""
-    #: called as ``before_forward(method, path, body)`` before a request is forwarded (forced interleavings)
-    before_forward: Callable[[str, str, bytes | None], None] | None = None
+    #: called as ``before_forward(method, path, body)`` before a request is forwarded (forced interleavings);
+    #: returning ``"drop"`` closes the connection without forwarding
+    before_forward: Callable[[str, str, bytes | None], str | None] | None = None
     seen: int = 0
     injected: int = 0
     mode_applied: int = 0
@@ -154,8 +155,10 @@ class FaultProxy:
                 if mode == "html200":
                     self._answer(200, "text/html; charset=utf-8", HTML)
                     return
-                if proxy.plan.before_forward is not None:
-                    proxy.plan.before_forward(self.command, self.path, body)
+                if proxy.plan.before_forward is not None and \
+                        proxy.plan.before_forward(self.command, self.path, body) == "drop":
+                    self._drop()  # the hook decided: never forward, close without an answer
+                    return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
                 resp = requests.request(self.command, proxy._target_origin + self.path, data=body, headers=headers,
                                         timeout=120, allow_redirects=False)

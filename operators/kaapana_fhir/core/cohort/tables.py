@@ -40,7 +40,7 @@ from kaapana_fhir.exceptions import ConfigError
 log = logging.getLogger(__name__)
 
 VIEW_NAMES = ("patient", "clinical_observation", "observation_component", "condition", "imaging_study",
-              "imaging_series", "radiomics_feature", "segment")
+              "imaging_series", "radiomics_feature", "segment", "radiomics_feature_set")
 _PATIENT_COLS = ["patient_key", "identifier_system", "patient_id", "gender", "birth_date", "deceased"]
 
 
@@ -202,6 +202,15 @@ def build_cohort(tables: dict[str, Any]) -> Cohort:
     feats = _frame(tables.get("radiomics_feature"), ["patient_key", "study_key", "segment_key", "feature",
                                                      "image_type", "value", "unit"])
     segs = _frame(tables.get("segment"), ["segment_key", "segment_label"])
+    sets = tables.get("radiomics_feature_set")
+    if sets is not None and not feats.empty and "feature_key" in feats:
+        # the radiomics flow writes each group Observation last: a feature no group lists is from an unfinished run
+        members = set(_frame(sets, ["member_key"])["member_key"].dropna())
+        unfinished = ~feats["feature_key"].isin(members)
+        if unfinished.any():
+            log.warning("cohort: %d radiomics features belong to no feature set yet (run not finished); left out",
+                        int(unfinished.sum()))
+            feats = feats[~unfinished]
     dropped = count_dropped({"clinical_observation": clin, "observation_component": comp, "condition": cond,
                              "imaging_study": studies, "radiomics_feature": feats, "segment": segs})
     if dropped:
