@@ -165,8 +165,12 @@ def start_hapi(state_dir: Path, *, db_file: Path | None = None, port: int | None
     url = f"http://127.0.0.1:{port}/fhir"
     try:
         _wait_http(f"{url}/metadata", deadline_s, proc, str(logfile))
-    except StackError:
+    except StackError as exc:
         stop_pid(proc.pid)
+        if db_file is not None and partitioning and "HAPI-2564" in logfile.read_text(errors="replace"):
+            raise StackError(f"the HAPI database {db_file} was made without partitions (HAPI-2564: schema without "
+                             "partition ids); delete its folder to start afresh, or start HAPI with "
+                             "partitioning=False") from exc
         raise
     return Service("hapi", proc.pid, port, url, str(logfile))
 
