@@ -28,6 +28,7 @@ from kaapana_fhir.dev import sso
 from kaapana_fhir.dev.stack import free_port
 from kaapana_fhir.dev.synthetic_tables import synthetic_lung1_csv
 from kaapana_fhir.exceptions import ConfigError, ObjectStoreError
+from tests.integration.test_kaapana_container import Platform, kaapana  # noqa: F401 - the pod harness fixture
 
 pytestmark = pytest.mark.integration
 BUCKET = "project-admin"
@@ -247,3 +248,40 @@ def test_watcher_and_import_dags_run_in_airflow_with_sts_only(sso_stack: sso.Sso
     for pid in ids:
         assert fhir.count("Patient", {"identifier": f"{DEFAULT_PATIENT_SYSTEM}|{pid}"}) == 1
     assert store.head(BUCKET, f"{prefix}lung1.import-report.json") is not None
+
+
+def test_kaapana_pods_import_and_upload_with_sts(
+        sso_stack: sso.SsoStack, fhir: Any, kaapana: Platform,  # noqa: F811 - the pod-harness fixture
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our Kaapana operators' pods with exactly Kaapana's pod env (no S3 keys: project user, client
+    secret, KEYCLOAK_URL, MINIO_URL): the table import reads its object and the cohort task uploads its
+    files to the project bucket through Keycloak + MinIO STS."""
+    import json
+
+    monkeypatch.setenv("KEYCLOAK_URL", sso_stack.keycloak.url)
+    monkeypatch.setenv("MINIO_URL", sso_stack.minio.url.removeprefix("http://"))
+    kaapana.secrets.update({k: v for k, v in sso_stack.env().items() if k.startswith("KAAPANA_")})
+    store = _sts_store(sso_stack)
+    tag = _tag()
+    ids = [f"POD-{tag}-{i}" for i in range(1, 4)]
+    key = f"fhir-import/{tag}/clinical.csv"
+    store.put_bytes(BUCKET, key, synthetic_lung1_csv(ids, seed=4).encode())
+
+    op = kaapana.operator("import-table")
+    run_id = f"sts-table-{tag}"
+    out = kaapana.run(op, {"workflow_form": {"object_key": key, "preset": "lung1", "bucket": BUCKET}}, run_id)
+    assert out.state == "success", out.stderr[-3000:]
+    assert fhir.count("Patient", {"identifier": ",".join(ids)}) == 3
+    report = json.loads(store.get_bytes(BUCKET, f"fhir-import/{tag}/clinical.import-report.json"))
+    assert report["status"] == "imported"
+
+    op = kaapana.operator("cohort", name="fhir-query")
+    run_id = f"sts-cohort-{tag}"
+    conf = {"workflow_form": {"patient_search": f"Patient?identifier={ids[0]}", "upload": True,
+                              "bucket": BUCKET, "prefix": f"fhir-cohort/{tag}"}}
+    out = kaapana.run(op, conf, run_id)
+    assert out.state == "success", out.stderr[-3000:]
+    uploaded = [o.key for o in _root(sso_stack).list(BUCKET, f"fhir-cohort/{tag}/")]
+    assert uploaded and all(k.startswith(f"fhir-cohort/{tag}/") for k in uploaded)
+    for secret in (sso_stack.keycloak.client_secret, sso_stack.keycloak.user_password):
+        assert secret not in out.stdout + out.stderr
