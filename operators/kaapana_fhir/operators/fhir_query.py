@@ -46,7 +46,7 @@ def _airflow_workflow_root() -> str:
     """Where Airflow sees the run folders: Kaapana's ``AIRFLOW_WORKFLOW_DIR`` (its plugin's constant) in
     Kaapana, else ``$AIRFLOW_WORKFLOW_DIR`` or the temp dir (as :func:`workflow_dir`)."""
     try:
-        from kaapana.blueprints.kaapana_global_variables import AIRFLOW_WORKFLOW_DIR  # type: ignore[import-not-found]
+        from kaapana.blueprints.kaapana_global_variables import AIRFLOW_WORKFLOW_DIR
 
         return str(AIRFLOW_WORKFLOW_DIR)
     except ImportError:
