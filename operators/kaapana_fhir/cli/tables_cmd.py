@@ -1,8 +1,12 @@
 """``kaapana-fhir mapping init FILE`` and ``kaapana-fhir import-table FILE``: clinical tables → FHIR.
 
-``import-table FILE (--mapping M.yaml | --preset lung1|redcap [--dictionary DD.csv]) (--fhir URL | --out
-bundle.json) [--skip-invalid-rows] [--report R.json] [--rejected-csv R.csv]``. The whole file is validated
-first; invalid cells reject it (exit 1, report lists row/column/value/rule) unless --skip-invalid-rows.
+``mapping init [FILE] [--redcap DICT [--project NAME]] [-o M.yaml]``: profile a table (CSV, xlsx, REDCap export,
+CDISC ODM XML) or derive from a REDCap dictionary; guesses are marked ``review:``, unknown codes ``TODO``.
+``import-table FILE (--mapping M.yaml | --preset lung1|redcap|odm [--dictionary DD.csv]) (--fhir URL [--plan]
+[--workers N] | --out bundle.json) [--empty-cells keep|retract] [--skip-invalid-rows] [--report R.json]
+[--rejected-csv R.csv]``. The whole file is validated first; invalid cells reject it (exit 1, report lists
+row/column/value/rule) unless --skip-invalid-rows; a mapping with TODO/review left is refused. See
+docs/tutorial-tables.md and docs/mapping-reference.md.
 """
 
 from __future__ import annotations
