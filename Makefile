@@ -30,8 +30,7 @@ install-python:
 	@bash .ci/install-python.sh $(VENV)
 
 build-hapi:
-	@cd tests/stack/hapi && if [ ! -f target/fhir-test-server.jar ] || [ -n "$$(find . -newer target/fhir-test-server.jar -type f -not -path './target/*')" ]; then \
-	  echo "== building HAPI FHIR test server (Maven)"; mvn -B -q package -DskipTests; else echo "== HAPI jar up to date"; fi
+	@echo "== HAPI FHIR test server (Maven build into ~/.cache/kaapana-fhir, skipped when built)"; $(VENV)/bin/kaapana-fhir stack build
 
 stack-up: install
 	$(VENV)/bin/kaapana-fhir stack up --state-dir $(STATE)
@@ -64,7 +63,7 @@ demo-down:
 	-$(PY) -m kaapana_fhir.dev.demo --state-dir $(DEMO_DIR) --down
 
 clean: stack-down demo-down
-	rm -rf $(STATE) $(DEMO_DIR) test-artifacts tests/stack/hapi/target
+	rm -rf $(STATE) $(DEMO_DIR) test-artifacts
 
 # Kaapana extension: generate each image's build context under docker/kaapana-fhir (see docs/kaapana.md)
 kaapana-layout:

@@ -1,5 +1,5 @@
 """Issue 16: per-project FHIR data in HAPI partitions (URL tenants ``<base>/<project>/...``), against the real
-HAPI JPA server of tests/stack/hapi.
+HAPI JPA server of operators/kaapana_fhir/dev/servers/hapi.
 
 Two projects import tables with one PatientID in common through the real table-import flow; their data stay
 apart (searches, reads, the cohort flow), the same PatientID gives two Patients with the same deterministic id,

@@ -13,7 +13,9 @@ log = logging.getLogger(__name__)
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stack", help="start/stop the local HAPI FHIR, Orthanc and S3 servers")
-    p.add_argument("action", choices=["up", "down", "env"])
+    p.add_argument("action", choices=["up", "down", "env", "build"],
+                   help="up: start; down: stop by PID; env: print the env of a running stack; "
+                        "build: build the HAPI server into the cache and print the jar path")
     p.add_argument("--state-dir", default=".stack", help="where PIDs, logs and data live (default .stack)")
     p.add_argument("--persistent", action="store_true", help="HAPI on a file-backed H2 in the state dir")
     p.add_argument("--services", default="hapi,orthanc,s3", help="comma list of hapi,orthanc,s3")
@@ -21,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "build":
+        sys.stdout.write(f"{devstack.build_hapi()}\n")
+        return 0
     if args.action == "up":
         stack = devstack.up(args.state_dir, services=tuple(args.services.split(",")), persistent=args.persistent,
                             progress=lambda m: log.info("%s", m))

@@ -1,7 +1,8 @@
 """The local stack of real servers for tests, the demo and researchers without Kaapana.
 
-* HAPI FHIR JPA (R4), our own Spring Boot app under ``tests/stack/hapi`` run with ``java -jar``;
-* Orthanc + DICOMweb plugin (Debian packages), kept on loopback by ``tests/stack/orthanc/bind_loopback.c``
+* HAPI FHIR JPA (R4), our own Spring Boot app (sources in ``dev/servers/hapi``, built by Maven into
+  ``~/.cache/kaapana-fhir``, see :func:`hapi_jar`) run with ``java -jar``;
+* Orthanc + DICOMweb plugin (Debian packages), kept on loopback by ``dev/servers/orthanc/bind_loopback.c``
   (an ``LD_PRELOAD`` shim, since Orthanc 1.10 has no bind-address option and needs no root this way);
 * an S3 server: MinIO (built by ``.ci/install-minio.sh``; ``KAAPANA_FHIR_S3_SERVER=moto`` for moto) on 127.0.0.1,
   and optionally Keycloak as its OpenID provider (service ``keycloak``, see :mod:`kaapana_fhir.dev.sso`).
@@ -13,6 +14,7 @@ readiness with a deadline and is stopped by PID. The running stack is described 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -56,9 +58,9 @@ def repo_root() -> Path:
         return Path(env).resolve()
     for start in (Path(__file__).resolve(), Path.cwd().resolve()):
         for p in [start, *start.parents]:
-            if (p / "tests" / "stack" / "hapi" / "pom.xml").is_file():
+            if (p / "dags").is_dir() and (p / "pyproject.toml").is_file():
                 return p
-    raise ConfigError("cannot find the repository (tests/stack/hapi/pom.xml); set KAAPANA_FHIR_REPO")
+    raise ConfigError("cannot find the repository checkout (dags/ and pyproject.toml); set KAAPANA_FHIR_REPO")
 
 
 def free_port() -> int:
@@ -125,24 +127,50 @@ def stop_pid(pid: int, timeout: float = 20.0) -> None:
 
 
 # ---------------------------------------------------------------------------- HAPI
-def hapi_jar(root: Path | None = None) -> Path:
-    return (root or repo_root()) / "tests" / "stack" / "hapi" / "target" / "fhir-test-server.jar"
+#: Sources of the servers we build ourselves, shipped as package data so the stack works from an installed package.
+SERVERS = Path(__file__).resolve().parent / "servers"
+HAPI_SOURCES = SERVERS / "hapi"
+ORTHANC_SHIM = SERVERS / "orthanc" / "bind_loopback.c"
 
 
-def build_hapi(root: Path | None = None, *, force: bool = False) -> Path:
-    """``mvn package`` the HAPI app once (skipped when the jar is newer than its sources)."""
-    root = root or repo_root()
-    jar = hapi_jar(root)
-    src = root / "tests" / "stack" / "hapi"
-    newest = max(p.stat().st_mtime for p in src.rglob("*") if p.is_file() and "target" not in p.parts)
-    if jar.is_file() and jar.stat().st_mtime >= newest and not force:
+def cache_dir() -> Path:
+    """Where built servers are kept: ``$KAAPANA_FHIR_CACHE``, else ``~/.cache/kaapana-fhir``."""
+    return Path(os.environ.get("KAAPANA_FHIR_CACHE") or Path.home() / ".cache" / "kaapana-fhir")
+
+
+def _sources_digest(src: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(q for q in src.rglob("*") if q.is_file() and "target" not in q.relative_to(src).parts):
+        h.update(str(p.relative_to(src)).encode())
+        h.update(b"\0")
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def hapi_jar() -> Path:
+    """The HAPI jar: ``$KAAPANA_FHIR_HAPI_JAR`` if set, else the cached build of the shipped sources
+    (``<cache>/hapi-<digest of the sources>/target/fhir-test-server.jar``; a source change means a new build)."""
+    env = os.environ.get("KAAPANA_FHIR_HAPI_JAR")
+    if env:
+        return Path(env)
+    return cache_dir() / f"hapi-{_sources_digest(HAPI_SOURCES)}" / "target" / "fhir-test-server.jar"
+
+
+def build_hapi(*, force: bool = False) -> Path:
+    """``mvn package`` the shipped HAPI app into the cache once (skipped when that build exists)."""
+    jar = hapi_jar()
+    if jar.is_file() and not force:
         return jar
+    if os.environ.get("KAAPANA_FHIR_HAPI_JAR"):
+        raise StackError(f"KAAPANA_FHIR_HAPI_JAR={jar} does not exist")
     if not shutil.which("mvn"):
         raise StackError("Maven (mvn) is not installed; run `make install` or apt-get install maven")
-    log.info("building the HAPI FHIR test server with Maven (first time: a few minutes)")
-    res = subprocess.run(["mvn", "-B", "-q", "package", "-DskipTests"], cwd=src, capture_output=True, text=True)
+    work = jar.parent.parent
+    shutil.copytree(HAPI_SOURCES, work, dirs_exist_ok=True, ignore=shutil.ignore_patterns("target"))
+    log.info("building the HAPI FHIR test server with Maven in %s (first time: a few minutes)", work)
+    res = subprocess.run(["mvn", "-B", "-q", "package", "-DskipTests"], cwd=work, capture_output=True, text=True)
     if res.returncode != 0:
-        raise StackError(f"Maven build of tests/stack/hapi failed:\n{res.stdout[-3000:]}\n{res.stderr[-2000:]}")
+        raise StackError(f"Maven build of {work} failed:\n{res.stdout[-3000:]}\n{res.stderr[-2000:]}")
     return jar
 
 
@@ -177,7 +205,7 @@ def start_hapi(state_dir: Path, *, db_file: Path | None = None, port: int | None
 
 # ---------------------------------------------------------------------------- Orthanc
 def _orthanc_shim(state_dir: Path) -> Path:
-    src = repo_root() / "tests" / "stack" / "orthanc" / "bind_loopback.c"
+    src = ORTHANC_SHIM
     out = state_dir / "bind_loopback.so"
     if not out.is_file() or out.stat().st_mtime < src.stat().st_mtime:
         cc = shutil.which("cc") or shutil.which("gcc")

@@ -51,8 +51,8 @@ def test_chart_metadata() -> None:
     chart = yaml.safe_load((HAPI / "Chart.yaml").read_text())
     assert "kaapanaapplication" in chart["keywords"]
     assert chart["annotations"]["ui-visible-name"]
-    assert chart["appVersion"] == "8.8.0"  # the HAPI version of our test server (tests/stack/hapi/pom.xml)
-    assert "<version>8.8.0</version>" in (REPO / "tests" / "stack" / "hapi" / "pom.xml").read_text()
+    assert chart["appVersion"] == "8.8.0"  # the HAPI version of our test server (dev/servers/hapi/pom.xml)
+    assert "<version>8.8.0</version>" in (REPO / "operators" / "kaapana_fhir" / "dev" / "servers" / "hapi" / "pom.xml").read_text()
 
 
 @pytest.mark.parametrize(
