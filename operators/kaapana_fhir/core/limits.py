@@ -255,9 +255,10 @@ def loads_yaml(data: str | bytes, *, source: str = "<yaml>", max_bytes: int = MA
                max_depth: int = MAX_DEPTH) -> Any:
     """``yaml.safe_load`` within the limits; mapping keys are strings; aliases are refused."""
     text = _text(data, source, max_bytes)
-    loader = _BoundedLoader(text)
-    loader.source, loader.max_depth = source, max_depth
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # the reader checks the characters here already
+        loader.source, loader.max_depth = source, max_depth
         return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
@@ -268,7 +269,8 @@ def loads_yaml(data: str | bytes, *, source: str = "<yaml>", max_bytes: int = MA
     except RecursionError:
         raise LimitError(source, f"YAML nesting at most {max_depth} levels", "is nested too deep;") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def load_yaml(path: str | Path, **limits: Any) -> Any:

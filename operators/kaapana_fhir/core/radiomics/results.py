@@ -177,7 +177,7 @@ def _from_flat(d: dict[str, Any], position: int, issues: list[dict[str, Any]], s
     if label_val not in (None, ""):
         try:
             num = int(float(label_val))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise MappingError(f"{source}: Label {label_val!r} is not an integer "
                                "(rule: pyradiomics label value)") from None
         label = _DCMQI_NAME.search(mask_name).group(2) if _DCMQI_NAME.search(mask_name) else f"label {num}"
