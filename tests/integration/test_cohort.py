@@ -121,6 +121,25 @@ def test_fhir_cohort_dag_writes_table_dataset_report_and_triggers(
     assert triggered[-1].conf["project_form"]["s3_bucket"] == bucket
 
 
+def test_view_run_over_the_server_and_semicolon_filters(fhir: FhirClient, lung_cohort: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    """`kaapana-fhir view run --fhir` pages the view's resource type; the README's ';'-separated --where
+    selects the same 3 patients as two separate filters."""
+    from kaapana_fhir.cli.main import main
+
+    system = lung_cohort["system"]
+    out = tmp_path / "patients.json"
+    assert main(["view", "run", "patient", "--fhir", fhir.base_url, "--search", f"identifier={system}|&_count=5",
+                 "--format", "json", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text(encoding="utf-8"))
+    assert len(rows) == 12 and {r["identifier_system"] for r in rows} == {system}
+    s = run_cohort(fhir, tmp_path / "c", patient_search=f"Patient?identifier={system}|",
+                   filters=["Histology=adenocarcinoma; Overall.Stage=IIIa"], count=50)
+    assert s["selected_patients"] == 3 and s["filters"] == ["Histology=adenocarcinoma", "Overall.Stage=IIIa"]
+    assert s["dropped"] == {}
+    assert (tmp_path / "c" / "data_dictionary.csv").is_file()
+
+
 def _examples(tmp: Path) -> list[dict[str, Any]]:
     """Every non-Bundle resource of the npm package ``hl7.fhir.r4.examples`` (CC0), fetched with ``npm pack``."""
     tgz = Path("/tmp") / EXAMPLES_TGZ
@@ -182,7 +201,8 @@ def _load_with_references(fhir: FhirClient, selected: list[dict[str, Any]], inde
         # ourselves; FhirClient.transaction() rightly raises unless every entry was stored
         result = fhir.request("POST", "", json_body={"resourceType": "Bundle", "type": "batch",
                                                      "entry": entries}).json()
-        new = {e["request"]["url"] for e, res in zip(entries, result["entry"], strict=False) if res["response"]["status"][:1] == "2"}
+        new = {e["request"]["url"] for e, res in zip(entries, result["entry"], strict=False)
+               if res["response"]["status"][:1] == "2"}
         if not new:
             break
         accepted |= new
@@ -254,7 +274,8 @@ def test_notebook_runs_against_the_stack(stack: Any, lung_cohort: dict[str, Any]
     monkeypatch.setenv("FHIR_BASE_URL", stack.fhir_url)
     monkeypatch.setenv("COHORT_PATIENT_SEARCH", f"Patient?identifier={lung_cohort['system']}|")
     monkeypatch.delenv("COHORT_TABLE", raising=False)
-    nb = nbformat.read(REPO / "operators" / "kaapana_fhir" / "dev" / "notebooks" / "cohort_analysis.ipynb", as_version=4)
+    nb = nbformat.read(REPO / "operators" / "kaapana_fhir" / "dev" / "notebooks" / "cohort_analysis.ipynb",
+                       as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3").execute()
     text = io.StringIO()
     for cell in nb.cells:
