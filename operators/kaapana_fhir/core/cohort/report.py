@@ -113,11 +113,13 @@ def _counts_section(page: _Page, d: RD.ReportData) -> str:
                     f'<div class="two" style="margin-top:12px"><div>{mod_html}</div><div>{seg_html}</div></div>')
 
 
-def _variable_cell(page: _Page, name: str, s: pd.Series) -> str:
+def _variable_cell(page: _Page, name: str, s: pd.Series, label: str | None = None, unit: str | None = None) -> str:
     n = len(s)
     missing = int(s.isna().sum())
     miss = f'{n - missing:,} of {n:,} patients ({(missing / n * 100 if n else 0):.0f}% missing)'
-    head = f'<h3>{esc(name)}</h3><div class="muted">{miss}</div>'
+    title = label if label and label != name else name
+    extra = (f" · column {name}" if title != name else "") + (f" · unit {unit}" if unit else "")
+    head = f'<h3>{esc(title)}</h3><div class="muted">{esc(miss + extra)}</div>'
     if n - missing == 0:
         return f'<div class="cell">{head}{_nodata("all values missing")}</div>'
     if RD.is_numeric(s):
@@ -145,7 +147,7 @@ def _clinical_section(page: _Page, d: RD.ReportData) -> str:
             'Numeric: histogram and summary; categorical: counts, grey = missing.</p>')
     if not variables:
         note = _nodata("no clinical variables (Observations / Conditions) for these patients; Patient data only")
-    cells = "".join(_variable_cell(page, v, p[v]) for v in demo + variables)
+    cells = "".join(_variable_cell(page, v, p[v], d.labels.get(v), d.units.get(v)) for v in demo + variables)
     return _section("clinical", "Clinical variables", f'{note}<div class="grid">{cells}</div>')
 
 

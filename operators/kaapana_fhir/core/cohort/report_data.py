@@ -27,6 +27,7 @@ import pandas as pd
 
 FEATURE_RE = re.compile(r"^(?:[A-Za-z0-9.-]+_)?(firstorder|shape|shape2D|glcm|glrlm|glszm|gldm|ngtdm)_\w+$")
 BASE_COLUMNS = {"patient_key", "identifier_system", "patient_id", "gender", "birth_date", "deceased",
+                "conditions", "condition_codes",
                 "deceased_date", "source", "n_studies", "n_series", "modalities", "n_segments", "segment_key",
                 "segment_label"}
 NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "SR", "PR", "KO", "REG"}
@@ -41,12 +42,15 @@ class ReportData:
     clinical_variables: list[str] = field(default_factory=list)
     title: str = "Cohort overview"
     source: str = ""
+    labels: dict[str, str] = field(default_factory=dict)  # column → display text (code display / code.text)
+    units: dict[str, str] = field(default_factory=dict)  # column → UCUM unit
 
 
 def from_cohort(cohort: Any, *, title: str = "Cohort overview", source: str = "") -> ReportData:
     """From a :class:`kaapana_fhir.core.cohort.tables.Cohort`."""
     return ReportData(cohort.patients, cohort.radiomics_long, cohort.series, cohort.studies,
-                      list(cohort.clinical_variables), title, source)
+                      list(cohort.clinical_variables), title, source, dict(getattr(cohort, "labels", {}) or {}),
+                      dict(getattr(cohort, "units", {}) or {}))
 
 
 def from_table(table: pd.DataFrame, *, series: pd.DataFrame | None = None, studies: pd.DataFrame | None = None,
@@ -69,7 +73,7 @@ def from_table(table: pd.DataFrame, *, series: pd.DataFrame | None = None, studi
         rl = rl.rename(columns={"column": "feature"})
     return ReportData(patients.reset_index(drop=True), rl, series if series is not None else pd.DataFrame(),
                       studies if studies is not None else pd.DataFrame(), [c for c in clinical if c in patients],
-                      title, source)
+                      title, source, dict(meta.get("labels") or {}), dict(meta.get("units") or {}))
 
 
 def feature_column(rl: pd.DataFrame) -> str:
@@ -82,7 +86,8 @@ def counts(d: ReportData) -> dict[str, Any]:
     if not s.empty and "modality" in s:
         by_mod = {str(k): int(v) for k, v in s["modality"].fillna("(none)").value_counts().items()}
     n_studies = int(d.studies["study_key"].nunique()) if not d.studies.empty and "study_key" in d.studies else (
-        int(s["study_key"].nunique()) if not s.empty and "study_key" in s else int(p.get("n_studies", pd.Series([0])).sum()))
+        int(s["study_key"].nunique()) if not s.empty and "study_key" in s
+        else int(p.get("n_studies", pd.Series([0])).sum()))
     n_seg = int(rl["segment_key"].nunique()) if not rl.empty and "segment_key" in rl else 0
     n_feat = int(rl[feature_column(rl)].nunique()) if not rl.empty else 0
     return {"patients": len(p), "studies": n_studies, "series": len(s), "series_by_modality": by_mod,
@@ -206,11 +211,11 @@ def completeness(d: ReportData) -> list[dict[str, Any]]:
         if df.empty or col not in df:
             return
         codes = df[code_col] if code_col and code_col in df else pd.Series([None] * len(df), index=df.index)
-        states = [_state(v, code=c, kind=kind) for v, c in zip(df[col], codes)]
+        states = [_state(v, code=c, kind=kind) for v, c in zip(df[col], codes, strict=True)]
         shown_vals = list(df[shown] if shown and shown in df else df[col])
         if kind == "coded":
             shown_vals = [f"{c} ({v})" if isinstance(v, str) and v and c is not None and not pd.isna(c)
-                          else (v if isinstance(v, str) and v else c) for v, c in zip(df[col], codes)]
+                          else (v if isinstance(v, str) and v else c) for v, c in zip(df[col], codes, strict=True)]
         if kind == "tz":
             shown_vals = [("offset " + m.group(1)) if isinstance(v, str) and (m := _TZ_RE.search(v)) else
                           ("date only" if isinstance(v, str) and v else None) for v in df[col]]
