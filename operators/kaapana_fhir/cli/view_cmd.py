@@ -24,7 +24,7 @@ from kaapana_fhir.exceptions import ConfigError
 log = logging.getLogger(__name__)
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("view", help="run or validate a SQL-on-FHIR v2 ViewDefinition")
     vsub = p.add_subparsers(dest="view_command", metavar="run|validate")
     r = vsub.add_parser("run", help="ViewDefinition + NDJSON/Bundle files or a FHIR server → table")

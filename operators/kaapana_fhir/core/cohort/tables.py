@@ -420,7 +420,7 @@ def parse_filter(expr: str) -> Condition:
 
 def split_filters(filters: list[str] | tuple[str, ...] | None) -> list[str]:
     """Filters as given on the command line or in a form: each may hold several ``;``-separated conditions."""
-    out = []
+    out: list[str] = []
     for f in filters or []:
         out.extend(p.strip() for p in str(f).split(";") if p.strip())
     return out

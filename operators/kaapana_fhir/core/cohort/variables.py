@@ -203,12 +203,13 @@ def build_variables(clin: pd.DataFrame, comp: pd.DataFrame, cond: pd.DataFrame,
         variables.extend(extra.values())
         for pk, num, isnum, unit, vt, vc, eff in zip(g["patient_key"], g["value_number"], nums, g["value_unit"],
                                                      g["value_text"], g["value_code"], g["effective"], strict=True):
+            tunit: str | None
             if isnum:
-                u = str(unit) if _present(unit) else None
-                col, tunit = columns.get(u, (main_name, target)) if u is not None else (main_name, target)
+                vu = str(unit) if _present(unit) else None
+                col, tunit = columns.get(vu, (main_name, target)) if vu is not None else (main_name, target)
                 val = float(num)
-                if u is not None and tunit is not None and u != tunit:
-                    f = converter(u, tunit)
+                if vu is not None and tunit is not None and vu != tunit:
+                    f = converter(vu, tunit)
                     if f is not None:
                         val = f(val)
                         main.converted += 1

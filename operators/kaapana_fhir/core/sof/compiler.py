@@ -281,14 +281,15 @@ class Compiler:
             if focus is not None and focus[0] == "choice":
                 raise Unsupported("member of a choice element without ofType()")
             raise Unsupported(f"member {name!r} of unknown type")
-        info = MODEL.member(str(focus[1]), name)
+        info: tuple[str, Any] | None = MODEL.member(str(focus[1]), name)
         if info is None:
             if name == "resourceType" and MODEL.is_resource(str(focus[1])):
                 info = ("primitive", "code")
             else:
                 raise Unsupported(f"{focus[1]}.{name} is not in the R4 model")
         if info[0] == "choice":
-            path, types = info[1]
+            choice: Any = info[1]
+            path, types = choice
             keys = tuple(name + t[0].upper() + t[1:] for t in types)
             st: SType = ("choice", (path, types, name))
         else:
@@ -497,8 +498,9 @@ class Compiler:
         if name in ("lower", "upper", "trim", "length"):
             if kind_of(focus) != "string":
                 raise Unsupported(f"{name}() of non-strings")
-            op: Callable[[str], Any] = {"lower": str.lower, "upper": str.upper, "trim": str.strip,
-                                        "length": len}[name]
+            ops: dict[str, Callable[[str], Any]] = {"lower": str.lower, "upper": str.upper, "trim": str.strip,
+                                                    "length": len}
+            op = ops[name]
 
             def str_fn(f: list[Any], env: Env) -> list[Any]:
                 coll = src(f, env)
@@ -516,8 +518,9 @@ class Compiler:
             arg, at = self.expr(params[0], focus)
             if kind_of(at) != "string":
                 raise Unsupported(f"{name}() argument")
-            sop: Callable[[str, str], bool] = {"contains": str.__contains__, "startsWith": str.startswith,
-                                               "endsWith": str.endswith}[name]
+            sops: dict[str, Callable[[str, str], bool]] = {"contains": str.__contains__,
+                                                           "startsWith": str.startswith, "endsWith": str.endswith}
+            sop = sops[name]
 
             def str_pred(f: list[Any], env: Env) -> list[Any]:
                 coll = src(f, env)
@@ -598,7 +601,7 @@ class Compiler:
                         return None
                     if v.__class__ is list:
                         return None
-                    return (v == c) != neg
+                    return bool(v == c) != neg
 
                 eq_const._pred = pred  # type: ignore[attr-defined]
             return eq_const, BOOLEAN

@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from antlr4 import CommonTokenStream, InputStream, Token
-from antlr4.error.ErrorListener import ErrorListener
+from antlr4 import CommonTokenStream, InputStream, Token  # type: ignore[import-untyped]
+from antlr4.error.ErrorListener import ErrorListener  # type: ignore[import-untyped]
 from fhirpathpy import apply_parsed_path
 from fhirpathpy.engine.nodes import FP_Type, ResourceNode
 from fhirpathpy.models import models as _fhirpath_models
@@ -57,7 +57,7 @@ def check_syntax(path: str) -> None:
 
 def parse(path: str) -> dict[str, Any]:
     """fhirpathpy's AST of ``path`` (call :func:`check_syntax` first)."""
-    tree: dict[str, Any] = _fp_parse(path)
+    tree: dict[str, Any] = _fp_parse(path)  # type: ignore[no-untyped-call]
     return tree
 
 
@@ -334,7 +334,7 @@ class FallbackPath:
 
     def __call__(self, focus: Any, type_path: str | None, variables: dict[str, Any]) -> list[Any]:
         node = focus if isinstance(focus, ResourceNode) or type_path is None else \
-            ResourceNode.create_node(focus, type_path)
-        out = apply_parsed_path(node, self.tree, variables, R4, _OPTIONS)
+            ResourceNode.create_node(focus, type_path)  # type: ignore[no-untyped-call]
+        out = apply_parsed_path(node, self.tree, variables, R4, _OPTIONS)  # type: ignore[no-untyped-call]
         return [x for x in out if not (isinstance(x, ResourceNode) and isinstance(x.data, Mapping)
                                        and list(x.data) == ["extension"])]
