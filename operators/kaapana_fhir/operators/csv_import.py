@@ -79,6 +79,35 @@ class CsvImportOperator(BaseOperator):
                 "issues": rep.get("rejected", [])[:20], "error": rep.get("error")}
 
 
+def watch_buckets(store: Any, buckets: str, prefix: str, *, find: Any, **kw: Any) -> list[dict[str, Any]]:
+    """The watcher over one or more buckets (comma-separated: one per Kaapana project it is configured for).
+    A Kaapana project bucket ``project-<name>`` gives its confs ``project_form`` (name, bucket), as a run started
+    in that project would have. A bucket that cannot be read is logged and skipped while others can be read."""
+    import logging
+
+    from kaapana_fhir.exceptions import ObjectStoreError
+
+    names = [b.strip() for b in buckets.split(",") if b.strip()]
+    confs: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for name in names:
+        try:
+            found = find(store, name, prefix, **kw)
+        except ObjectStoreError as exc:
+            if len(names) == 1:
+                raise
+            logging.getLogger(__name__).error("watcher: bucket %r skipped: %s", name, exc)
+            errors.append(f"{name}: {exc}")
+            continue
+        if name.startswith("project-"):
+            for c in found:
+                c.setdefault("project_form", {"name": name[len("project-"):], "s3_bucket": name})
+        confs.extend(found)
+    if errors and len(errors) == len(names):
+        raise ObjectStoreError("; ".join(errors))
+    return confs
+
+
 class FhirImportWatcherOperator(BaseOperator):
     """List new or changed table objects under a prefix (by ETag) and return one import conf per object.
 
@@ -116,10 +145,11 @@ class FhirImportWatcherOperator(BaseOperator):
         bucket = conf.get("bucket") or self.bucket
         if not bucket:
             raise ConfigError("the watcher needs a bucket (param/conf 'bucket' or env KAAPANA_FHIR_IMPORT_BUCKET)")
-        return find_new_objects(ObjectStoreHook(self.s3_conn_id).get_conn(), bucket, conf.get("prefix") or self.prefix,
-                                default_preset=conf.get("default_preset") or self.default_preset or None,
-                                skip_invalid_rows=bool(conf.get("skip_invalid_rows", self.skip_invalid_rows)),
-                                max_objects=self.max_objects)
+        store = ObjectStoreHook(self.s3_conn_id).get_conn()
+        return watch_buckets(store, str(bucket), conf.get("prefix") or self.prefix,
+                             default_preset=conf.get("default_preset") or self.default_preset or None,
+                             skip_invalid_rows=bool(conf.get("skip_invalid_rows", self.skip_invalid_rows)),
+                             max_objects=self.max_objects, find=find_new_objects)
 
 
 class FhirImportRecordTriggeredOperator(BaseOperator):
