@@ -44,7 +44,6 @@ from kaapana_fhir.core.tables import (
 from kaapana_fhir.core.tables.engine import RETRACT
 from kaapana_fhir.core.tables.mapping import _with_defaults, validate_mapping
 from kaapana_fhir.core.tables.reader import Table
-from kaapana_fhir.dev.synthetic_tables import synthetic_lung1_csv  # noqa: F401  (re-export for the demo)
 from kaapana_fhir.exceptions import ConfigError, FhirServerError, MappingError, ObjectStoreError
 from kaapana_fhir.flows.tables import watch as W
 
