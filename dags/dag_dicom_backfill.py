@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kaapana_fhir.airflow_compat import DAG, Param, task
+from kaapana_fhir.kaapana.runtime import in_kaapana
 
 ui_forms: dict[str, Any] = {
     "workflow_form": {
@@ -36,13 +37,13 @@ ui_forms: dict[str, Any] = {
     },
 }
 
-default_args = {
+default_args: dict[str, Any] = {
     "owner": "kaapana",
-    "ui_visible": True,
-    "ui_forms": ui_forms,
     "retries": 3,
     "retry_delay": timedelta(minutes=2),
 }
+if in_kaapana():  # Kaapana's UI reads the form from default_args; plain Airflow rejects these keys on mapped tasks
+    default_args.update({"ui_visible": True, "ui_forms": ui_forms})
 
 
 def _conf(context: dict[str, Any]) -> dict[str, Any]:

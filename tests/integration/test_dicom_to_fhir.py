@@ -334,3 +334,36 @@ def test_backfill_pages_through_orthanc_and_resumes(dicomweb: DicomWeb, fhir: Fh
     assert sorted(calls[0]["done"] for _ in [0]) == [2] and calls[0]["total"] == 5
     for study in uids:
         assert fhir.read("ImagingStudy", stable_id("ImagingStudy", study))["status"] == "available"
+
+
+@pytest.mark.airflow
+def test_backfill_dag_fans_out_by_date_window(airflow_home: Path, stack_env: dict[str, str], tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch, dicomweb: DicomWeb,
+                                             fhir: FhirClient) -> None:
+    from airflow.models import DagBag
+
+    for k, v in stack_env.items():
+        monkeypatch.setenv(k, v)
+    year = 1600 + uuid.uuid4().int % 150  # a StudyDate range no other test uses
+    uids = []
+    for month in (1, 2, 3):
+        study = generate_uid()
+        uids.append(study)
+        dicomweb.store(ct_series(study, generate_uid(), f"KF-BFD-{uuid.uuid4().hex[:8]}", n=1,
+                                 study_date=f"{year}{month:02d}10"))
+    bag = DagBag(dag_folder=str(REPO / "dags" / "dag_dicom_backfill.py"), include_examples=False)
+    assert bag.import_errors == {}
+    dag = bag.get_dag("dicom-backfill")
+    conf = {"since": f"{year}-01-01", "until": f"{year}-03-31", "window_days": 31, "cursor_dir": str(tmp_path)}
+    dr = dag.test(run_conf=conf)
+    assert str(dr.state).endswith("success"), dr.state
+    mapped = [ti for ti in dr.get_task_instances() if ti.task_id == "backfill-window"]
+    assert len(mapped) == 3 and all(str(ti.state).endswith("success") for ti in mapped)
+    for study in uids:
+        fhir.read("ImagingStudy", stable_id("ImagingStudy", study))
+    assert len(list(tmp_path.glob("backfill-*.cursor"))) == 3
+    summary = next(ti for ti in dr.get_task_instances() if ti.task_id == "summary").xcom_pull(task_ids="summary")
+    assert summary["studies"] == 3 and summary["windows"] == 3
+    again = dag.test(run_conf=conf)  # re-triggered: every window continues from its cursor, nothing twice
+    value = next(ti for ti in again.get_task_instances() if ti.task_id == "summary").xcom_pull(task_ids="summary")
+    assert value["studies"] == 0 and value["listed"] == 3
