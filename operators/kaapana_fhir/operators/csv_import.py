@@ -56,16 +56,23 @@ class CsvImportOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from kaapana_fhir.exceptions import ConfigError, MappingError
         from kaapana_fhir.flows.tables.flow import import_object
+        from kaapana_fhir.flows.tables.params import TableImportParams
         from kaapana_fhir.hooks.fhir import FhirHook, ObjectStoreHook, run_project
 
         conf = _conf(context)
-        key = conf.get("object_key") or self.object_key
-        bucket = conf.get("bucket") or (conf.get("project_form") or {}).get("s3_bucket") or self.bucket
+        base = TableImportParams.from_values({
+            "object_key": self.object_key, "bucket": self.bucket, "mapping": self.mapping_key,
+            "preset": self.preset, "skip_invalid_rows": self.skip_invalid_rows}, "operator arguments")
+        # the watcher's confs name the mapping object ``mapping_key``
+        params = TableImportParams.from_conf({**conf, "mapping": conf.get("mapping_key") or conf.get("mapping")},
+                                             base)
+        key = params.object_key
+        bucket = (conf.get("bucket") or (conf.get("project_form") or {}).get("s3_bucket") or params.bucket)
         if not key or not bucket:
             raise ConfigError("object_key and bucket are required (conf object_key/bucket or workflow_form)")
-        mapping = conf.get("mapping_key") or conf.get("mapping") or self.mapping_key or None
-        preset = conf.get("preset") or self.preset or None
-        skip = bool(conf.get("skip_invalid_rows", self.skip_invalid_rows))
+        mapping = params.mapping or None
+        preset = params.preset or None
+        skip = params.skip_invalid_rows
         fhir = FhirHook(self.fhir_conn_id, project=run_project(conf)).get_conn()  # the run's project partition, if any
         rep = import_object(ObjectStoreHook(self.s3_conn_id).get_conn(), fhir,
                             bucket, key, mapping_key=mapping, preset=preset, skip_invalid_rows=skip,
