@@ -38,7 +38,7 @@ MII_SOP_UID = mii.EXT_SOP_UID
 #: LOINC 18782-3 "Radiology Study observation (narrative)": category of the MII radiological observation profile
 LOINC_RADIOLOGY = {"system": codes.LOINC, "code": "18782-3", "display": "Radiology Study observation (narrative)"}
 #: SNOMED CT 122869004 "Measurement procedure": category of the MII radiological measurement profile
-SCT_MEASUREMENT = {"system": codes.SNOMED, "code": "122869004", "display": "Measurement procedure"}
+SCT_MEASUREMENT = {"system": codes.SNOMED, "code": "122869004", "display": "Measurement procedure (procedure)"}
 TAG = {"system": codes.TAG_SOURCE, "code": "radiomics"}
 
 #: UCUM code + display per unit kind and modality family ("CT" = HU-calibrated, "other" = arbitrary units).
