@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kaapana_fhir.clients.protocols import FhirApi
 from kaapana_fhir.core import bundle as fb
 from kaapana_fhir.core.dicom.merge import comparable, same_content
 from kaapana_fhir.exceptions import FhirServerError, ResourceNotFound
@@ -57,7 +58,7 @@ class Shared:
         return f"{self.resource['resourceType']}/{self.resource['id']}"
 
 
-def _read(fhir: Any, rtype: str, rid: str) -> tuple[dict[str, Any] | None, str | None]:
+def _read(fhir: FhirApi, rtype: str, rid: str) -> tuple[dict[str, Any] | None, str | None]:
     try:
         res, etag = fhir.read_with_etag(rtype, rid)
         return res, etag
@@ -89,7 +90,7 @@ def with_lost(merge: Merge, lost: Sequence[dict[str, Any]]) -> Merge:
     return merged
 
 
-def write_merged(fhir: Any, shared: Sequence[Shared], also: Sequence[dict[str, Any]] = (), *,
+def write_merged(fhir: FhirApi, shared: Sequence[Shared], also: Sequence[dict[str, Any]] = (), *,
                  written: dict[str, str] | None = None, max_attempts: int = 8, label: str = "") -> dict[str, int]:
     """Write ``shared`` (merged, ``If-Match``) and ``also`` (plain idempotent PUTs) in one transaction.
 
@@ -162,21 +163,21 @@ def write_merged(fhir: Any, shared: Sequence[Shared], also: Sequence[dict[str, A
                 counts["unchanged"] += 1
             else:
                 counts["updated"] += 1
-            item = absent.get(i)
+            created = absent.get(i)
             version = _version(e)
-            if item is not None and version > 1:  # created concurrently between our read and our write
-                rtype, rid = item.resource["resourceType"], item.resource["id"]
+            if created is not None and version > 1:  # created concurrently between our read and our write
+                rtype, rid = created.resource["resourceType"], created.resource["id"]
                 try:
                     prev = fhir.request("GET", f"{rtype}/{rid}/_history/{version - 1}").json()
                 except ResourceNotFound:
                     continue
                 counts["conflicts"] += 1
                 log.info("%s: %s was created concurrently; merging its version %d back", label or "write",
-                         item.key, version - 1)
-                if item.merge is None:
-                    restore[item.key] = prev
+                         created.key, version - 1)
+                if created.merge is None:
+                    restore[created.key] = prev
                 else:
-                    lost[item.key].append(prev)
+                    lost[created.key].append(prev)
                 again = True
         counts["unchanged"] += skipped + kept
         if not again:

@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from kaapana_fhir.clients.fhir import FhirClient
+from kaapana_fhir.clients.protocols import FhirApi, ObjectStoreApi
 from kaapana_fhir.core.cohort import tables as C
 from kaapana_fhir.core.cohort.views import CompiledView, compile_view, load_view, shipped_views
 from kaapana_fhir.core.sof.table import ViewTable
@@ -125,11 +126,11 @@ def load_views(extra: Sequence[str | Path] = (), *, only: Sequence[str] | None =
     return out
 
 
-def _pages(client: FhirClient, search: Search, count: int) -> list[dict[str, Any]]:
+def _pages(client: FhirApi, search: Search, count: int) -> list[dict[str, Any]]:
     return list(client.search(search.resource_type, _with_count(search.params, count), include_mode="all"))
 
 
-def _stream(client: FhirClient, search: Search, count: int, out: queue.Queue) -> None:
+def _stream(client: FhirApi, search: Search, count: int, out: queue.Queue) -> None:
     """Put each page's resources (matches and includes) into ``out``; then ``None``; errors as the exception."""
     try:
         for page in client.search_pages(search.resource_type, _with_count(search.params, count)):
@@ -140,7 +141,7 @@ def _stream(client: FhirClient, search: Search, count: int, out: queue.Queue) ->
     out.put(None)
 
 
-def _run_streams(client: FhirClient, searches: list[Search], count: int, workers: int,
+def _run_streams(client: FhirApi, searches: list[Search], count: int, workers: int,
                  consume: Any) -> None:
     """Run ``searches`` on ``workers`` threads; ``consume`` every page in this thread as it arrives, so the
     flattening overlaps the server's work."""
@@ -174,7 +175,7 @@ def _run_streams(client: FhirClient, searches: list[Search], count: int, workers
         t.join()
 
 
-def fetch_and_flatten(client: FhirClient, views: dict[str, CompiledView], *, searches: Sequence[str] = (),
+def fetch_and_flatten(client: FhirApi, views: dict[str, CompiledView], *, searches: Sequence[str] = (),
                       patient_search: str | None = None, count: int = 1000, batch: int = 100,
                       workers: int = 3, keep_resources: bool = False) -> tuple[FetchResult, dict[str, ViewTable]]:
     """Fetch (see module doc) and flatten page by page; resources seen twice (includes) are flattened once.
@@ -267,7 +268,7 @@ def write_outputs(cohort: C.Cohort, out_dir: str | Path, *, extra_tables: dict[s
     return written
 
 
-def upload(store: Any, bucket: str, prefix: str, paths: Sequence[Path]) -> list[str]:
+def upload(store: ObjectStoreApi, bucket: str, prefix: str, paths: Sequence[Path]) -> list[str]:
     """Put the files into ``bucket`` under ``prefix/``; returns the object keys."""
     store.ensure_bucket(bucket)
     keys = []
@@ -299,7 +300,7 @@ class CohortBuild:
         return self.cohort.dropped
 
 
-def build_cohort(client: FhirClient, *, searches: Sequence[str] = (), patient_search: str | None = None,
+def build_cohort(client: FhirApi, *, searches: Sequence[str] = (), patient_search: str | None = None,
                  view_files: Sequence[str | Path] = (), filters: Sequence[str] = (), count: int = 1000,
                  views: dict[str, CompiledView] | None = None, bulk_folder: str | Path | None = None) -> CohortBuild:
     """Fetch (searches or a patient search + their data; or, with ``bulk_folder``, a Bulk Data ``$export`` of
@@ -309,6 +310,8 @@ def build_cohort(client: FhirClient, *, searches: Sequence[str] = (), patient_se
     if bulk_folder is not None:
         if searches or patient_search:
             raise ConfigError("a bulk export takes all patients: use --where filters instead of searches")
+        if not isinstance(client, FhirClient):
+            raise ConfigError("a Bulk Data export needs the HTTP FhirClient (kaapana_fhir.clients.fhir)")
         fetched, rows = fetch_bulk_and_flatten(client, views, bulk_folder)
     else:
         fetched, rows = fetch_and_flatten(client, views, searches=searches, patient_search=patient_search,
@@ -319,10 +322,10 @@ def build_cohort(client: FhirClient, *, searches: Sequence[str] = (), patient_se
     return CohortBuild(cohort, selected, rows, fetched, time.perf_counter() - t)
 
 
-def run_cohort(client: FhirClient, out_dir: str | Path, *, searches: Sequence[str] = (),
+def run_cohort(client: FhirApi, out_dir: str | Path, *, searches: Sequence[str] = (),
                patient_search: str | None = None, view_files: Sequence[str | Path] = (),
                filters: Sequence[str] = (), modality: str | None = "CT", dataset_name: str = "fhir-cohort",
-               store: Any = None, bucket: str | None = None, prefix: str = "fhir-cohort",
+               store: ObjectStoreApi | None = None, bucket: str | None = None, prefix: str = "fhir-cohort",
                formats: Sequence[str] = ("parquet", "csv"), count: int = 1000,
                bulk_folder: str | Path | None = None) -> dict[str, Any]:
     """The whole job; returns a small JSON-able summary (counts, paths, object keys, timings, dropped).

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kaapana_fhir.clients.fhir import FhirClient, redact_url
+from kaapana_fhir.clients.fhir import redact_url
+from kaapana_fhir.clients.protocols import FhirApi, ObjectStoreApi
 from kaapana_fhir.core.cohort import report as R
 from kaapana_fhir.core.cohort import report_data as RD
 from kaapana_fhir.core.cohort import tables as C
@@ -35,7 +36,7 @@ def data_from_table(path: str | Path, *, title: str = "Cohort overview") -> RD.R
                          source=p.name)
 
 
-def data_from_fhir(client: FhirClient, *, patient_search: str | None = None, filters: list[str] | None = None,
+def data_from_fhir(client: FhirApi, *, patient_search: str | None = None, filters: list[str] | None = None,
                    title: str = "Cohort overview") -> RD.ReportData:
     views = load_views()
     _, rows = fetch_and_flatten(client, views, patient_search=patient_search)
@@ -55,7 +56,8 @@ def write_report(data: RD.ReportData, out: str | Path, *, group_by: str | None =
     return info
 
 
-def report_job(cohort_dir: str | Path, *, out: str | Path | None = None, store: Any = None, bucket: str | None = None,
+def report_job(cohort_dir: str | Path, *, out: str | Path | None = None, store: ObjectStoreApi | None = None,
+               bucket: str | None = None,
                prefix: str = "fhir-cohort", group_by: str | None = None, title: str = "Cohort overview",
                ) -> dict[str, Any]:
     """Render ``<cohort_dir>/cohort.parquet`` (or .csv) to ``report.html`` and optionally upload it."""

@@ -36,6 +36,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from kaapana_fhir.clients.protocols import DicomWebApi, FhirApi
 from kaapana_fhir.core import bundle as fb
 from kaapana_fhir.core.dicom import dose as dd
 from kaapana_fhir.core.dicom import mii
@@ -89,11 +90,12 @@ class _Timer:
 
 
 class _Pacs:
-    """Counts the DICOMweb requests of a run (the bench prints requests per study)."""
+    """A :class:`DicomWebApi` that counts the requests of a run (the bench prints requests per study)."""
 
-    def __init__(self, dicomweb: Any) -> None:
+    def __init__(self, dicomweb: DicomWebApi) -> None:
         self.dw = dicomweb
         self.url = dicomweb.url
+        self.wado_rs_base = dicomweb.wado_rs_base
         self.requests = 0
         self._lock = threading.Lock()
 
@@ -102,9 +104,32 @@ class _Pacs:
             self.requests += 1
         return getattr(self.dw, name)(*args, **kwargs)
 
+    def search_studies(self, filters: dict[str, Any] | None = None, *,
+                       fields: Sequence[str] = ()) -> list[dict[str, Any]]:
+        return self.call("search_studies", filters, fields=fields)
+
+    def search_series(self, study_uid: str | None = None, filters: dict[str, Any] | None = None, *,
+                      fields: Sequence[str] = SERIES_FIELDS) -> list[dict[str, Any]]:
+        return self.call("search_series", study_uid, filters, fields=fields)
+
+    def search_instances(self, study_uid: str, series_uid: str, *, fields: Sequence[str] = ()) -> list[dict[str, Any]]:
+        return self.call("search_instances", study_uid, series_uid, fields=fields)
+
+    def find_series(self, series_uid: str) -> dict[str, Any] | None:
+        return self.call("find_series", series_uid)
+
+    def series_metadata(self, study_uid: str, series_uid: str) -> list[dict[str, Any]]:
+        return self.call("series_metadata", study_uid, series_uid)
+
+    def instance_metadata(self, study_uid: str, series_uid: str, sop_uid: str) -> dict[str, Any] | None:
+        return self.call("instance_metadata", study_uid, series_uid, sop_uid)
+
+    def retrieve_series(self, study_uid: str, series_uid: str) -> list[Any]:
+        return self.call("retrieve_series", study_uid, series_uid)
+
 
 # --------------------------------------------------------------------------- PACS side
-def resolve_study_uids(dicomweb: Any, study_uids: Iterable[str] = (), series_uids: Iterable[str] = (), *,
+def resolve_study_uids(dicomweb: DicomWebApi, study_uids: Iterable[str] = (), series_uids: Iterable[str] = (), *,
                        missing: str = "fail") -> list[str]:
     """Study UIDs touched by the given studies and series (QIDO-RS per SeriesInstanceUID (0020,000E)).
 
@@ -165,7 +190,7 @@ def _merge_metadata(rec: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]
     return attrs
 
 
-def read_study(dicomweb: Any, study_uid: str, *, wado: str = "auto", include_instances: bool = False,
+def read_study(dicomweb: DicomWebApi, study_uid: str, *, wado: str = "auto", include_instances: bool = False,
                options: MappingOptions | None = None, study_sop_classes: Sequence[str] = ()) -> list[SeriesInput]:
     """All series of one study as :class:`SeriesInput`: one QIDO-RS series search (``includefield``), plus
     WADO-RS metadata only for the series that need it (see the module docstring)."""
@@ -203,7 +228,7 @@ def read_study(dicomweb: Any, study_uid: str, *, wado: str = "auto", include_ins
 
 
 # --------------------------------------------------------------------------- FHIR side
-def _read(fhir: Any, rtype: str, rid: str) -> tuple[dict[str, Any] | None, str | None]:
+def _read(fhir: FhirApi, rtype: str, rid: str) -> tuple[dict[str, Any] | None, str | None]:
     try:
         res, etag = fhir.read_with_etag(rtype, rid)
         return res, etag
@@ -232,7 +257,7 @@ def _also(m: StudyMapping) -> list[dict[str, Any]]:
     return ([m.endpoint] if m.endpoint else []) + list(m.devices) + list(m.observations)
 
 
-def write_study(fhir: Any, m: StudyMapping, *, written: dict[str, str] | None = None, max_attempts: int = 8,
+def write_study(fhir: FhirApi, m: StudyMapping, *, written: dict[str, str] | None = None, max_attempts: int = 8,
                 lost: Sequence[dict[str, Any]] = (), lost_patients: Sequence[dict[str, Any]] = ()) -> dict[str, int]:
     """Write one mapped study in one transaction with ``If-Match`` on Patient and ImagingStudy (the shared
     strategy of :func:`kaapana_fhir.flows.write.write_merged`).
@@ -247,7 +272,7 @@ def write_study(fhir: Any, m: StudyMapping, *, written: dict[str, str] | None = 
                         label=f"study {m.study_uid}")
 
 
-def _prefetch(fhir: Any, keys: list[tuple[str, str]]) -> dict[str, tuple[dict[str, Any], str | None]] | None:
+def _prefetch(fhir: FhirApi, keys: list[tuple[str, str]]) -> dict[str, tuple[dict[str, Any], str | None]] | None:
     """Current versions of ``keys`` (``(type, id)``) with one ``batch`` of GETs; None when the client cannot do it.
 
     Reads (not a search: HAPI would persist a search result per chunk); a 404 entry means absent.
@@ -274,7 +299,7 @@ def _prefetch(fhir: Any, keys: list[tuple[str, str]]) -> dict[str, tuple[dict[st
     return out
 
 
-def write_chunk(fhir: Any, mapped: Sequence[StudyMapping], *, written: dict[str, str]) -> dict[str, int]:
+def write_chunk(fhir: FhirApi, mapped: Sequence[StudyMapping], *, written: dict[str, str]) -> dict[str, int]:
     """Write several studies in one transaction (Patients/ImagingStudies read first with one batch request,
     ``If-Match`` on every existing one). A conflict, or a create that answered version > 1 (a concurrent
     writer created it), re-writes the studies one by one with :func:`write_study`."""
@@ -358,7 +383,7 @@ def write_chunk(fhir: Any, mapped: Sequence[StudyMapping], *, written: dict[str,
     return counts
 
 
-def _one_by_one(fhir: Any, mapped: Sequence[StudyMapping], written: dict[str, str],
+def _one_by_one(fhir: FhirApi, mapped: Sequence[StudyMapping], written: dict[str, str],
                 counts: dict[str, int]) -> dict[str, int]:
     for m in mapped:
         c = write_study(fhir, m, written=written)
@@ -417,7 +442,7 @@ def _map_all(grouped: Iterable[tuple[str, list[SeriesInput]]], options: MappingO
     return mapped
 
 
-def _write_all(fhir: Any, mapped: list[StudyMapping], result: dict[str, Any], timer: _Timer,
+def _write_all(fhir: FhirApi, mapped: list[StudyMapping], result: dict[str, Any], timer: _Timer,
                workers: int = 1) -> None:
     written: dict[str, str] = {}
     t0 = time.perf_counter()
@@ -467,7 +492,7 @@ def transaction_bundle(mapped: Sequence[StudyMapping]) -> dict[str, Any]:
     return fb.transaction(entries)
 
 
-def sync_studies(dicomweb: Any, fhir: Any | None, *, study_uids: Iterable[str] = (),
+def sync_studies(dicomweb: DicomWebApi, fhir: FhirApi | None, *, study_uids: Iterable[str] = (),
                  series_uids: Iterable[str] = (), options: MappingOptions | None = None, wado: str = "auto",
                  missing: str = "fail", workers: int = DEFAULT_WORKERS,
                  study_sop_classes: Mapping[str, Sequence[str]] | None = None,
@@ -493,7 +518,7 @@ def sync_studies(dicomweb: Any, fhir: Any | None, *, study_uids: Iterable[str] =
     result = _empty_result()
     pacs = _Pacs(dicomweb)
     t0 = time.perf_counter()
-    uids = resolve_study_uids(_CountingFind(pacs), study_uids, series_uids, missing=missing)
+    uids = resolve_study_uids(pacs, study_uids, series_uids, missing=missing)
     sop_classes = study_sop_classes or {}
 
     def read(uid: str) -> tuple[str, list[SeriesInput]]:
@@ -533,17 +558,6 @@ def sync_studies(dicomweb: Any, fhir: Any | None, *, study_uids: Iterable[str] =
     return result
 
 
-class _CountingFind:
-    """``find_series`` through the request counter (for :func:`resolve_study_uids`)."""
-
-    def __init__(self, pacs: _Pacs) -> None:
-        self.pacs = pacs
-        self.url = pacs.url
-
-    def find_series(self, uid: str) -> Any:
-        return self.pacs.call("find_series", uid)
-
-
 # --------------------------------------------------------------------------- backfill
 def _da(value: str | date | None, what: str) -> str | None:
     if value is None or value == "":
@@ -567,7 +581,7 @@ def study_filters(*, since: str | date | None = None, until: str | date | None =
     return {}
 
 
-def list_studies(dicomweb: Any, *, since: str | date | None = None, until: str | date | None = None,
+def list_studies(dicomweb: DicomWebApi, *, since: str | date | None = None, until: str | date | None = None,
                  modalities: Sequence[str] = (), page_size: int = 500) -> Iterator[dict[str, Any]]:
     """Study records of the PACS (QIDO-RS, ``limit``/``offset`` paging), each study once.
 
@@ -658,7 +672,8 @@ def _eta(done: int, total: int, elapsed: float) -> str:
     return f"{secs // 60}m{secs % 60:02d}s"
 
 
-def backfill(dicomweb: Any, fhir: Any | None, *, since: str | date | None = None, until: str | date | None = None,
+def backfill(dicomweb: DicomWebApi, fhir: FhirApi | None, *, since: str | date | None = None,
+             until: str | date | None = None,
              modalities: Sequence[str] = (), cursor: str | Path | None = None, options: MappingOptions | None = None,
              wado: str = "auto", workers: int = DEFAULT_WORKERS, batch_size: int = 200, page_size: int = 500,
              progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -675,7 +690,7 @@ def backfill(dicomweb: Any, fhir: Any | None, *, since: str | date | None = None
     cur = Cursor(cursor, query)
     t_list = time.perf_counter()
     pacs = _Pacs(dicomweb)
-    records = list(list_studies(_ListingPacs(pacs), since=since, until=until, modalities=modalities,
+    records = list(list_studies(pacs, since=since, until=until, modalities=modalities,
                                 page_size=page_size))
     todo = [r for r in records if dv.first_str(r, "0020000D") not in cur.done]
     total = len(todo)
@@ -723,14 +738,6 @@ def backfill(dicomweb: Any, fhir: Any | None, *, since: str | date | None = None
     return result
 
 
-class _ListingPacs:
-    def __init__(self, pacs: _Pacs) -> None:
-        self.pacs = pacs
-
-    def search_studies(self, filters: dict[str, Any], *, fields: Sequence[str] = ()) -> Any:
-        return self.pacs.call("search_studies", filters, fields=fields)
-
-
 # --------------------------------------------------------------------------- files
 #: Media Storage Directory Storage: a DICOMDIR is an index, not an image.
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -755,7 +762,7 @@ def _skip(result: dict[str, Any], path: Path, rule: str) -> None:
     log.warning("%s: %s", path, rule)
 
 
-def sync_files(paths: Iterable[str | Path], fhir: Any | None, *, options: MappingOptions | None = None,
+def sync_files(paths: Iterable[str | Path], fhir: FhirApi | None, *, options: MappingOptions | None = None,
                workers: int = 1) -> dict[str, Any]:
     """``--files`` mode: map DICOM files (no PACS) and write them (or return ``"bundle"`` when ``fhir=None``).
 

@@ -18,6 +18,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from kaapana_fhir.clients.protocols import DicomWebApi, FhirApi
 from kaapana_fhir.core import bundle, limits
 from kaapana_fhir.core.radiomics.mapping import (
     RadiomicsRun,
@@ -200,7 +201,7 @@ def compute_from_files(ct_dir: str | Path, seg_file: str | Path, settings: dict[
     return compute(cts, seg_ds, settings, patient_system=patient_system, source=str(seg_file))
 
 
-def compute_from_dicomweb(dicomweb: Any, seg_series_uid: str, settings: dict[str, Any], *,
+def compute_from_dicomweb(dicomweb: DicomWebApi, seg_series_uid: str, settings: dict[str, Any], *,
                           patient_system: str | None = None) -> list[ComputeResult]:
     """Fetch SEG series ``seg_series_uid`` and its referenced series via DICOMweb; one result per SEG instance."""
     t0 = time.perf_counter()
@@ -251,7 +252,7 @@ def _group_last(entry: dict[str, Any]) -> tuple[int, int]:
     return bundle.sort_key(entry), 1 if "hasMember" in entry["resource"] else 0
 
 
-def entries_for(run: RadiomicsRun, *, layout: str = "members", fhir: Any = None,
+def entries_for(run: RadiomicsRun, *, layout: str = "members", fhir: FhirApi | None = None,
                 validate: bool = True, with_stubs: bool | None = None) -> tuple[list[dict[str, Any]], Any]:
     """Transaction entries of a run (referenced resources first, group Observations last).
 
@@ -271,7 +272,7 @@ def entries_for(run: RadiomicsRun, *, layout: str = "members", fhir: Any = None,
     return entries, mapped
 
 
-def write_run(fhir: Any, run: RadiomicsRun, *, layout: str = "members", chunk_size: int = 500) -> dict[str, Any]:
+def write_run(fhir: FhirApi, run: RadiomicsRun, *, layout: str = "members", chunk_size: int = 500) -> dict[str, Any]:
     """Map and write one run; returns a small summary (counts, ids, issues).
 
     Patient and ImagingStudy stubs go through the shared strategy (:func:`kaapana_fhir.flows.write.write_merged`)
@@ -305,7 +306,8 @@ def resolve_settings(settings_path: str | Path | None = None, preset: str | None
     return load_settings(settings_path, settings_override)
 
 
-def run_for_series(dicomweb: Any, fhir: Any, seg_series_uids: list[str], *, settings_path: str | Path | None = None,
+def run_for_series(dicomweb: DicomWebApi, fhir: FhirApi, seg_series_uids: list[str], *,
+                   settings_path: str | Path | None = None,
                    preset: str | None = None, settings_override: Any = None, layout: str = "members",
                    patient_system: str | None = None) -> dict[str, Any]:
     """The whole step for SEG series on a PACS: fetch, decode, extract, map, write. Returns a JSON-able summary."""

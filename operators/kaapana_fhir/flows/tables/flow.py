@@ -25,8 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from kaapana_fhir.clients.fhir import FhirClient
-from kaapana_fhir.clients.s3 import ObjectStore
+from kaapana_fhir.clients.protocols import FhirApi, ObjectStoreApi
 from kaapana_fhir.core import patient
 from kaapana_fhir.core.bundle import DEFAULT_CHUNK_SIZE, chunked
 from kaapana_fhir.core.tables import (
@@ -86,7 +85,7 @@ def resolve_mapping(*, header: list[str], mapping_text: str | None = None, mappi
     return load_preset(preset)
 
 
-def _merge_patients(client: FhirClient, chunk: list[dict[str, Any]],
+def _merge_patients(client: FhirApi, chunk: list[dict[str, Any]],
                     conflicts: list[str] | None = None) -> list[dict[str, Any]]:
     """Keep elements of Patients that already exist (one search per chunk); table fields win, conflicts are logged."""
     ids = [e["resource"]["id"] for e in chunk if e["resource"]["resourceType"] == "Patient"]
@@ -114,7 +113,7 @@ def _merge_patients(client: FhirClient, chunk: list[dict[str, Any]],
 CONFLICT_ATTEMPTS = 5
 
 
-def _keep_retractions(client: FhirClient, chunk: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+def _keep_retractions(client: FhirApi, chunk: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     """Drop the retraction marker; keep a retraction only if its Observation exists and is not yet retracted."""
     ids = [e["resource"]["id"] for e in chunk if e.get(RETRACT)]
     if not ids:
@@ -127,7 +126,7 @@ def _keep_retractions(client: FhirClient, chunk: list[dict[str, Any]]) -> tuple[
     return out, len(live)
 
 
-def _write_chunk(client: FhirClient, chunk: list[dict[str, Any]], merge_patients: bool,
+def _write_chunk(client: FhirApi, chunk: list[dict[str, Any]], merge_patients: bool,
                  conflicts: list[str] | None = None) -> dict[str, int]:
     """One transaction; on 409 (an overlapping import upserting the same ids) re-read and re-send it: the
     entries are idempotent ``PUT``s with deterministic ids, so re-sending cannot duplicate anything."""
@@ -154,7 +153,7 @@ def _write_chunk(client: FhirClient, chunk: list[dict[str, Any]], merge_patients
 PROGRESS_EVERY_S = 10.0
 
 
-def write_chunks(client: FhirClient, entries: Iterable[dict[str, Any]], *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+def write_chunks(client: FhirApi, entries: Iterable[dict[str, Any]], *, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  merge_patients: bool = True, workers: int = 1, conflicts: list[str] | None = None) -> dict[str, int]:
     """Write entries as transaction chunks, ``workers`` at a time; returns counts per resource type.
 
@@ -193,7 +192,7 @@ def write_chunks(client: FhirClient, entries: Iterable[dict[str, Any]], *, chunk
     return counts
 
 
-def import_table(table: Table, mapping: dict[str, Any], *, client: FhirClient | None = None,
+def import_table(table: Table, mapping: dict[str, Any], *, client: FhirApi | None = None,
                  out_path: str | Path | None = None, skip_invalid_rows: bool = False,
                  chunk_size: int = DEFAULT_CHUNK_SIZE, workers: int = 1) -> dict[str, Any]:
     """Validate the whole table, then write it to ``client`` (or a Bundle file ``out_path``); the report.
@@ -257,7 +256,7 @@ def write_bundle_file(out_path: str | Path, entries: Iterable[dict[str, Any]]) -
     return written
 
 
-def import_object(store: ObjectStore, client: FhirClient, bucket: str, key: str, *, mapping_key: str | None = None,
+def import_object(store: ObjectStoreApi, client: FhirApi, bucket: str, key: str, *, mapping_key: str | None = None,
                   preset: str | None = None, skip_invalid_rows: bool = False, signature: str | None = None,
                   chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, Any]:
     """Import one S3 object; writes ``<name>.import-report.json`` and the watcher state, returns the report.
@@ -314,7 +313,7 @@ def import_object(store: ObjectStore, client: FhirClient, bucket: str, key: str,
     return rep
 
 
-def _fetch_mapping(store: ObjectStore, bucket: str, side: dict[str, str], mapping_key: str | None,
+def _fetch_mapping(store: ObjectStoreApi, bucket: str, side: dict[str, str], mapping_key: str | None,
                    preset: str | None) -> tuple[str | None, str, str | None]:
     mkey = mapping_key
     if not mkey and not preset:
@@ -324,5 +323,5 @@ def _fetch_mapping(store: ObjectStore, bucket: str, side: dict[str, str], mappin
     return text, (mkey or f"preset:{preset}"), dictionary
 
 
-def _safe_put_report(store: ObjectStore, bucket: str, key: str, rep: dict[str, Any]) -> None:
+def _safe_put_report(store: ObjectStoreApi, bucket: str, key: str, rep: dict[str, Any]) -> None:
     store.put_bytes(bucket, key, json.dumps(rep, indent=1, default=str).encode("utf-8"), "application/json")

@@ -19,7 +19,7 @@ import json
 import time
 from typing import Any
 
-from kaapana_fhir.clients.fhir import FhirClient
+from kaapana_fhir.clients.protocols import FhirApi
 from kaapana_fhir.core.bundle import chunked
 from kaapana_fhir.core.tables import TableMapper, iter_entries, scan
 from kaapana_fhir.core.tables.engine import RETRACT, TableRejected, report_of
@@ -44,7 +44,7 @@ def classify(ours: dict[str, Any], current: dict[str, Any] | None) -> str:
     return "unchanged" if _content(ours) == _content(current) else "update"
 
 
-def plan_table(table: Table, mapping: dict[str, Any], client: FhirClient, *, skip_invalid_rows: bool = False,
+def plan_table(table: Table, mapping: dict[str, Any], client: FhirApi, *, skip_invalid_rows: bool = False,
                chunk_size: int = 200) -> dict[str, Any]:
     """The plan report: ``plan[resourceType] = {create, update, unchanged, retract}``, ``conflicts``, and the
     validation summary. Nothing is written. Raises :class:`TableRejected` like an import would."""

@@ -32,7 +32,8 @@ import logging
 import posixpath
 from typing import Any
 
-from kaapana_fhir.clients.s3 import ObjectInfo, ObjectStore
+from kaapana_fhir.clients.protocols import ObjectStoreApi
+from kaapana_fhir.clients.s3 import ObjectInfo
 from kaapana_fhir.exceptions import ObjectStoreError
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def state_key(key: str) -> str:
     return posixpath.join(d, STATE_DIR, hashlib.sha256(key.encode("utf-8")).hexdigest()[:32] + ".json")
 
 
-def read_text(store: ObjectStore, bucket: str, key: str) -> str:
+def read_text(store: ObjectStoreApi, bucket: str, key: str) -> str:
     return store.get_bytes(bucket, key).decode("utf-8-sig")
 
 
@@ -78,7 +79,7 @@ def _sig(etags: dict[str, str], key: str) -> str:
     return "|".join(parts)
 
 
-def signature_of(store: ObjectStore, bucket: str, key: str) -> str:
+def signature_of(store: ObjectStoreApi, bucket: str, key: str) -> str:
     """ETags of the object and its sidecars (``|``-joined; empty for a missing sidecar)."""
     etags = {}
     for k in [key, *sidecars(key).values()]:
@@ -88,7 +89,7 @@ def signature_of(store: ObjectStore, bucket: str, key: str) -> str:
     return _sig(etags, key)
 
 
-def write_state(store: ObjectStore, bucket: str, key: str, signature: str, status: str, *,
+def write_state(store: ObjectStoreApi, bucket: str, key: str, signature: str, status: str, *,
                 error: str | None = None, run_id: str | None = None) -> None:
     doc = {"key": key, "signature": signature, "status": status,
            "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
@@ -99,7 +100,7 @@ def write_state(store: ObjectStore, bucket: str, key: str, signature: str, statu
     store.put_bytes(bucket, state_key(key), json.dumps(doc).encode("utf-8"), "application/json")
 
 
-def _states(store: ObjectStore, bucket: str, infos: list[ObjectInfo]) -> dict[str, dict[str, Any]]:
+def _states(store: ObjectStoreApi, bucket: str, infos: list[ObjectInfo]) -> dict[str, dict[str, Any]]:
     out = {}
     for info in infos:
         if f"/{STATE_DIR}/" not in f"/{info.key}" or not info.key.endswith(".json"):
@@ -114,7 +115,7 @@ def _states(store: ObjectStore, bucket: str, infos: list[ObjectInfo]) -> dict[st
     return out
 
 
-def find_new_objects(store: ObjectStore, bucket: str, prefix: str = "fhir-import/", *,
+def find_new_objects(store: ObjectStoreApi, bucket: str, prefix: str = "fhir-import/", *,
                      default_preset: str | None = None, skip_invalid_rows: bool = False,
                      pending_timeout_s: float = 3600.0, mark_pending: bool = False,
                      max_objects: int = 100) -> list[dict[str, Any]]:
@@ -160,7 +161,7 @@ def find_new_objects(store: ObjectStore, bucket: str, prefix: str = "fhir-import
     return confs
 
 
-def record_triggered(store: ObjectStore, bucket: str, confs: list[dict[str, Any]],
+def record_triggered(store: ObjectStoreApi, bucket: str, confs: list[dict[str, Any]],
                      run_ids: list[str | None]) -> list[str]:
     """Mark ``pending`` each object whose trigger succeeded (``run_ids[i]`` set); returns keys not triggered.
 
