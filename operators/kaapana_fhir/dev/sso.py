@@ -2,7 +2,7 @@
 
 * **Keycloak** (``keycloak-quarkus-dist`` from Maven Central, unpacked by ``.ci/install-keycloak.sh``) in
   ``start-dev`` mode with the in-memory dev database, served under ``/auth`` like Kaapana's
-  ``KEYCLOAK_URL``, importing our realm ``tests/stack/keycloak/realm-kaapana.json`` (realm and client
+  ``KEYCLOAK_URL``, importing our realm ``dev/servers/keycloak/realm-kaapana.json`` (realm and client
   ``kaapana``, a confidential client with a secret and direct-access grants, project users whose groups
   carry the MinIO ``policy`` claim).
 * **MinIO** (built by ``.ci/install-minio.sh`` with ``go install``) with Keycloak as its OpenID provider
@@ -32,7 +32,7 @@ from typing import Any
 
 import requests
 
-from kaapana_fhir.dev.stack import Service, StackError, _spawn, _wait_http, free_port, repo_root, stop_pid
+from kaapana_fhir.dev.stack import SERVERS, Service, StackError, _spawn, _wait_http, free_port, stop_pid
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def start_keycloak(state_dir: Path, *, port: int | None = None, deadline_s: floa
     dist = keycloak_dist()
     java = _java_for_keycloak()
     state_dir.mkdir(parents=True, exist_ok=True)
-    realm_file = realm_file or repo_root() / "tests" / "stack" / "keycloak" / "realm-kaapana.json"
+    realm_file = realm_file or SERVERS / "keycloak" / "realm-kaapana.json"
     home = _keycloak_home(state_dir, dist, realm_file)
     port = port or free_port()
     srv = KeycloakServer(pid=0, port=port, url=f"http://127.0.0.1:{port}", log=str(state_dir / "keycloak.log"),

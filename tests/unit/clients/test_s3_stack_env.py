@@ -9,7 +9,7 @@ from pathlib import Path
 
 from kaapana_fhir.clients.s3 import KeycloakProjectUser, StaticKeys, credentials_from_env
 from kaapana_fhir.dev import sso
-from kaapana_fhir.dev.stack import Service, Stack
+from kaapana_fhir.dev.stack import SERVERS, Service, Stack
 
 
 def _stack(tmp_path: Path, keycloak: bool) -> Stack:
@@ -58,7 +58,7 @@ def test_project_policy_is_kaapanas_admin_project_on_one_bucket() -> None:
 
 
 def test_realm_file_has_what_minio_and_kaapanas_helper_need() -> None:
-    realm = json.loads((Path(__file__).resolve().parents[3] / "tests/stack/keycloak/realm-kaapana.json").read_text())
+    realm = json.loads((SERVERS / "keycloak" / "realm-kaapana.json").read_text())
     assert realm["realm"] == "kaapana"
     (client,) = realm["clients"]
     assert client["clientId"] == "kaapana" and not client["publicClient"] and client["directAccessGrantsEnabled"]
