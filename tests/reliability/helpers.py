@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from kaapana_fhir import devstack
 from kaapana_fhir.clients.fhir import FhirClient
+from kaapana_fhir.dev import stack as devstack
 
 #: one Observation per row, many rows per patient (``instance_columns``): ids stay distinct per row
 LONG_MAPPING = """

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from kaapana_fhir.clients.dicomweb import DicomWeb
 from kaapana_fhir.clients.fhir import FhirClient
-from kaapana_fhir.core.identifiers import DEFAULT_PATIENT_SYSTEM, patient_id, stable_id
+from kaapana_fhir.core.ids import DEFAULT_PATIENT_SYSTEM, patient_id, stable_id
 from kaapana_fhir.core.tables import load_mapping, open_table
-from kaapana_fhir.flows.dicom_to_fhir import sync_studies
-from kaapana_fhir.flows.table_import import import_table
-
+from kaapana_fhir.flows.dicom_to_fhir.flow import sync_studies
+from kaapana_fhir.flows.tables.flow import import_table
 from tests.reliability.helpers import LONG_MAPPING, long_csv, store_studies
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
@@ -97,7 +97,8 @@ def test_import_memory_does_not_grow_with_rows() -> None:
 def test_dicom_dag_fan_out_bounds_work_per_task(airflow_home: Path, stack_env: dict[str, str],
                                                 monkeypatch: pytest.MonkeyPatch, dicomweb: DicomWeb) -> None:
     from airflow.models import DagBag
-    from kaapana_fhir import airflow_runner
+
+    from kaapana_fhir.dev import airflow_runner as airflow_runner
 
     for k, v in stack_env.items():
         monkeypatch.setenv(k, v)

@@ -11,13 +11,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from kaapana_fhir.clients.dicomweb import DicomWeb
 from kaapana_fhir.clients.fhir import FhirClient
-from kaapana_fhir.core.identifiers import DEFAULT_PATIENT_SYSTEM, patient_id
+from kaapana_fhir.core.ids import DEFAULT_PATIENT_SYSTEM, patient_id
 from kaapana_fhir.core.tables import load_mapping, open_table
-from kaapana_fhir.flows.dicom_to_fhir import sync_studies
-from kaapana_fhir.flows.table_import import import_table
-
+from kaapana_fhir.flows.dicom_to_fhir.flow import sync_studies
+from kaapana_fhir.flows.tables.flow import import_table
 from tests.reliability.helpers import (
     LONG_MAPPING,
     canonical,

@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kaapana_fhir.core import dicom_values as dv
+
+from kaapana_fhir.core.dicom import values as dv
 from kaapana_fhir.core.tables import load_preset, open_table, scan
 from kaapana_fhir.core.tables import values as V
 from kaapana_fhir.core.tables.build import TableMapper
-from kaapana_fhir.exceptions import KaapanaFhirError, MappingError
+from kaapana_fhir.exceptions import ConfigError, MappingError
 
 pytestmark = pytest.mark.reliability
 
@@ -75,12 +76,24 @@ def test_fhir_datetime(da: Any, tm: Any, tz: Any, zone: str | None) -> None:
 
 
 @FAST
-@given(anything, st.sampled_from(["Nowhere/Atlantis", "", "Europe/Berlin "]))
-def test_unknown_zone_is_a_config_error(da: Any, zone: str) -> None:
-    try:
+@given(st.dates(min_value=dt.date(1900, 1, 1), max_value=dt.date(2100, 12, 31)).map(lambda d: d.strftime("%Y%m%d")),
+       st.sampled_from(["Nowhere/Atlantis", "Europe/Berlin ", "Mars/Olympus_Mons", "UTC+1"]))
+def test_unknown_zone_is_a_config_error(da: str, zone: str) -> None:
+    """A zone that is needed (valid date and time, no offset in the data) and unknown is a ConfigError naming it."""
+    with pytest.raises(ConfigError, match="unknown time zone"):
         dv.fhir_datetime(da, "101010", None, zone)
-    except KaapanaFhirError:
-        pass
+
+
+@FAST
+@given(anything, st.sampled_from(["Nowhere/Atlantis", "", "Europe/Berlin "]))
+def test_any_date_with_any_zone_is_a_value_or_a_config_error(da: Any, zone: str) -> None:
+    try:
+        value, problems = dv.fhir_datetime(da, "101010", None, zone)
+    except ConfigError as exc:
+        assert zone.strip() and "unknown time zone" in str(exc)
+        return
+    assert value is None or isinstance(value, str)
+    assert isinstance(problems, list)
 
 
 @FAST
@@ -181,7 +194,7 @@ def test_table_rows_map_or_reject(rows: list[list[str]]) -> None:
     except MappingError as exc:
         assert "fuzz.csv" in str(exc) or "row" in str(exc)
         return
-    assert res.rows_read + res.empty_rows == len([r for r in rows])
+    assert res.rows_read + res.empty_rows == len(rows)
     for issue in res.issues:
         assert issue.row >= 2 and issue.rule
 

@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+from urllib.parse import urlsplit
 
 from kaapana_fhir.core.codes import CS_DCM, ENDPOINT_CONNECTION_TYPE, SYSTEM_DICOM_UID, TAG_SOURCE, V2_0203
 from kaapana_fhir.core.dicom import codes as dc
@@ -133,8 +134,11 @@ def _meta() -> dict[str, Any]:
 
 
 def endpoint_resource(address: str) -> dict[str, Any]:
-    """The ``dicom-wado-rs`` Endpoint of a DICOMweb service (``address`` = WADO-RS base)."""
-    addr = address.strip().rstrip("/")
+    """The ``dicom-wado-rs`` Endpoint of a DICOMweb service (``address`` = WADO-RS base, never with userinfo)."""
+    parts = urlsplit(address.strip())
+    if parts.username or parts.password:  # credentials in the URL never go into a resource
+        parts = parts._replace(netloc=(parts.hostname or "") + (f":{parts.port}" if parts.port else ""))
+    addr = parts.geturl().rstrip("/")
     return {
         "resourceType": "Endpoint", "id": stable_id("Endpoint", addr), "meta": _meta(), "status": "active",
         "connectionType": {"system": ENDPOINT_CONNECTION_TYPE, "code": "dicom-wado-rs"},
