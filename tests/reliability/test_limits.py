@@ -12,6 +12,7 @@ import pytest
 
 from kaapana_fhir.core import limits as L
 from kaapana_fhir.exceptions import MappingError
+from tests.reliability import outcomes
 
 pytestmark = pytest.mark.reliability
 
@@ -25,6 +26,7 @@ def _refused(fn: Callable[..., object], *args: object, rule: str, expect: str = 
     assert time.perf_counter() - t0 < 5, "bounded time"
     assert source in str(exc.value) and rule in str(exc.value), str(exc.value)
     assert isinstance(exc.value, MappingError)
+    outcomes.record("clear_error")
     return exc.value
 
 

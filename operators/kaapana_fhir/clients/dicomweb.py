@@ -145,32 +145,35 @@ class DicomWeb:
             raise
 
     # QIDO-RS ---------------------------------------------------------------
-    def search_studies(self, filters: dict[str, Any] | None = None, *, fields: Sequence[str] = ()) -> list[dict]:
+    def search_studies(self, filters: dict[str, Any] | None = None, *,
+                       fields: Sequence[str] = ()) -> list[dict[str, Any]]:
         return self._call("QIDO-RS studies", self._client.search_for_studies, search_filters=filters or {},
                           fields=list(fields) or None) or []
 
     def search_series(self, study_uid: str | None = None, filters: dict[str, Any] | None = None, *,
-                      fields: Sequence[str] = SERIES_INCLUDE_FIELDS) -> list[dict]:
+                      fields: Sequence[str] = SERIES_INCLUDE_FIELDS) -> list[dict[str, Any]]:
         return self._call("QIDO-RS series", self._client.search_for_series, study_instance_uid=study_uid,
                           search_filters=filters or {}, fields=list(fields) or None) or []
 
-    def search_instances(self, study_uid: str, series_uid: str, *, fields: Sequence[str] = ()) -> list[dict]:
+    def search_instances(self, study_uid: str, series_uid: str, *, fields: Sequence[str] = ()) -> list[dict[str, Any]]:
         return self._call("QIDO-RS instances", self._client.search_for_instances, study_instance_uid=study_uid,
                           series_instance_uid=series_uid, fields=list(fields) or None) or []
 
-    def find_series(self, series_uid: str) -> dict | None:
+    def find_series(self, series_uid: str) -> dict[str, Any] | None:
         """The QIDO-RS series record of one SeriesInstanceUID (0020,000E), or None."""
         res = self.search_series(None, {"SeriesInstanceUID": series_uid})
         return res[0] if res else None
 
     # WADO-RS ---------------------------------------------------------------
-    def series_metadata(self, study_uid: str, series_uid: str) -> list[dict]:
+    def series_metadata(self, study_uid: str, series_uid: str) -> list[dict[str, Any]]:
         return self._call("WADO-RS series metadata", self._client.retrieve_series_metadata,
                           study_instance_uid=study_uid, series_instance_uid=series_uid) or []
 
-    def instance_metadata(self, study_uid: str, series_uid: str, sop_uid: str) -> dict | None:
-        return self._call("WADO-RS instance metadata", self._client.retrieve_instance_metadata,
-                          study_instance_uid=study_uid, series_instance_uid=series_uid, sop_instance_uid=sop_uid)
+    def instance_metadata(self, study_uid: str, series_uid: str, sop_uid: str) -> dict[str, Any] | None:
+        meta: dict[str, Any] | None = self._call(
+            "WADO-RS instance metadata", self._client.retrieve_instance_metadata, study_instance_uid=study_uid,
+            series_instance_uid=series_uid, sop_instance_uid=sop_uid)
+        return meta
 
     def retrieve_series(self, study_uid: str, series_uid: str) -> list[Any]:
         """All instances of a series as pydicom Datasets."""

@@ -515,7 +515,7 @@ class FhirClient:
         if isinstance(total, bool) or not isinstance(total, int) or total < 0:
             raise UnexpectedResponse(f"FHIR GET {self.base_url}/{resource_type}?_summary=count: total is {total!r} "
                                      "(rule: a non-negative integer)", url=self.base_url)
-        return total
+        return int(total)
 
     # ------------------------------------------------------------------ transactions
     def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:

@@ -215,11 +215,11 @@ class _BoundedLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+            event = self.peek_event()  # type: ignore[no-untyped-call]
             mark = event.start_mark
             raise LimitError(self.source, "no YAML aliases/anchors (alias bombs)",
                              f"line {mark.line + 1} column {mark.column + 1}: alias *{event.anchor};")
-        event = self.peek_event()
+        event = self.peek_event()  # type: ignore[no-untyped-call]
         if getattr(event, "anchor", None):
             mark = event.start_mark
             raise LimitError(self.source, "no YAML aliases/anchors (alias bombs)",
@@ -236,7 +236,9 @@ class _BoundedLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node: Node, deep: bool = False) -> dict[Any, Any]:
         if not isinstance(node, MappingNode):
-            return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+            mark = node.start_mark
+            raise LimitError(self.source, "a YAML mapping",
+                             f"line {mark.line + 1}: a {type(node).__name__} where a mapping is expected;")
         self.flatten_mapping(node)
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
@@ -247,8 +249,6 @@ class _BoundedLoader(yaml.SafeLoader):
             out[str(key_node.value)] = self.construct_object(value_node, deep=deep)
         return out
 
-
-_BoundedLoader.add_constructor("tag:yaml.org,2002:map", _BoundedLoader.construct_yaml_map)
 
 
 def loads_yaml(data: str | bytes, *, source: str = "<yaml>", max_bytes: int = MAX_YAML_BYTES,
