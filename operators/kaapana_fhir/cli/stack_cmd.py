@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "build: build the HAPI server into the cache and print the jar path")
     p.add_argument("--state-dir", default=".stack", help="where PIDs, logs and data live (default .stack)")
     p.add_argument("--persistent", action="store_true", help="HAPI on a file-backed H2 in the state dir")
-    p.add_argument("--services", default="hapi,orthanc,s3", help="comma list of hapi,orthanc,s3")
+    p.add_argument("--services", default="hapi,orthanc,s3",
+                   help="comma list of hapi,orthanc,s3,keycloak (keycloak: MinIO with Keycloak as OpenID provider)")
     p.set_defaults(func=run)
 
 
