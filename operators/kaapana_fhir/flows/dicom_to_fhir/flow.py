@@ -497,7 +497,7 @@ def sync_studies(dicomweb: DicomWebApi, fhir: FhirApi | None, *, study_uids: Ite
                  missing: str = "fail", workers: int = DEFAULT_WORKERS,
                  study_sop_classes: Mapping[str, Sequence[str]] | None = None,
                  known_patients: Sequence[StudyMapping] = (),
-                 collect: list[StudyMapping] | None = None) -> dict[str, Any]:
+                 collect: list[StudyMapping] | None = None, defer_write: bool = False) -> dict[str, Any]:
     """Bring the studies touched by ``study_uids`` / ``series_uids`` from the PACS into FHIR.
 
     ``fhir=None`` maps without writing and returns the transaction Bundle under ``"bundle"``.
@@ -505,7 +505,8 @@ def sync_studies(dicomweb: DicomWebApi, fhir: FhirApi | None, *, study_uids: Ite
     reads and FHIR writes. ``study_sop_classes`` (study UID → SOPClassesInStudy (0008,0062), from a backfill
     listing) tells which studies hold a dose report. ``known_patients``: studies mapped earlier in the same run
     (a backfill's earlier batches) whose demographics complete or conflict with these; ``collect`` receives the
-    mapped studies. Returns the result dict (studies, series, ids, resources
+    mapped studies. ``defer_write``: return after mapping, with the writes left to :func:`_finish` (a backfill's
+    pipeline). Returns the result dict (studies, series, ids, resources
     created/updated/unchanged, failed studies, issues, timings, ``pacs_requests``).
     """
     options = options or MappingOptions()
@@ -521,37 +522,69 @@ def sync_studies(dicomweb: DicomWebApi, fhir: FhirApi | None, *, study_uids: Ite
     uids = resolve_study_uids(pacs, study_uids, series_uids, missing=missing)
     sop_classes = study_sop_classes or {}
 
-    def read(uid: str) -> tuple[str, list[SeriesInput]]:
-        return uid, read_study(pacs, uid, wado=wado, include_instances=options.include_instances, options=options,
-                               study_sop_classes=sop_classes.get(uid, ()))
+    def read_and_map(uid: str) -> tuple[str, StudyMapping | None, str | None]:
+        """One study: its QIDO read (+ WADO where needed), then its mapping and validation in the same worker,
+        so our code runs while other workers wait for the PACS."""
+        series = read_study(pacs, uid, wado=wado, include_instances=options.include_instances, options=options,
+                            study_sop_classes=sop_classes.get(uid, ()))
+        if not series:
+            return uid, None, f"study {uid} has no series in the PACS at {pacs.url}"
+        t_map = time.perf_counter()
+        try:
+            m = map_study(series, options)
+            for r in m.resources():
+                validate_resource(r)
+        except MappingError as exc:
+            return uid, None, str(exc)
+        finally:
+            timer.add("mapping_s", t_map)
+        return uid, m, None
 
     if workers > 1 and len(uids) > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            studies = list(pool.map(read, uids))
+            outcomes = list(pool.map(read_and_map, uids))
     else:
-        studies = [read(u) for u in uids]
+        outcomes = [read_and_map(u) for u in uids]
     timer.add("dicomweb_s", t0)
     result["pacs_requests"] = pacs.requests
-    found = []
-    for uid, series in studies:
-        if not series:
-            result["failed"].append({"study": uid, "error": f"study {uid} has no series in the PACS at {pacs.url}"})
+    mapped = []
+    for uid, m, error in outcomes:
+        if m is None:
+            log.error("study %s failed: %s", uid, error)
+            result["failed"].append({"study": uid, "error": error})
         else:
-            found.append((uid, series))
+            mapped.append(m)
     t0 = time.perf_counter()
-    mapped = [m for uid, series in found if (m := _map_one(uid, series, options, result)) is not None]
     reconcile_patients([*known_patients, *mapped])
     for m in mapped:
         validate_resource(m.patient)
     _record(mapped, result)
     timer.add("mapping_s", t0)
+    if collect is not None:
+        collect.extend(mapped)
+    prepared = _Prepared(mapped, result, timer, workers)
+    if defer_write:
+        result["_prepared"] = prepared
+        return result
+    return _finish(fhir, prepared)
+
+
+class _Prepared:
+    """Studies read and mapped by :func:`sync_studies`, not yet written (a backfill writes them while it reads
+    the next batch)."""
+
+    def __init__(self, mapped: list[StudyMapping], result: dict[str, Any], timer: _Timer, workers: int) -> None:
+        self.mapped, self.result, self.timer, self.workers = mapped, result, timer, workers
+
+
+def _finish(fhir: FhirApi | None, prepared: _Prepared) -> dict[str, Any]:
+    mapped, result, timer = prepared.mapped, prepared.result, prepared.timer
+    result.pop("_prepared", None)
     if fhir is None:
         result["bundle"] = transaction_bundle(mapped)
     else:
-        _write_all(fhir, mapped, result, timer, workers)
+        _write_all(fhir, mapped, result, timer, prepared.workers)
     result["timings"] = {k: round(v, 4) for k, v in timer.t.items()}
-    if collect is not None:
-        collect.extend(mapped)
     log.info("dicom-to-fhir: %d studies, %d series, resources %s, %d failed, %d issues, %d PACS requests",
              result["studies"], result["series"], result["resources"], len(result["failed"]), result["issue_count"],
              result["pacs_requests"])
@@ -680,7 +713,8 @@ def backfill(dicomweb: DicomWebApi, fhir: FhirApi | None, *, since: str | date |
     """Backfill every study of the PACS (or of a StudyDate window and modalities) into FHIR.
 
     The study list is read first (QIDO-RS paging), then studies go through :func:`sync_studies` in batches of
-    ``batch_size``. With a ``cursor`` file, studies already written by an earlier run with the same query are
+    ``batch_size``, pipelined: a batch is written while the next one is read from the PACS and mapped. With a
+    ``cursor`` file, studies already written by an earlier run with the same query are
     skipped and every written batch is recorded, so a re-started backfill continues where it stopped and writes
     nothing twice; failed studies are not recorded (the next run retries them). Progress (done/total, rate,
     ETA) is logged after every batch and passed to ``progress``.
@@ -703,15 +737,9 @@ def backfill(dicomweb: DicomWebApi, fhir: FhirApi | None, *, since: str | date |
     known: dict[str, StudyMapping] = {}
     t0 = time.perf_counter()
     done = 0
-    for start in range(0, total, max(1, batch_size)):
-        batch = todo[start:start + batch_size]
-        uids = [dv.first_str(r, "0020000D") or "" for r in batch]
-        classes = {u: dv.strings(r, "00080062") for u, r in zip(uids, batch, strict=True)}
-        mapped: list[StudyMapping] = []
-        res = sync_studies(dicomweb, fhir, study_uids=uids, options=options, wado=wado, workers=workers,
-                           study_sop_classes=classes, missing="skip", known_patients=list(known.values()),
-                           collect=mapped)
-        known.update((m.patient["id"], m) for m in mapped)
+
+    def settle(res: dict[str, Any], uids: list[str]) -> None:
+        nonlocal done
         res.pop("bundle", None)
         failed = {f["study"] for f in res["failed"]}
         cur.mark(u for u in uids if u not in failed)
@@ -726,7 +754,7 @@ def backfill(dicomweb: DicomWebApi, fhir: FhirApi | None, *, since: str | date |
         for k, v in res["timings"].items():
             timings[k] += v
         result["batches"] += 1
-        done += len(batch)
+        done += len(uids)
         elapsed = time.perf_counter() - t0
         info = {"done": done, "total": total, "rate": done / elapsed if elapsed else 0.0,
                 "eta": _eta(done, total, elapsed), "failed": len(result["failed"])}
@@ -734,6 +762,24 @@ def backfill(dicomweb: DicomWebApi, fhir: FhirApi | None, *, since: str | date |
                  100.0 * done / total, info["rate"], info["eta"], info["failed"])
         if progress:
             progress(info)
+
+    # pipeline: batch k is written (one writer thread) while batch k+1 is read and mapped
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending: tuple[Any, list[str]] | None = None
+        for start in range(0, total, max(1, batch_size)):
+            batch = todo[start:start + batch_size]
+            uids = [dv.first_str(r, "0020000D") or "" for r in batch]
+            classes = {u: dv.strings(r, "00080062") for u, r in zip(uids, batch, strict=True)}
+            mapped: list[StudyMapping] = []
+            res = sync_studies(dicomweb, fhir, study_uids=uids, options=options, wado=wado, workers=workers,
+                               study_sop_classes=classes, missing="skip", known_patients=list(known.values()),
+                               collect=mapped, defer_write=True)
+            known.update((m.patient["id"], m) for m in mapped)
+            if pending is not None:
+                settle(pending[0].result(), pending[1])
+            pending = (writer.submit(_finish, fhir, res["_prepared"]), uids)
+        if pending is not None:
+            settle(pending[0].result(), pending[1])
     result["timings"] = {k: round(v, 4) for k, v in timings.items()}
     return result
 
