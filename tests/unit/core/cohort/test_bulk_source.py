@@ -10,17 +10,10 @@ from typing import Any
 import pytest
 
 from kaapana_fhir.clients import fhir_bulk
+from kaapana_fhir.clients.fhir import FhirClient
 from kaapana_fhir.exceptions import ConfigError
 from kaapana_fhir.flows.cohort import flow
 from tests.support.cohort_data import cohort_resources
-
-
-class _Stats:
-    requests = 0
-
-
-class _Client:
-    stats = _Stats()
 
 
 def test_bulk_export_files_build_the_same_cohort_as_searches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,11 +32,12 @@ def test_bulk_export_files_build_the_same_cohort_as_searches(tmp_path: Path, mon
         return fhir_bulk.ExportResult(fhir_bulk.ExportJob("http://x/status"), manifest, files)
 
     monkeypatch.setattr(fhir_bulk.BulkExporter, "export", fake_export)
-    built = flow.build_cohort(_Client(), bulk_folder=tmp_path, filters=["Histology~carcinoma; n_series>=1"])  # type: ignore[arg-type]
+    client = FhirClient("http://fhir.invalid/fhir")  # no request is sent: the exporter is faked
+    built = flow.build_cohort(client, bulk_folder=tmp_path, filters=["Histology~carcinoma; n_series>=1"])
     assert asked["level"] == "system"
     assert set(asked["types"]) == {"Patient", "Observation", "Condition", "ImagingStudy", "BodyStructure"}
     assert sum(built.fetched.count().values()) == len(res)
     assert len(built.cohort.patients) == 4 and built.dropped == {}
     assert set(built.selected.patients["patient_key"]) <= set(built.cohort.patients["patient_key"])
     with pytest.raises(ConfigError, match="bulk"):
-        flow.build_cohort(_Client(), bulk_folder=tmp_path, patient_search="Patient?gender=male")  # type: ignore[arg-type]
+        flow.build_cohort(client, bulk_folder=tmp_path, patient_search="Patient?gender=male")
