@@ -176,6 +176,17 @@ class ObjectStoreHook(BaseHook):
         return _test(lambda: self.get_conn().check(bucket or None))
 
 
+def partitioning_mode() -> str:
+    """``KAAPANA_FHIR_PARTITIONING``, else the Kaapana site setting ``fhir_partitioning`` (written by the workflow
+    chart next to the DAGs), else ``none``."""
+    mode = os.environ.get("KAAPANA_FHIR_PARTITIONING")
+    if not mode:
+        from kaapana_fhir.kaapana.env import site_settings  # a local JSON file; empty dict outside Kaapana
+
+        mode = str(site_settings().get("fhir_partitioning") or "none")
+    return mode.strip().lower()
+
+
 def run_project(conf: Any) -> str | None:
     """The FHIR project (HAPI partition) of a run: ``conf["project"]`` (plain Airflow option); with
     ``KAAPANA_FHIR_PARTITIONING=url`` also Kaapana's ``project_form.name``, else the admin project (triggered runs);
@@ -184,7 +195,7 @@ def run_project(conf: Any) -> str | None:
     explicit = str(c.get("project") or "").strip()
     if explicit:
         return explicit
-    if os.environ.get("KAAPANA_FHIR_PARTITIONING", "none").strip().lower() == "url":
+    if partitioning_mode() == "url":
         form = c.get("project_form") if isinstance(c.get("project_form"), dict) else {}
         return str((form or {}).get("name") or "admin")
     return None

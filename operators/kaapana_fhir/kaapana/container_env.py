@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: env var that names the task of the container
 TASK_ENV = "KAAPANA_FHIR_TASK"
+#: env var with the FHIR partitioning mode of the site ("url": one HAPI partition per Kaapana project)
+PARTITIONING_ENV = "KAAPANA_FHIR_PARTITIONING"
 #: container task → its Params class
 PARAMS: dict[str, type[FlowParams]] = {
     "dicom-to-fhir": DicomToFhirParams,
@@ -75,6 +77,8 @@ def container_env(
     for key in ("fhir_base_url", "dicomweb_url"):
         if settings.get(key):
             env[key.upper()] = str(settings[key])
+    if settings.get("fhir_partitioning"):
+        env[PARTITIONING_ENV] = str(settings["fhir_partitioning"])
     if not isinstance(params, FlowParams):
         for key in ENDPOINT_KEYS:
             value = params.get(key)

@@ -130,6 +130,7 @@ def test_workflow_chart_default_render(tmp_path: Path) -> None:
     assert settings["import_watcher_prefix"] == "fhir-import/"
     assert settings["import_watcher_schedule"] == "*/2 * * * *"
     assert settings["import_watcher_bucket"] == "project-admin"
+    assert settings["fhir_partitioning"] == "url"  # one HAPI partition per project, as the hapi-fhir chart runs
     writer = jobs["kaapana-fhir-settings"]
     assert writer["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
     wc = writer["spec"]["template"]["spec"]["containers"][0]
@@ -155,6 +156,7 @@ def test_workflow_chart_non_default_values(tmp_path: Path) -> None:
         "kaapanaFhir": {
             "fhirBaseUrl": "https://fhir.example.org/r4",
             "dicomwebUrl": "http://pacs/dw",
+            "fhirPartitioning": "none",
             "importWatcher": {
                 "minioPrefix": "clinical/incoming/",
                 "schedule": "@hourly",
@@ -172,6 +174,7 @@ def test_workflow_chart_non_default_values(tmp_path: Path) -> None:
         "import_watcher_prefix": "clinical/incoming/",
         "import_watcher_schedule": "@hourly",
         "import_watcher_bucket": "project-lung",
+        "fhir_partitioning": "none",
     }
     writer = by_kind(objs, "Job")["kaapana-fhir-settings"]
     assert (

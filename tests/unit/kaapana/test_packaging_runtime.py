@@ -160,6 +160,16 @@ def test_container_env_uses_site_settings(tmp_path: Path, monkeypatch: pytest.Mo
         "EXTRA": "1",
     }
     assert container_env("cohort", {"fhir_base_url": "http://other"})["FHIR_BASE_URL"] == "http://other"
+    # the site's partitioning mode reaches the pod, and the Airflow side reads the same setting
+    settings.write_text(json.dumps({"fhir_base_url": "http://fhir.site/fhir", "fhir_partitioning": "url"}))
+    assert container_env("cohort", {})["KAAPANA_FHIR_PARTITIONING"] == "url"
+    monkeypatch.delenv("KAAPANA_FHIR_PARTITIONING", raising=False)
+    from kaapana_fhir.hooks.fhir import run_project
+
+    assert run_project({"project_form": {"name": "lung"}}) == "lung"
+    assert run_project({}) == "admin"  # triggered runs: the admin project, as Kaapana does
+    settings.write_text(json.dumps({"fhir_base_url": "http://fhir.site/fhir"}))
+    assert run_project({"project_form": {"name": "lung"}}) is None  # no partitioning: the default partition
     settings.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="JSON object"):
         kaapana_env.site_settings()
