@@ -52,7 +52,8 @@ def test_chart_metadata() -> None:
     assert "kaapanaapplication" in chart["keywords"]
     assert chart["annotations"]["ui-visible-name"]
     assert chart["appVersion"] == "8.8.0"  # the HAPI version of our test server (dev/servers/hapi/pom.xml)
-    assert "<version>8.8.0</version>" in (REPO / "operators" / "kaapana_fhir" / "dev" / "servers" / "hapi" / "pom.xml").read_text()
+    pom = REPO / "operators" / "kaapana_fhir" / "dev" / "servers" / "hapi" / "pom.xml"
+    assert "<version>8.8.0</version>" in pom.read_text()
 
 
 @pytest.mark.parametrize(
