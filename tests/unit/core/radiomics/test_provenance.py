@@ -48,8 +48,8 @@ def test_mii_profiles_value_on_the_group_and_no_part_of() -> None:
     assert len(measured) == 2 and len(absent) == 1
     for f in measured:
         assert f["meta"]["profile"] == [mii.PROFILE_MEASUREMENT]
-        assert {"system": "http://snomed.info/sct", "code": "122869004", "display": "Measurement procedure (procedure)"} in \
-            [c for cat in f["category"] for c in cat["coding"]]
+        sct = {"system": "http://snomed.info/sct", "code": "122869004", "display": "Measurement procedure (procedure)"}
+        assert sct in [c for cat in f["category"] for c in cat["coding"]]
         assert {"unit", "system", "code"} <= f["valueQuantity"].keys()
     assert "profile" not in absent[0]["meta"]  # no value: cannot be a MII measurement
 
