@@ -97,7 +97,8 @@ def test_answer_lost_after_commit_every_flow_completes_once(tmp_path: Path, fhir
     tag = uuid.uuid4().hex[:8]
     flows = _flows(tmp_path, dicomweb_url, dicomweb, tag)
     for name, (args, (rtype, rid)) in flows.items():
-        with FaultProxy(fhir_url, FaultPlan(mode=mode, only_methods=("POST",), times=1)) as proxy:
+        with FaultProxy(fhir_url, FaultPlan(mode=mode, only_methods=("POST",), times=1,
+                                            body_contains=b'"method":"PUT"')) as proxy:
             res = cli(*args, "--fhir", proxy.url)
         assert proxy.plan.mode_applied == 1, name
         assert res.returncode == 0, f"{name}: {res.stderr[-3000:]}"

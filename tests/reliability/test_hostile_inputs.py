@@ -5,7 +5,6 @@ or a silently wrong value. No servers: ``--out`` writes a Bundle file, and nothi
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -26,13 +25,15 @@ HEADER = "Image,Mask,Label,diagnostics_Mask-original_VoxelNum,original_firstorde
 
 
 def _cli(result: Path, out: Path, timeout: float = 60) -> tuple[subprocess.CompletedProcess[str], float, int]:
-    """radiomics-to-fhir in its own process under /usr/bin/time-like accounting: (result, seconds, peak RSS KiB)."""
+    """radiomics-to-fhir in its own process: (result, seconds, peak RSS of that process in KiB, from GNU time;
+    0 when /usr/bin/time is missing)."""
     t0 = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    res = subprocess.run([sys.executable, "-m", "kaapana_fhir.cli.main", "radiomics-to-fhir", str(result),
+    rss_file = out.with_suffix(".rss")
+    timer = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file)] if Path("/usr/bin/time").exists() else []
+    res = subprocess.run([*timer, sys.executable, "-m", "kaapana_fhir.cli.main", "radiomics-to-fhir", str(result),
                           "--study", "1.2.3", "--seg-series", "1.2.3.4", "--patient-id", "P-hostile", "--out",
                           str(out)], capture_output=True, text=True, timeout=timeout, cwd=REPO)
-    peak = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    peak = int(rss_file.read_text().split()[-1]) if timer and rss_file.exists() else 0
     return res, time.perf_counter() - t0, peak
 
 

@@ -53,6 +53,8 @@ class FaultPlan:
     times: int = -1
     #: only requests whose path contains this text get the mode (e.g. ``"_getpages"``)
     path_contains: str = ""
+    #: only requests whose body contains these bytes get the mode (e.g. ``b'"PUT"'``: writes, not batch reads)
+    body_contains: bytes = b""
     stall_s: float = 30.0
     foreign_origin: str = ""
     #: called as ``before_forward(method, path, body)`` before a request is forwarded (forced interleavings);
@@ -79,13 +81,15 @@ class FaultPlan:
                 return self.statuses.pop(0)
             return None
 
-    def take_mode(self, method: str, path: str) -> str | None:
+    def take_mode(self, method: str, path: str, body: bytes | None = None) -> str | None:
         with self.lock:
             if self.mode is None or self.times == 0:
                 return None
             if self.only_methods and method not in self.only_methods:
                 return None
             if self.path_contains and self.path_contains not in path:
+                return None
+            if self.body_contains and self.body_contains not in (body or b""):
                 return None
             if self.times > 0:
                 self.times -= 1
@@ -146,7 +150,7 @@ class FaultProxy:
                     self.end_headers()
                     self.wfile.write(payload)
                     return
-                mode = proxy.plan.take_mode(self.command, self.path)
+                mode = proxy.plan.take_mode(self.command, self.path, body)
                 if mode == "stall":
                     proxy._stopping.wait(proxy.plan.stall_s)
                 if mode == "outcome200":

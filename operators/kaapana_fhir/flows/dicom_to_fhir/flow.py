@@ -281,7 +281,7 @@ def _prefetch(fhir: FhirApi, keys: list[tuple[str, str]]) -> dict[str, tuple[dic
         return None
     bundle = {"resourceType": "Bundle", "type": "batch",
               "entry": [{"request": {"method": "GET", "url": f"{t}/{i}"}} for t, i in keys]}
-    answer = fhir.request("POST", "", json_body=bundle).json()
+    answer = fhir.transaction(bundle)  # the client checks the batch-response (type, one entry per request)
     entries = answer.get("entry", []) if isinstance(answer, dict) else []
     if answer.get("type") != "batch-response" or len(entries) != len(keys):
         raise FhirServerError(f"FHIR batch read of {len(keys)} resources: unexpected answer "
