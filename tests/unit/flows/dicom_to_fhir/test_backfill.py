@@ -195,3 +195,22 @@ def test_date_windows_for_the_dag_fan_out() -> None:
         flow.date_windows("2020-02-01", "2020-01-01", 7)
     with pytest.raises(ConfigError):
         flow.date_windows("2020-01-01", "2020-02-01", 0)
+
+
+def test_every_multi_value_option_of_the_cli_accumulates_when_repeated() -> None:
+    """An option that takes several values (nargs +/*) must use action append/extend: with the plain store
+    action, ``--study A --study B`` silently keeps only B."""
+    from kaapana_fhir.cli.main import build_parser
+
+    parser = build_parser()
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    offending = []
+    checked = 0
+    for sub in subs:
+        for name, p in sub.choices.items():
+            for action in p._actions:
+                if action.option_strings and action.nargs in ("+", "*"):
+                    checked += 1
+                    if not isinstance(action, (argparse._AppendAction, argparse._ExtendAction)):
+                        offending.append(f"{name} {action.option_strings[0]}")
+    assert checked >= 3 and offending == []
