@@ -85,13 +85,26 @@ def resolve_mapping(*, header: list[str], mapping_text: str | None = None, mappi
     return load_preset(preset)
 
 
+#: ids per ``_id`` search: 40 ids of ~48 characters keep the URL under 2 KB (servers refuse long URLs, HTTP 400/414)
+IDS_PER_SEARCH = 40
+
+
+def search_ids(client: Any, rtype: str, ids: list[str], extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The resources of ``rtype`` with these ids that exist, in ``_id`` searches of :data:`IDS_PER_SEARCH` ids."""
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(ids), IDS_PER_SEARCH):
+        part = ids[i:i + IDS_PER_SEARCH]
+        out.extend(client.search(rtype, {"_id": ",".join(part), "_count": str(len(part)), **(extra or {})}))
+    return out
+
+
 def _merge_patients(client: FhirApi, chunk: list[dict[str, Any]],
                     conflicts: list[str] | None = None) -> list[dict[str, Any]]:
     """Keep elements of Patients that already exist (one search per chunk); table fields win, conflicts are logged."""
     ids = [e["resource"]["id"] for e in chunk if e["resource"]["resourceType"] == "Patient"]
     if not ids:
         return chunk
-    existing = {r["id"]: r for r in client.search("Patient", {"_id": ",".join(ids), "_count": str(len(ids))})}
+    existing = {r["id"]: r for r in search_ids(client, "Patient", ids)}
     if not existing:
         return chunk
     out = []
@@ -118,8 +131,7 @@ def _keep_retractions(client: FhirApi, chunk: list[dict[str, Any]]) -> tuple[lis
     ids = [e["resource"]["id"] for e in chunk if e.get(RETRACT)]
     if not ids:
         return chunk, 0
-    live = {r["id"] for r in client.search("Observation", {"_id": ",".join(ids), "_count": str(len(ids)),
-                                                           "_elements": "status"})
+    live = {r["id"] for r in search_ids(client, "Observation", ids, {"_elements": "status"})
             if r.get("status") != "entered-in-error"}
     out = [{k: v for k, v in e.items() if k != RETRACT} for e in chunk
            if not e.get(RETRACT) or e["resource"]["id"] in live]

@@ -24,6 +24,7 @@ from kaapana_fhir.core.bundle import chunked
 from kaapana_fhir.core.tables import TableMapper, iter_entries, scan
 from kaapana_fhir.core.tables.engine import RETRACT, TableRejected, report_of
 from kaapana_fhir.core.tables.reader import Table
+from kaapana_fhir.flows.tables.flow import search_ids
 
 PATIENT_FIELDS = ("gender", "birthDate", "deceasedBoolean")
 
@@ -65,7 +66,7 @@ def plan_table(table: Table, mapping: dict[str, Any], client: FhirApi, *, skip_i
             by_type.setdefault(e["resource"]["resourceType"], []).append(e)
         for rtype, entries in by_type.items():
             ids = sorted({e["resource"]["id"] for e in entries})
-            current = {r["id"]: r for r in client.search(rtype, {"_id": ",".join(ids), "_count": str(len(ids))})}
+            current = {r["id"]: r for r in search_ids(client, rtype, ids)}
             counts = plan.setdefault(rtype, {"create": 0, "update": 0, "unchanged": 0, "retract": 0})
             for e in entries:
                 ours, cur = e["resource"], current.get(e["resource"]["id"])

@@ -24,6 +24,7 @@ class FakeFhir:
 
     def search(self, rtype: str, params: dict[str, str]) -> list[dict[str, Any]]:
         ids = params.get("_id", "").split(",")
+        assert len(ids) <= 40, "long _id searches are refused by real servers (URL length)"
         return [self.db[(rtype, i)] for i in ids if (rtype, i) in self.db]
 
     def write_entries(self, entries: list[dict[str, Any]], *, chunk_size: int = 500) -> dict[str, int]:
