@@ -38,6 +38,8 @@ from tests.support.cohort_data import cohort_resources  # noqa: E402
 PYRATE_VERSION = "0.2.6"
 #: resources of this many patients are flattened by all three engines (the slow ones set the size)
 COMPARE_PATIENTS = 20
+#: read timeout of the bench's FHIR clients: a busy shared HAPI can take minutes for a 1,000-entry page
+TIMEOUT = (5.0, 900.0)
 
 
 def _raw_paging(url: str, system: str, count: int, batch: int) -> tuple[float, int]:
@@ -50,7 +52,7 @@ def _raw_paging(url: str, system: str, count: int, batch: int) -> tuple[float, i
     def pages(first_url: str, params: dict | None) -> list[dict]:
         nonlocal n
         out = []
-        b = s.get(first_url, params=params, timeout=300).json()
+        b = s.get(first_url, params=params, timeout=900).json()
         while True:
             entries = b.get("entry", [])
             n += len(entries)
@@ -58,7 +60,7 @@ def _raw_paging(url: str, system: str, count: int, batch: int) -> tuple[float, i
             nxt = next((lnk["url"] for lnk in b.get("link", []) if lnk.get("relation") == "next"), None)
             if not nxt:
                 return out
-            b = s.get(nxt, timeout=300).json()
+            b = s.get(nxt, timeout=900).json()
 
     patients = pages(f"{url}/Patient", {"identifier": f"{system}|", "_count": count})
     refs = [f"Patient/{p['id']}" for p in patients]
@@ -161,7 +163,7 @@ from kaapana_fhir.clients.fhir import FhirClient
 from kaapana_fhir.core.cohort import tables as C
 from kaapana_fhir.flows.cohort.flow import build_cohort
 t = time.perf_counter()
-b = build_cohort(FhirClient(sys.argv[1]), patient_search=sys.argv[2], count=1000)
+b = build_cohort(FhirClient(sys.argv[1], timeout=(5.0, 900.0)), patient_search=sys.argv[2], count=1000)
 C.write_table(b.cohort.table, sys.argv[4])
 secs = time.perf_counter() - t
 # VmHWM is this process's own peak; ru_maxrss keeps the parent's peak across fork/exec on Linux.
@@ -218,7 +220,7 @@ def run(ctx):
     url = ctx.stack().fhir_url
     n = 50 if ctx.quick else 1000
     system = f"urn:bench:cohort:{uuid.uuid4().hex[:8]}"
-    client = FhirClient(url)
+    client = FhirClient(url, timeout=TIMEOUT)
     res = cohort_resources(system, n, n_clinical=20, n_features=107, n_segments=1)
     t = time.perf_counter()
     client.write_entries([bundle.put_entry(r) for r in res], chunk_size=500)
@@ -230,7 +232,7 @@ def run(ctx):
     raw_s, raw_n = _raw_paging(url, system, 1000, 100)
     out = Path(tempfile.mkdtemp(prefix="kf-bench-cohort-"))
     t = time.perf_counter()
-    built = build_cohort(FhirClient(url), views=views, patient_search=search, count=1000)
+    built = build_cohort(FhirClient(url, timeout=TIMEOUT), views=views, patient_search=search, count=1000)
     C.write_table(built.cohort.table, out / "cohort.parquet")
     ours_s = time.perf_counter() - t
     nres = sum(built.fetched.count().values())
