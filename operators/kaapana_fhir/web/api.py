@@ -142,16 +142,17 @@ STATE_TYPES = ("Patient", "Observation", "Condition", "ImagingStudy", "BodyStruc
 
 def server_state(client: Any) -> str:
     """Token that changes when the cohort's resources change: per type the newest resource (id, version,
-    lastUpdated) and the total (catches deletes). One search per type, bypassing HAPI's search cache.
-    (System ``_history`` is not used: a partitioned HAPI answers it with an empty bundle.)"""
+    lastUpdated). One cheap search per type (index on lastUpdated, no total), bypassing HAPI's search cache.
+    A delete alone is not seen until the next write (or a restart); system ``_history`` is not used
+    because a partitioned HAPI answers it with an empty bundle."""
     parts = []
     for rtype in STATE_TYPES:
-        b = client.request("GET", rtype, params={"_sort": "-_lastUpdated", "_count": "1", "_total": "accurate",
+        b = client.request("GET", rtype, params={"_sort": "-_lastUpdated", "_count": "1", "_total": "none",
                                                  "_elements": "id"},
                            headers={"Cache-Control": "no-cache"}).json()
         r = ((b.get("entry") or [{}])[0]).get("resource") or {}
         meta = r.get("meta") or {}
-        parts.append(f"{rtype}:{b.get('total')}:{r.get('id')}:{meta.get('versionId')}:{meta.get('lastUpdated')}")
+        parts.append(f"{rtype}:{r.get('id')}:{meta.get('versionId')}:{meta.get('lastUpdated')}")
     return "|".join(parts)
 
 
@@ -530,6 +531,46 @@ def _series(ctx: Ctx, e: Entry, t: Any) -> Any:
     return s.reset_index(drop=True)
 
 
+_DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_DAG_RE = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
+
+
+def ep_send(ctx: Ctx, cid: str, user: str | None, backend: Any) -> ApiResponse:
+    """Create a Kaapana dataset of the selected series (``modality``, default CT; empty = all) and, with
+    ``dag_id``, start that workflow on it."""
+    import os
+
+    from kaapana_fhir.web.kaapana_backend import KaapanaBackend, KaapanaBackendError, project_object
+
+    if not user:
+        raise ApiError(401, "send to Kaapana needs a logged-in Airflow user")
+    name = ctx.q.get("dataset_name")
+    if not _DATASET_RE.match(name):
+        raise ApiError(400, f"dataset_name {name!r}: letters, digits, '.', '_', '-' (max 64)")
+    dag_id = ctx.q.get("dag_id")
+    if dag_id and not _DAG_RE.match(dag_id):
+        raise ApiError(400, f"dag_id {dag_id!r} is not a DAG id")
+    _, e, t = _selection(ctx, cid)
+    s = _series(ctx, e, t)
+    modality = ctx.q.get("modality", "CT").strip()
+    if modality and not s.empty:
+        s = s[s["modality"].astype(str).str.upper() == modality.upper()]
+    uids = sorted({str(u) for u in s["series_uid"].dropna()}) if not s.empty else []
+    if not uids:
+        raise ApiError(400, f"the selection has no {modality or 'imaging'} series; nothing to send")
+    kb = backend or KaapanaBackend()
+    project = project_object(ctx.project)
+    try:
+        ds = kb.create_dataset(name, uids, project=project, username=user)
+        wf = None
+        if dag_id:
+            instances = [i for i in os.environ.get("KAAPANA_FHIR_INSTANCE_NAMES", "central").split(",") if i]
+            wf = kb.run_workflow(dag_id, name, uids, project=project, username=user, instance_names=instances)
+    except KaapanaBackendError as exc:
+        raise ApiError(exc.status if exc.status in (400, 403, 404, 409) else 502, str(exc)) from None
+    return _json({"dataset": ds, "workflow": wf, "series": len(uids), "project": ctx.project})
+
+
 def ep_view_rows(ctx: Ctx, name: str) -> ApiResponse:
     import pandas as pd
 
@@ -575,10 +616,17 @@ def ep_definition(ctx: Ctx, cid: str) -> ApiResponse:
 
 
 def handle(method: str, path: str, query: Sequence[tuple[str, str]] | Mapping[str, Any] = (),
-           *, st: S.WebSettings | None = None, service: CohortService | None = None) -> ApiResponse:
-    """Answer ``method path?query`` (path relative to ``api/``)."""
+           *, st: S.WebSettings | None = None, service: CohortService | None = None, user: str | None = None,
+           headers: Mapping[str, str] | None = None, backend: Any = None) -> ApiResponse:
+    """Answer ``method path?query`` (path relative to ``api/``). ``user`` is the Airflow user name (for
+    "send to Kaapana"); ``headers`` the request headers (POST needs ``X-Requested-By: kaapana-fhir``, a header a
+    cross-site form cannot send)."""
     try:
-        return _route(method.upper(), path.strip("/"), Query(query), st, service or SERVICE)
+        if method.upper() == "POST":
+            hdr = {k.lower(): v for k, v in (headers or {}).items()}
+            if hdr.get("x-requested-by") != "kaapana-fhir":
+                raise ApiError(403, "POST needs the header X-Requested-By: kaapana-fhir")
+        return _route(method.upper(), path.strip("/"), Query(query), st, service or SERVICE, user, backend)
     except ApiError as exc:
         return error(exc.status, exc.message)
     except S.SettingsError as exc:
@@ -593,10 +641,12 @@ def handle(method: str, path: str, query: Sequence[tuple[str, str]] | Mapping[st
         return error(500, f"internal error ({exc.__class__.__name__}); see the server log")
 
 
-def _route(method: str, path: str, q: Query, st: S.WebSettings | None, service: CohortService) -> ApiResponse:
-    if method not in ("GET", "HEAD"):
-        raise ApiError(405, f"method {method} is not allowed (the API is read-only)")
+def _route(method: str, path: str, q: Query, st: S.WebSettings | None, service: CohortService,
+           user: str | None = None, backend: Any = None) -> ApiResponse:
     parts = [p for p in path.split("/") if p]
+    send = len(parts) == 3 and parts[0] == "cohorts" and parts[2] == "send-to-kaapana"
+    if (method == "POST") != send or method not in ("GET", "HEAD", "POST"):
+        raise ApiError(405, f"method {method} is not allowed here (only POST cohorts/<id>/send-to-kaapana writes)")
     if parts == ["openapi.yaml"]:
         return ApiResponse(200, OPENAPI.read_bytes(), "application/yaml")
     st = st or S.load()
@@ -637,4 +687,6 @@ def _route(method: str, path: str, q: Query, st: S.WebSettings | None, service: 
             return ep_km(ctx, cid)
         if sub == "scatter":
             return ep_scatter(ctx, cid)
+        if sub == "send-to-kaapana":
+            return ep_send(ctx, cid, user, backend)
     raise ApiError(404, f"no such endpoint: api/{'/'.join(parts)}")

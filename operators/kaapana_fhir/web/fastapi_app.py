@@ -5,9 +5,7 @@ Airflow does not authenticate plugin apps, so every route here depends on Airflo
 cookie, checked by the configured auth manager). The page redirects an anonymous browser to the login page.
 """
 
-from __future__ import annotations
-
-from typing import Any
+from typing import Annotated, Any  # no `from __future__ import annotations`: FastAPI reads the local Depends
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
@@ -22,6 +20,12 @@ def _out(r: api.ApiResponse, method: str = "GET") -> Response:
                     headers=r.headers)
 
 
+def _user_dep() -> Any:
+    from airflow.api_fastapi.core_api.security import get_user
+
+    return get_user
+
+
 def _access() -> Any:
     from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
     from airflow.api_fastapi.core_api.security import requires_access_view
@@ -33,6 +37,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="kaapana-fhir cohort explorer and retrieval API", docs_url=None, redoc_url=None,
                   openapi_url=None)
     guard = _access()
+    user_dep = _user_dep()
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> Response:
@@ -53,8 +58,9 @@ def create_app() -> FastAPI:
 
     @app.api_route("/api/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"],
                    dependencies=[Depends(guard)])
-    def api_route(path: str, request: Request) -> Response:
-        return _out(api.handle(request.method, path, list(request.query_params.multi_items())), request.method)
+    def api_route(path: str, request: Request, user: Annotated[Any, Depends(user_dep)]) -> Response:
+        return _out(api.handle(request.method, path, list(request.query_params.multi_items()),
+                               user=user.get_name(), headers=dict(request.headers)), request.method)
 
     return app
 

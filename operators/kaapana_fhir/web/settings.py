@@ -67,15 +67,28 @@ class WebSettings:
 
 
 def project_base_url(base: str, project: str, partitioning: str = "none") -> str:
-    """``base`` (``none``) or ``base/<project>`` (``url``: HAPI URL-based partitioning)."""
+    """``base`` (``none``) or ``base/<partition>`` (``url``: HAPI URL-based partitioning, the partition name of
+    :func:`kaapana_fhir.clients.fhir.partition_name`, as every flow writes it)."""
     base = base.rstrip("/")
     if partitioning == "none":
         return base
     if partitioning == "url":
+        from kaapana_fhir.clients.fhir import partition_name
+
         if not _PROJECT_RE.match(project):
-            raise SettingsError(f"project {project!r}: not a valid partition name (rule: project name)")
-        return f"{base}/{quote(project, safe='')}"
+            raise SettingsError(f"project {project!r}: not a valid project name (rule: project name)")
+        return f"{base}/{quote(partition_name(project), safe='')}"
     raise SettingsError(f"KAAPANA_FHIR_PARTITIONING={partitioning!r}: use 'none' or 'url'")
+
+
+def _partitioning(env: Mapping[str, str]) -> str:
+    """``KAAPANA_FHIR_PARTITIONING``, else the Kaapana site setting (the hooks' rule), else ``none``."""
+    mode = env.get("KAAPANA_FHIR_PARTITIONING")
+    if not mode and env is os.environ:
+        from kaapana_fhir.hooks.fhir import partitioning_mode
+
+        return partitioning_mode()
+    return (mode or "none").strip().lower() or "none"
 
 
 def load(environ: Mapping[str, str] | None = None) -> WebSettings:
@@ -93,7 +106,7 @@ def load(environ: Mapping[str, str] | None = None) -> WebSettings:
     cohorts = env.get("KAAPANA_FHIR_COHORTS_DIR")
     return WebSettings(
         fhir_url=fhir.rstrip("/"),
-        partitioning=env.get("KAAPANA_FHIR_PARTITIONING", "none").strip().lower() or "none",
+        partitioning=_partitioning(env),
         projects=projects or (ADMIN_PROJECT,),
         public_fhir_url=(env.get("KAAPANA_FHIR_PUBLIC_FHIR_URL") or None),
         public_dicomweb_url=(env.get("KAAPANA_FHIR_PUBLIC_DICOMWEB_URL") or env.get("DICOMWEB_URL") or "/dicom-web"
@@ -106,12 +119,13 @@ def load(environ: Mapping[str, str] | None = None) -> WebSettings:
 
 
 def run_project(dag_run: Any = None, conf: Mapping[str, Any] | None = None) -> str:
-    """The Kaapana project of a run: ``conf.project_form.name`` (UI runs); the admin project otherwise
+    """The project of a run (as :func:`kaapana_fhir.hooks.fhir.run_project`): ``conf.project`` (plain Airflow
+    option), else ``conf.project_form.name`` (Kaapana UI runs); the admin project otherwise
     (triggered runs carry no ``project_form``, and Kaapana falls back to the admin project)."""
     c = conf if conf is not None else (getattr(dag_run, "conf", None) or {})
     form = c.get("project_form") or {} if isinstance(c, Mapping) else {}
     name = form.get("name") if isinstance(form, Mapping) else None
-    return str(name or c.get("project") or ADMIN_PROJECT) if isinstance(c, Mapping) else ADMIN_PROJECT
+    return str(c.get("project") or name or ADMIN_PROJECT) if isinstance(c, Mapping) else ADMIN_PROJECT
 
 
 def fhir_base_url_macro(dag_run: Any = None, project: str | None = None) -> str:

@@ -69,7 +69,9 @@ def test_project_base_url_and_macro(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_api_rejects_bad_requests_without_a_server() -> None:
     st = settings.WebSettings(fhir_url="http://127.0.0.1:9/fhir")
-    assert api.handle("POST", "cohorts", st=st).status == 405
+    assert api.handle("POST", "cohorts", st=st).status == 403  # no X-Requested-By: a cross-site form
+    assert api.handle("POST", "cohorts", st=st, headers={"X-Requested-By": "kaapana-fhir"}).status == 405
+    assert api.handle("DELETE", "cohorts/all/rows", st=st).status == 405
     assert api.handle("GET", "nope", st=st).status == 404
     r = api.handle("GET", "cohorts/all/rows", {"project": "x"}, st=st)
     assert r.status == 404 and "not configured" in r.json()["error"]

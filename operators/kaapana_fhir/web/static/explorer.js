@@ -68,6 +68,7 @@
     $("segment").addEventListener("change", () => { state.segment = $("segment").value; refresh(); });
     $("reload").addEventListener("click", () => refresh());
     $("f-add").addEventListener("click", addFilter);
+    $("k-send").addEventListener("click", sendToKaapana);
     $("f-col").addEventListener("change", showFilterHints);
     for (const id of ["km-time", "km-event", "km-group"]) $(id).addEventListener("change", drawKm);
     for (const id of ["sc-x", "sc-y"]) $(id).addEventListener("change", drawScatter);
@@ -82,6 +83,21 @@
     state.filters.push(col + op + val);
     $("f-val").value = "";
     refresh();
+  }
+
+  async function sendToKaapana() {
+    const out = $("k-result");
+    out.textContent = "sending…";
+    try {
+      const url = api("cohorts/" + encodeURIComponent(state.cohort) + "/send-to-kaapana",
+        { dataset_name: $("k-name").value.trim(), modality: $("k-mod").value.trim(), dag_id: $("k-dag").value.trim() });
+      const r = await fetch(url, { method: "POST", credentials: "same-origin",
+        headers: { Accept: "application/json", "X-Requested-By": "kaapana-fhir" } });
+      const body = await r.json();
+      if (!r.ok) throw new Error(body && body.error ? body.error : "HTTP " + r.status);
+      out.textContent = "dataset " + body.dataset.name + " with " + body.series + " series created" +
+        (body.workflow ? "; workflow " + (body.workflow.dag_id || "") + " started" : "");
+    } catch (e) { out.textContent = "error: " + e.message; }
   }
 
   function showFilterHints() {
