@@ -34,7 +34,8 @@ from typing import Any
 
 from kaapana_fhir.clients.protocols import ObjectStoreApi
 from kaapana_fhir.clients.s3 import ObjectInfo
-from kaapana_fhir.exceptions import ObjectStoreError
+from kaapana_fhir.core.limits import loads_json
+from kaapana_fhir.exceptions import MappingError, ObjectStoreError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ STATE_DIR = ".kaapana-fhir-state"
 DATA_EXTENSIONS = (".csv", ".tsv", ".txt", ".xlsx", ".json", ".xml")
 SIDECAR_SUFFIXES = (".mapping.yaml", ".mapping.yml", ".preset", ".dictionary.csv", ".import-report.json")
 DONE = ("imported", "rejected")
+#: a state object is a few hundred bytes; anything far larger is not ours
+STATE_MAX_BYTES = 64 * 1024
 
 
 def is_data_key(key: str) -> bool:
@@ -106,13 +109,28 @@ def _states(store: ObjectStoreApi, bucket: str, infos: list[ObjectInfo]) -> dict
         if f"/{STATE_DIR}/" not in f"/{info.key}" or not info.key.endswith(".json"):
             continue
         try:
-            doc = json.loads(store.get_bytes(bucket, info.key))
-        except (ObjectStoreError, ValueError) as exc:
+            doc = loads_json(store.get_bytes(bucket, info.key), source=f"s3://{bucket}/{info.key}",
+                             max_bytes=STATE_MAX_BYTES)
+        except (ObjectStoreError, ValueError, MappingError) as exc:  # unreadable, not JSON, or over the limits
             log.warning("ignoring unreadable state object %s: %s", info.key, exc)
             continue
-        if isinstance(doc, dict) and doc.get("key"):
+        if isinstance(doc, dict) and isinstance(doc.get("key"), str) and doc.get("key"):
             out[doc["key"]] = doc
+        else:
+            log.warning("ignoring state object %s: not a JSON object with a 'key' string", info.key)
     return out
+
+
+def _pending_age(st: dict[str, Any], now: _dt.datetime) -> float | None:
+    """Seconds since a pending state was written, or None when its ``updated`` is missing, not ISO 8601 or
+    without a time zone (the state is then ignored and the object triggered again; imports are idempotent)."""
+    try:
+        updated = _dt.datetime.fromisoformat(str(st["updated"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if updated.tzinfo is None:
+        return None
+    return (now - updated).total_seconds()
 
 
 def find_new_objects(store: ObjectStoreApi, bucket: str, prefix: str = "fhir-import/", *,
@@ -136,10 +154,14 @@ def find_new_objects(store: ObjectStoreApi, bucket: str, prefix: str = "fhir-imp
             if st.get("status") in DONE:
                 continue
             if st.get("status") == "pending":
-                age = (now - _dt.datetime.fromisoformat(st["updated"])).total_seconds()
-                if age < pending_timeout_s:
+                age = _pending_age(st, now)
+                if age is None:
+                    log.warning("state of %s has no valid 'updated' time (%r); ignoring it and triggering the import "
+                                "again", info.key, st.get("updated"))
+                elif age < pending_timeout_s:
                     continue
-                log.warning("import of %s pending for %.0fs; triggering again", info.key, age)
+                else:
+                    log.warning("import of %s pending for %.0fs; triggering again", info.key, age)
         conf: dict[str, Any] = {"bucket": bucket, "object_key": info.key, "signature": sig,
                                 "skip_invalid_rows": skip_invalid_rows}
         if side["mapping"] in etags or side["mapping_yml"] in etags:

@@ -171,3 +171,22 @@ def test_stale_pending_is_triggered_again(store: Any) -> None:
     W.record_triggered(store, BUCKET, confs, ["manual__1"])
     assert W.find_new_objects(store, BUCKET, "fhir-import/", default_preset="lung1") == []
     assert len(W.find_new_objects(store, BUCKET, "fhir-import/", default_preset="lung1", pending_timeout_s=0)) == 1
+
+
+@pytest.mark.parametrize("updated", [None, "yesterday", "2026-01-01T10:00:00", 12345, ["x"]])
+def test_malformed_state_is_reported_and_every_file_still_triggered(store: Any, updated: Any,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A state object with a missing, garbage, naive or wrongly typed ``updated`` (or one that is not JSON at all)
+    must not stop the watcher: it is logged and ignored, and every file is still triggered."""
+    _put_lung1(store, "fhir-import/a.csv")
+    _put_lung1(store, "fhir-import/b.csv", seed=2)
+    state = {"key": "fhir-import/a.csv", "signature": W.signature_of(store, BUCKET, "fhir-import/a.csv"),
+             "status": "pending"}
+    if updated is not None:
+        state["updated"] = updated
+    store.put_bytes(BUCKET, W.state_key("fhir-import/a.csv"), json.dumps(state).encode())
+    store.put_bytes(BUCKET, W.state_key("fhir-import/b.csv"), b"{not json")
+    confs = W.find_new_objects(store, BUCKET, "fhir-import/", default_preset="lung1")
+    assert sorted(c["object_key"] for c in confs) == ["fhir-import/a.csv", "fhir-import/b.csv"]
+    assert "no valid 'updated' time" in caplog.text
+    assert "ignoring unreadable state object" in caplog.text
