@@ -143,3 +143,57 @@ def test_xml_malformed_deep_and_ok() -> None:
     _refused(L.parse_xml, "", source="r.xml", rule="well-formed XML")
     _refused(L.parse_xml, "<a>" * 5000 + "</a>" * 5000, source="r.xml", rule="nesting")
     assert L.parse_xml(b"<m x='1'><f>2</f></m>", source="r.xml").find("f").text == "2"
+
+
+# ------------------------------------------------------------------ files named by a mapping (map_file)
+def _mapping_with_map_file(tmp_path: Path, map_file: str) -> Path:
+    folder = tmp_path / "mappings"
+    folder.mkdir()
+    (folder / "maps").mkdir()
+    (folder / "maps" / "stage.csv").write_text("source,code\nIIIa,IIIA\n", encoding="utf-8")
+    (tmp_path / "secret.csv").write_text("source,code\nx,y\n", encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("rel", ["../secret.csv", "maps/../../secret.csv", "/etc/passwd", "maps/\x00x.csv"])
+def test_map_file_outside_the_mapping_folder_is_refused_by_name(tmp_path: Path, rel: str) -> None:
+    from kaapana_fhir.core.limits import read_beside
+    from kaapana_fhir.exceptions import ConfigError
+
+    folder = _mapping_with_map_file(tmp_path, rel)
+    with pytest.raises(ConfigError, match="map_file .*(rule: files named by a mapping stay in its folder)"):
+        read_beside(folder, rel, what="map_file")
+
+
+def test_map_file_link_leaving_the_folder_is_refused(tmp_path: Path) -> None:
+    from kaapana_fhir.core.limits import read_beside
+    from kaapana_fhir.exceptions import ConfigError
+
+    folder = _mapping_with_map_file(tmp_path, "")
+    (folder / "maps" / "link.csv").symlink_to(tmp_path / "secret.csv")
+    assert read_beside(folder, "maps/stage.csv", what="map_file").startswith("source,code")
+    with pytest.raises(ConfigError, match="outside"):
+        read_beside(folder, "maps/link.csv", what="map_file")
+
+
+def test_cli_import_refuses_a_mapping_whose_map_file_escapes(tmp_path: Path) -> None:
+    """Through the real CLI: exit code != 0 and the message names map_file and the rule."""
+    import subprocess
+    import sys
+
+    folder = _mapping_with_map_file(tmp_path, "")
+    (tmp_path / "t.csv").write_text("pid,stage\nA,IIIa\n", encoding="utf-8")
+    (folder / "t.mapping.yaml").write_text(
+        "version: 1\n"
+        "patient: {key: pid}\n"
+        "observations:\n"
+        "  - column: stage\n"
+        "    code: {system: 'http://loinc.org', code: '21908-9', display: Stage group}\n"
+        "    value: {type: CodeableConcept, system: 'urn:test:stage', map_file: '../secret.csv'}\n",
+        encoding="utf-8")
+    res = subprocess.run([sys.executable, "-m", "kaapana_fhir.cli.main", "import-table", str(tmp_path / "t.csv"),
+                          "--mapping", str(folder / "t.mapping.yaml"), "--out", str(tmp_path / "b.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert "map_file" in res.stderr and "stay in its folder" in res.stderr, res.stderr[-2000:]
+    assert not (tmp_path / "b.json").exists()

@@ -94,7 +94,7 @@ def write_rejected_csv(path: str, rejected: list[dict[str, Any]]) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     from kaapana_fhir.clients.fhir import FhirClient
-    from kaapana_fhir.core.limits import check_output_paths
+    from kaapana_fhir.core.limits import check_output_paths, read_beside
     from kaapana_fhir.core.tables import TableRejected, load_mapping, open_table
     from kaapana_fhir.flows.tables.flow import import_table, resolve_mapping
 
@@ -107,14 +107,14 @@ def run_import(args: argparse.Namespace) -> int:
         mapping_text = _read(args.mapping).decode("utf-8-sig")
         base = Path(args.mapping).parent
         src = load_mapping(mapping_text, source=args.mapping,
-                           read_file=lambda rel: (base / rel).read_text("utf-8")).get("source", {})
+                           read_file=lambda rel: read_beside(base, rel, what="map_file")).get("source", {})
     dictionary = _read(args.dictionary).decode("utf-8-sig", errors="replace") if args.dictionary else None
     table = open_table(data, name=Path(args.file).name, fmt=src.get("format", "auto"), delimiter=src.get("delimiter"),
                        encoding=src.get("encoding"), sheet=src.get("sheet"))
     base = Path(args.mapping).parent if args.mapping else Path(".")
     mapping = resolve_mapping(header=table.header, mapping_text=mapping_text, mapping_name=args.mapping or "",
                               preset=args.preset, dictionary_text=dictionary,
-                              read_file=lambda rel: (base / rel).read_text("utf-8"),
+                              read_file=lambda rel: read_beside(base, rel, what="map_file"),
                               table_name=Path(args.file).name, data=data)
     client = FhirClient(args.fhir) if args.fhir else None
     if args.empty_cells:

@@ -340,3 +340,27 @@ def check_output_paths(outputs: dict[str, str | Path | None],
             raise ConfigError(f"{role} {p} would overwrite the {seen[p]} (rule: no flow writes two outputs to one "
                               "path or overwrites an input; choose another file name)")
         seen[p] = role
+
+
+# ---------------------------------------------------------------------------------------------- files beside
+def read_beside(base_dir: str | Path, relative: str, *, what: str, max_bytes: int = MAX_DOCUMENT_BYTES) -> str:
+    """Read a file that a user file names relative to itself (e.g. a mapping's ``map_file``), as UTF-8.
+
+    The path must be relative and stay inside ``base_dir`` after resolving links: ``../``, absolute paths and
+    links that leave the folder are refused by name (rule: files named by a mapping stay in its folder)."""
+    from kaapana_fhir.exceptions import ConfigError
+
+    rel = str(relative)
+    base = Path(base_dir).resolve()
+    if not rel or "\x00" in rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise ConfigError(f"{what} {rel!r}: must be a relative path inside {base} without '..' "
+                          "(rule: files named by a mapping stay in its folder)")
+    target = (base / rel).resolve()
+    if not target.is_relative_to(base):
+        raise ConfigError(f"{what} {rel!r} resolves to {target}, outside {base} "
+                          "(rule: files named by a mapping stay in its folder)")
+    data = read_bounded(target, max_bytes)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {target}: not UTF-8 text at byte {exc.start}") from None

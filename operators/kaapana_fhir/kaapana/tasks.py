@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from kaapana_fhir.core.limits import read_beside
 from kaapana_fhir.exceptions import ConfigError, KaapanaFhirError
 from kaapana_fhir.kaapana.container_env import TASK_ENV
 from kaapana_fhir.kaapana.env import KaapanaRun
@@ -234,7 +235,7 @@ def import_table(k: KaapanaRun) -> dict[str, Any]:
                 mapping_text=_read_mapping(params.mapping, path.parent),
                 mapping_name=params.mapping or path.name,
                 preset=params.preset or None,
-                read_file=lambda rel, base=path.parent: (base / rel).read_text("utf-8"),
+                read_file=lambda rel, base=path.parent: read_beside(base, rel, what="map_file"),
             )
             try:
                 rep = flow.import_table(table, mapping, client=client, skip_invalid_rows=params.skip_invalid_rows)
