@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from kaapana_fhir.exceptions import ConfigError
+from kaapana_fhir.core.limits import load_json
+from kaapana_fhir.exceptions import ConfigError, MappingError
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,8 @@ def _load(path: str) -> dict[str, Any]:
         else:
             raise ConfigError(f"ViewDefinition file {path!r} does not exist")
     try:
-        view = json.loads(p.read_text(encoding="utf-8"))
-    except ValueError as exc:
+        view = load_json(p)
+    except (ValueError, MappingError) as exc:
         raise ConfigError(f"{p}: not valid JSON ({exc})") from None
     if not isinstance(view, dict):
         raise ConfigError(f"{p}: a ViewDefinition must be a JSON object")

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kaapana_fhir.exceptions import ConfigError
+from kaapana_fhir.core.limits import load_json
+from kaapana_fhir.exceptions import ConfigError, MappingError
 
 if TYPE_CHECKING:
     from kaapana_fhir.clients.s3 import S3Credentials
@@ -60,8 +61,8 @@ def site_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
+        data = load_json(path)
+    except (ValueError, MappingError) as exc:
         raise ConfigError(
             f"{path}: not valid JSON ({exc}); it is written by the kaapana-fhir-workflow chart"
         ) from exc
@@ -249,8 +250,8 @@ def load_conf(workflow_dir: Path) -> dict[str, Any]:
         log.info("no %s; running with an empty conf", path)
         return {}
     try:
-        conf = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
+        conf = load_json(path)
+    except (ValueError, MappingError) as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc}); Kaapana mounts dag_run.conf here") from exc
     if not isinstance(conf, dict):
         raise ConfigError(f"{path}: must hold a JSON object (dag_run.conf), got {type(conf).__name__}")

@@ -9,12 +9,12 @@ this module reproduces that so the same DAGs fire the same way outside Kaapana.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from kaapana_fhir.exceptions import ConfigError
+from kaapana_fhir.core.limits import load_json
+from kaapana_fhir.exceptions import ConfigError, MappingError
 
 
 def _tag_key(tag: str) -> str:
@@ -29,8 +29,8 @@ def load_rules(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     rules: list[dict[str, Any]] = []
     for p in paths:
         try:
-            data = json.loads(Path(p).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            data = load_json(p)
+        except (OSError, ValueError, MappingError) as exc:
             raise ConfigError(f"{p}: cannot read trigger rule JSON ({exc})") from exc
         if not isinstance(data, list):
             raise ConfigError(f"{p}: a trigger rule file holds a JSON list of rules")

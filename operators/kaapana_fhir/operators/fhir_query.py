@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from kaapana_fhir.airflow_compat import BaseOperator
+from kaapana_fhir.core.limits import load_json
 
 
 def _conf(context: Any) -> dict[str, Any]:
@@ -59,7 +60,6 @@ def read_downstream(query_task_id: str, **context: Any) -> dict[str, Any] | None
     Kaapana container operators push no XCom, so the cohort task (container or in-process) writes
     ``downstream.json`` into its output folder ``<run>/<task_id>``; this returns its content (pushed as this
     task's XCom for the trigger task) or None (short-circuits: no downstream workflow named)."""
-    import json
 
     run_id = str(getattr(context.get("dag_run"), "run_id", None) or context.get("run_id") or "manual")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
@@ -67,8 +67,8 @@ def read_downstream(query_task_id: str, **context: Any) -> dict[str, Any] | None
     for folder in dict.fromkeys((run_id, safe)):
         path = root / folder / query_task_id / DOWNSTREAM_FILE
         if path.is_file():
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("trigger_dag_id"):
+            data = load_json(path)
+            if isinstance(data, dict) and data.get("trigger_dag_id"):
                 return {"trigger_dag_id": str(data["trigger_dag_id"]), "conf": dict(data.get("conf") or {})}
     return None
 

@@ -7,13 +7,14 @@ cohort code, the web API and the tests import.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from kaapana_fhir.core.limits import load_json
 from kaapana_fhir.core.sof import CompiledView, compile_view, reference_key, run_view
 from kaapana_fhir.core.sof import ViewDefinitionError as ViewError
 from kaapana_fhir.core.sof.fhirpath import check_syntax
+from kaapana_fhir.exceptions import MappingError
 
 VIEWS_DIR = Path(__file__).resolve().parents[2] / "data" / "views"
 
@@ -34,8 +35,8 @@ def load_view(name_or_path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ViewError(str(name_or_path), "", f"not found (shipped views: {', '.join(shipped_views())})")
     try:
-        view = json.loads(p.read_text(encoding="utf-8"))
-    except ValueError as exc:
+        view = load_json(p)
+    except (ValueError, MappingError) as exc:
         raise ViewError(str(p), "", f"not valid JSON: {exc}") from exc
     if not isinstance(view, dict):
         raise ViewError(str(p), "", "a ViewDefinition must be a JSON object")
