@@ -26,7 +26,10 @@ def web(fhir_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
         pytest.skip("chromium/chromedriver not installed")
     data = web_cohort(fhir_url)
     cohorts = cohort_dir(tmp_path_factory.mktemp("webb"), data["system"])
-    with airflow_web(Path(sys.executable).parent, web_env(fhir_url, cohorts, data["system"])) as w:
+    # a long state TTL: on the shared, busy stack other clients' writes would otherwise rebuild the cohort on
+    # every page request (cache invalidation is tested in tests/integration/test_web_api.py)
+    env = web_env(fhir_url, cohorts, data["system"]) | {"KAAPANA_FHIR_WEB_STATE_TTL": "900"}
+    with airflow_web(Path(sys.executable).parent, env) as w:
         yield w, data
 
 
@@ -47,6 +50,7 @@ def _settled(driver: Any, previous: str = "") -> str:
                  driver.find_element("id", "km-p").text not in ("–", "") and t != previous and t) or ""
 
 
+@pytest.mark.timeout(1800)
 def test_explorer_end_to_end(web: tuple[AirflowWeb, dict[str, Any]], artifacts_dir: Path) -> None:
     from selenium.webdriver.support.ui import Select
 
