@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -318,8 +319,8 @@ def parse_xml(data: str | bytes, *, source: str = "<xml>", max_bytes: int = MAX_
 
 
 # ---------------------------------------------------------------------------------------------- output paths
-def check_output_paths(outputs: dict[str, str | Path | None],
-                       inputs: dict[str, str | Path | None] | None = None) -> None:
+def check_output_paths(outputs: Mapping[str, str | Path | None],
+                       inputs: Mapping[str, str | Path | None] | None = None) -> None:
     """Refuse two outputs that resolve to one file, and an output that would overwrite an input.
 
     ``outputs`` / ``inputs``: what each path is (e.g. ``{"--out": ..., "series table": ...}``); the error names

@@ -174,13 +174,14 @@ def _from_flat(d: dict[str, Any], position: int, issues: list[dict[str, Any]], s
     feats = {k: v for k, v in d.items() if "_" in k and k not in ("Image", "Mask", "Label")}
     label_val = d.get("Label", d.get("diagnostics_Configuration_Label"))
     mask_name = str(d.get("Mask", ""))
-    if label_val not in (None, ""):
+    if label_val is not None and label_val != "":
         try:
             num = int(float(label_val))
         except (TypeError, ValueError, OverflowError):
             raise MappingError(f"{source}: Label {label_val!r} is not an integer "
                                "(rule: pyradiomics label value)") from None
-        label = _DCMQI_NAME.search(mask_name).group(2) if _DCMQI_NAME.search(mask_name) else f"label {num}"
+        named = _DCMQI_NAME.search(mask_name)
+        label = named.group(2) if named else f"label {num}"
     elif mask_name:
         num, label = _segment_from_name(mask_name, position, issues, source)
     else:
