@@ -85,7 +85,7 @@ def test_radiomics_dag_end_to_end(tmp_path: Path, stack_env: dict, airflow_home:
     # re-run: same ids, same content → nothing new, no new versions
     second = run_dag("radiomics-to-fhir", conf)
     assert second.xcoms["radiomics-to-fhir"]["features"] == out["features"]
-    for index, p in zip(CASES, pats, strict=False):
+    for p in pats:
         pid = patient_id(None, p["patient_id"])
         n = fhir.count("Observation", {"subject": f"Patient/{pid}"})
         assert n == 108 * len(p["segments"])

@@ -136,7 +136,8 @@ def test_small_and_partial_cohorts(driver: Any, tmp_path: Path, case: str) -> No
                if r["resourceType"] != "BodyStructure" and "radiomics" not in str(r.get("meta"))]
     else:
         res = [r for r in cohort_resources("urn:test:small", 5, n_features=5)
-               if r["resourceType"] in ("Patient", "ImagingStudy", "BodyStructure") or "radiomics" in str(r.get("meta"))]
+               if r["resourceType"] in ("Patient", "ImagingStudy", "BodyStructure")
+               or "radiomics" in str(r.get("meta"))]
     out = tmp_path / f"{case}.html"
     out.write_text(R.render_cohort(_cohort(res)), encoding="utf-8")
     page = _open(driver, out)

@@ -62,7 +62,8 @@ def patient_resources(system: str, pid_value: str, *, seed: int = 0, n_clinical:
     clin = [
         obs("age", {"valueQuantity": {"value": rnd.randint(40, 85), "unit": "a", "system": codes.UCUM, "code": "a"}},
             [{"system": codes.LOINC, "code": "30525-0"}]),
-        obs("Overall.Stage", {"valueCodeableConcept": {"text": stage}}, [{"system": codes.SNOMED, "code": "399537006"}]),
+        obs("Overall.Stage", {"valueCodeableConcept": {"text": stage}},
+            [{"system": codes.SNOMED, "code": "399537006"}]),
         obs("Survival.time", {"valueQuantity": {"value": rnd.randint(30, 3000), "unit": "d", "system": codes.UCUM,
                                                 "code": "d"}}),
         obs("clinical.T.Stage", {"valueInteger": rnd.randint(1, 4)}, [{"system": codes.SNOMED, "code": "399504009"}]),
@@ -83,7 +84,8 @@ def patient_resources(system: str, pid_value: str, *, seed: int = 0, n_clinical:
                                                           "display": "Non-small cell lung cancer"}]}})
     if not with_imaging:
         return out
-    study_uid = f"1.2.826.0.1.3680043.8.498.{int(hashlib.sha256(f'{system}|{pid_value}'.encode()).hexdigest()[:12], 16)}"
+    digest = int(hashlib.sha256(f"{system}|{pid_value}".encode()).hexdigest()[:12], 16)
+    study_uid = f"1.2.826.0.1.3680043.8.498.{digest}"
     ct_uid, seg_uid = study_uid + ".1", study_uid + ".2"
     study_id = stable_id("ImagingStudy", study_uid)
     out.append({"resourceType": "ImagingStudy", "id": study_id, "meta": _tag("dicom"), "status": "available",
@@ -110,7 +112,8 @@ def patient_resources(system: str, pid_value: str, *, seed: int = 0, n_clinical:
         for j, fname in enumerate(feature_names(n_features)):
             base = 100 * (1 + (STAGES.index(stage) if stage in STAGES else 0)) if fname == "shape_MeshVolume" else 1 + j
             feats.append({
-                "resourceType": "Observation", "id": stable_id("Observation", group_id, fname), "meta": _tag("radiomics"),
+                "resourceType": "Observation", "id": stable_id("Observation", group_id, fname),
+                "meta": _tag("radiomics"),
                 "status": "final", "subject": pref, "focus": [{"reference": f"BodyStructure/{bs_id}"}],
                 "derivedFrom": [{"reference": f"ImagingStudy/{study_id}"}],
                 "partOf": [{"reference": f"ImagingStudy/{study_id}"}],

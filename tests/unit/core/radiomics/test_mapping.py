@@ -64,7 +64,8 @@ def test_feature_table_covers_pyradiomics_and_fixes_upstream_ibsi_errors() -> No
     ("shape", "MeshVolume", "CT", "mm3"), ("shape", "SurfaceArea", "MR", "mm2"), ("shape", "Sphericity", "CT", "1"),
     ("shape", "Maximum3DDiameter", "CT", "mm"), ("shape", "SurfaceVolumeRatio", "CT", "/mm"),
     ("firstorder", "Mean", "CT", "[hnsf'U]"), ("firstorder", "Mean", "MR", "1"),
-    ("firstorder", "Variance", "CT", "[hnsf'U]2"), ("firstorder", "Entropy", "CT", "1"), ("glcm", "Contrast", "CT", "1"),
+    ("firstorder", "Variance", "CT", "[hnsf'U]2"), ("firstorder", "Entropy", "CT", "1"),
+    ("glcm", "Contrast", "CT", "1"),
 ])
 def test_units_by_feature_and_modality(cls: str, name: str, modality: str, code: str) -> None:
     assert unit_for(cls, name, modality)[0] == code
@@ -176,7 +177,8 @@ def test_parse_kaapana_json_with_nan_strings_and_missing_masks(tmp_path: Path) -
 
 
 def test_parse_pyradiomics_csv_and_json(tmp_path: Path) -> None:
-    csv_text = ("Image,Mask,Label,diagnostics_Mask-original_VoxelNum,original_shape_VoxelVolume,original_firstorder_Mean\n"
+    csv_text = ("Image,Mask,Label,diagnostics_Mask-original_VoxelNum,original_shape_VoxelVolume,"
+                "original_firstorder_Mean\n"
                 "ct.nrrd,seg--1--GTV.nrrd,1,837,837.5,-100.25\n"
                 "ct.nrrd,seg--2--Node.nrrd,2,0,,\n")
     p = tmp_path / "r.csv"
