@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         stack = devstack.up(args.state_dir, services=tuple(args.services.split(",")), persistent=args.persistent,
                             progress=lambda m: log.info("%s", m))
         for k, v in stack.env().items():
-            if "SECRET" not in k:
+            if not any(s in k for s in ("SECRET", "PASSWORD", "TOKEN")):  # `stack env` prints them for eval
                 sys.stdout.write(f"export {k}={v}\n")
         return 0
     if args.action == "env":

@@ -32,7 +32,7 @@ from typing import Any
 
 import requests
 
-from kaapana_fhir.dev.stack import SERVERS, Service, StackError, _spawn, _wait_http, free_port, stop_pid
+from kaapana_fhir.dev.stack import SERVERS, Service, StackError, free_port, start_server, stop_pid
 
 log = logging.getLogger(__name__)
 
@@ -193,13 +193,8 @@ def start_keycloak(state_dir: Path, *, port: int | None = None, deadline_s: floa
     cmd = [str(home / "bin" / "kc.sh"), "start-dev", "--http-host=127.0.0.1", f"--http-port={port}",
            "--http-relative-path=/auth", "--db=dev-mem", "--import-realm", "--cache=local",
            "--hostname-strict=false"]
-    proc = _spawn(cmd, Path(srv.log), env=env, cwd=home)
+    proc = start_server(cmd, Path(srv.log), srv.openid_config_url, deadline_s, env=env, cwd=home)
     srv.pid = proc.pid
-    try:
-        _wait_http(srv.openid_config_url, deadline_s, proc, srv.log)
-    except StackError:
-        stop_pid(proc.pid)
-        raise
     return srv
 
 
@@ -254,13 +249,8 @@ def start_minio(state_dir: Path, *, keycloak: KeycloakServer | None = None, port
             "MINIO_IDENTITY_OPENID_CLAIM_NAME": "policy",
         })
     cmd = [str(exe), "server", "--quiet", "--address", f"127.0.0.1:{port}", str(data)]
-    proc = _spawn(cmd, Path(srv.log), env=env, cwd=state_dir)
+    proc = start_server(cmd, Path(srv.log), f"{srv.url}/minio/health/ready", deadline_s, env=env, cwd=state_dir)
     srv.pid = proc.pid
-    try:
-        _wait_http(f"{srv.url}/minio/health/ready", deadline_s, proc, srv.log)
-    except StackError:
-        stop_pid(proc.pid)
-        raise
     return srv
 
 

@@ -100,6 +100,18 @@ def _spawn(cmd: list[str], logfile: Path, env: dict[str, str] | None = None, cwd
                             start_new_session=True)
 
 
+def start_server(cmd: list[str], logfile: Path, ready_url: str, deadline_s: float, *,
+                 env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start one server process and wait until ``ready_url`` answers; on failure stop it by PID and raise."""
+    proc = _spawn(cmd, logfile, env=env, cwd=cwd)
+    try:
+        _wait_http(ready_url, deadline_s, proc, str(logfile))
+    except StackError:
+        stop_pid(proc.pid)
+        raise
+    return proc
+
+
 def stop_pid(pid: int, timeout: float = 20.0) -> None:
     """SIGTERM the process group, then SIGKILL after ``timeout``."""
     try:
@@ -189,12 +201,10 @@ def start_hapi(state_dir: Path, *, db_file: Path | None = None, port: int | None
     if db_file is not None:
         db_file.parent.mkdir(parents=True, exist_ok=True)
         cmd.append(f"--spring.datasource.url=jdbc:h2:file:{db_file};DB_CLOSE_ON_EXIT=FALSE;WRITE_DELAY=0")
-    proc = _spawn(cmd, logfile)
     url = f"http://127.0.0.1:{port}/fhir"
     try:
-        _wait_http(f"{url}/metadata", deadline_s, proc, str(logfile))
+        proc = start_server(cmd, logfile, f"{url}/metadata", deadline_s)
     except StackError as exc:
-        stop_pid(proc.pid)
         if db_file is not None and partitioning and "HAPI-2564" in logfile.read_text(errors="replace"):
             raise StackError(f"the HAPI database {db_file} was made without partitions (HAPI-2564: schema without "
                              "partition ids); delete its folder to start afresh, or start HAPI with "
@@ -245,13 +255,8 @@ def start_orthanc(state_dir: Path, *, storage: Path | None = None, deadline_s: f
     env = dict(os.environ)
     env["LD_PRELOAD"] = str(_orthanc_shim(state_dir))
     logfile = state_dir / "orthanc.log"
-    proc = _spawn([exe, str(cfg_path)], logfile, env=env)
     base = f"http://127.0.0.1:{http_port}"
-    try:
-        _wait_http(f"{base}/system", deadline_s, proc, str(logfile))
-    except StackError:
-        stop_pid(proc.pid)
-        raise
+    proc = start_server([exe, str(cfg_path)], logfile, f"{base}/system", deadline_s, env=env)
     return Service("orthanc", proc.pid, http_port, f"{base}/dicom-web", str(logfile),
                    {"rest": base, "dicom_port": dicom_port, "aet": "ORTHANC"})
 
@@ -275,13 +280,8 @@ def start_s3(state_dir: Path, *, deadline_s: float = 60.0, keycloak: Service | N
         raise StackError("moto_server is not installed; pip install 'moto[server]' (or `make install`)")
     port = free_port()
     logfile = state_dir / "s3.log"
-    proc = _spawn([exe, "-H", "127.0.0.1", "-p", str(port)], logfile)
     url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_http(f"{url}/moto-api/", deadline_s, proc, str(logfile))
-    except StackError:
-        stop_pid(proc.pid)
-        raise
+    proc = start_server([exe, "-H", "127.0.0.1", "-p", str(port)], logfile, f"{url}/moto-api/", deadline_s)
     return Service("s3", proc.pid, port, url, str(logfile),
                    {"access_key": S3_ACCESS_KEY, "secret_key": S3_SECRET_KEY, "server": "moto"})
 

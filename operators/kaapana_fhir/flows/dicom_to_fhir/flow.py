@@ -53,7 +53,7 @@ from kaapana_fhir.core.dicom.mapping import (
 from kaapana_fhir.core.dicom.merge import comparable, merge_imaging_study, merge_patient, same_content
 from kaapana_fhir.core.ids import normalize_uid
 from kaapana_fhir.core.validate import validate_resource
-from kaapana_fhir.exceptions import ConfigError, DicomWebError, FhirServerError, MappingError, ResourceNotFound
+from kaapana_fhir.exceptions import ConfigError, DicomWebError, FhirServerError, MappingError
 from kaapana_fhir.flows.write import Shared, with_lost, write_merged
 
 log = logging.getLogger(__name__)
@@ -228,14 +228,6 @@ def read_study(dicomweb: DicomWebApi, study_uid: str, *, wado: str = "auto", inc
 
 
 # --------------------------------------------------------------------------- FHIR side
-def _read(fhir: FhirApi, rtype: str, rid: str) -> tuple[dict[str, Any] | None, str | None]:
-    try:
-        res, etag = fhir.read_with_etag(rtype, rid)
-        return res, etag
-    except ResourceNotFound:
-        return None, None
-
-
 def _is_conflict(exc: FhirServerError) -> bool:
     return exc.status_code in _CONFLICT
 
