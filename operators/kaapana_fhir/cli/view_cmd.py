@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from kaapana_fhir.core.limits import load_json
-from kaapana_fhir.exceptions import ConfigError, MappingError
+from kaapana_fhir.core.limits import load_json_object
+from kaapana_fhir.exceptions import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,7 @@ def _load(path: str) -> dict[str, Any]:
             p = shipped
         else:
             raise ConfigError(f"ViewDefinition file {path!r} does not exist")
-    try:
-        view = load_json(p)
-    except (ValueError, MappingError) as exc:
-        raise ConfigError(f"{p}: not valid JSON ({exc})") from None
-    if not isinstance(view, dict):
-        raise ConfigError(f"{p}: a ViewDefinition must be a JSON object")
-    return view
+    return load_json_object(p, what="a ViewDefinition")
 
 
 def _server_resources(url: str, resource_type: str, search: str) -> Iterator[dict[str, Any]]:

@@ -365,3 +365,19 @@ def read_beside(base_dir: str | Path, relative: str, *, what: str, max_bytes: in
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{what} {target}: not UTF-8 text at byte {exc.start}") from None
+
+
+def load_json_object(path: str | Path, *, what: str, hint: str = "") -> dict[str, Any]:
+    """A JSON file that must hold one object (a conf, settings, a ViewDefinition), read within the limits.
+
+    Every failure is a ``ConfigError`` naming the file, what it should be and ``hint`` (who writes it)."""
+    from kaapana_fhir.exceptions import ConfigError
+
+    suffix = f"; {hint}" if hint else ""
+    try:
+        data = load_json(path)
+    except (ValueError, MappingError) as exc:
+        raise ConfigError(f"{path}: not valid JSON for {what} ({exc}){suffix}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: {what} must be a JSON object, got {type(data).__name__}{suffix}")
+    return data

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kaapana_fhir.core.limits import load_json
-from kaapana_fhir.exceptions import ConfigError, MappingError
+from kaapana_fhir.core.limits import load_json_object
+from kaapana_fhir.exceptions import ConfigError
 
 if TYPE_CHECKING:
     from kaapana_fhir.clients.s3 import S3Credentials
@@ -60,15 +60,7 @@ def site_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     )
     if not path.is_file():
         return {}
-    try:
-        data = load_json(path)
-    except (ValueError, MappingError) as exc:
-        raise ConfigError(
-            f"{path}: not valid JSON ({exc}); it is written by the kaapana-fhir-workflow chart"
-        ) from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: must hold a JSON object of settings, got {type(data).__name__}")
-    return data
+    return load_json_object(path, what="the site settings", hint="written by the kaapana-fhir-workflow chart")
 
 
 def parse_env_value(raw: str | None) -> Any:
@@ -249,13 +241,7 @@ def load_conf(workflow_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         log.info("no %s; running with an empty conf", path)
         return {}
-    try:
-        conf = load_json(path)
-    except (ValueError, MappingError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc}); Kaapana mounts dag_run.conf here") from exc
-    if not isinstance(conf, dict):
-        raise ConfigError(f"{path}: must hold a JSON object (dag_run.conf), got {type(conf).__name__}")
-    return conf
+    return load_json_object(path, what="dag_run.conf", hint="Kaapana mounts dag_run.conf here")
 
 
 def load(environ: Mapping[str, str] | None = None) -> KaapanaRun:

@@ -253,6 +253,6 @@ def test_contract_errors(tmp_path: Path) -> None:
         kaapana_env.load({"WORKFLOW_DIR": str(tmp_path / "missing")})
     with pytest.raises(ConfigError, match="conf.json: not valid JSON"):
         make_run(tmp_path, "{oops")
-    with pytest.raises(ConfigError, match="must hold a JSON object"):
+    with pytest.raises(ConfigError, match="dag_run.conf must be a JSON object"):
         make_run(tmp_path, "[]")
     assert make_run(tmp_path / "x").conf == {}
