@@ -357,6 +357,16 @@ def _laterality(attrs: dict[str, Any], issues: _Issues, series: str) -> dict[str
     return None
 
 
+def _set_is(target: dict[str, Any], key: str, attrs: dict[str, Any], tag: str, issues: _Issues, where: str) -> None:
+    """Set ``target[key]`` from an IS element; a malformed value is an issue naming the tag (and left out)."""
+    raw = dv.first(attrs, tag)
+    n, problem = dv.parse_is(raw)
+    if problem:
+        issues.add(tag, raw, problem, where)
+    if n is not None:
+        target[key] = n
+
+
 def _instances(s: SeriesInput, issues: _Issues, series_uid: str, profile: Profile = Profile.CORE
                ) -> list[dict[str, Any]]:
     out = []
@@ -368,12 +378,7 @@ def _instances(s: SeriesInput, issues: _Issues, series_uid: str, profile: Profil
             issues.add("00080018", dv.first_str(inst, "00080018"), f"{exc}; instance omitted", series_uid)
             continue
         item: dict[str, Any] = {"uid": uid, "sopClass": {"system": dc.SYSTEM_URN_IETF, "code": uid_urn(cls)}}
-        raw = dv.first(inst, "00200013")
-        n, problem = dv.parse_is(raw)
-        if problem:
-            issues.add("00200013", raw, problem, series_uid)
-        if n is not None:
-            item["number"] = n
+        _set_is(item, "number", inst, "00200013", issues, series_uid)
         if profile is Profile.MII:
             ext = mii.instance_extension(inst, lambda key, value, rule: issues.add(key, value, rule, series_uid))
             if ext:
@@ -393,12 +398,7 @@ def _series(s: SeriesInput, options: MappingOptions, issues: _Issues,
         issues.add("0020000E", raw_uid, f"{exc}; series omitted")
         return None
     out: dict[str, Any] = {"uid": uid}
-    raw = dv.first(a, "00200011")
-    n, problem = dv.parse_is(raw)
-    if problem:
-        issues.add("00200011", raw, problem, uid)
-    if n is not None:
-        out["number"] = n
+    _set_is(out, "number", a, "00200011", issues, uid)
     raw_mod = dv.first_str(a, "00080060")
     mod, problem = dc.modality_coding(raw_mod)
     if mod is None:
