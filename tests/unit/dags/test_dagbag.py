@@ -26,3 +26,26 @@ def test_dagbag_imports_without_errors_or_network(airflow_home: Path, monkeypatc
     assert len(bag.dag_ids) >= len(files)
     for dag_id in bag.dag_ids:
         assert dag_id == dag_id.lower() and "_" not in dag_id, f"{dag_id}: DAG ids are kebab-case"
+
+
+def test_watcher_reads_the_chart_values(airflow_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """kaapanaFhir.importWatcher.{bucket,minioPrefix,schedule} reach the watcher DAG through the site settings
+    the workflow chart writes next to the DAGs (they were dead config before)."""
+    import json
+
+    from airflow.models import DagBag
+
+    settings = tmp_path / "kaapana_fhir_settings.json"
+    settings.write_text(json.dumps({"import_watcher_bucket": "project-lung", "import_watcher_prefix": "clinical/",
+                                    "import_watcher_schedule": "*/5 * * * *"}))
+    monkeypatch.setenv("KAAPANA_FHIR_SETTINGS", str(settings))
+    for name in ("KAAPANA_FHIR_IMPORT_BUCKET", "KAAPANA_FHIR_IMPORT_PREFIX", "KAAPANA_FHIR_IMPORT_SCHEDULE"):
+        monkeypatch.delenv(name, raising=False)
+    bag = DagBag(dag_folder=str(DAGS / "dag_fhir_import_watcher.py"), include_examples=False)
+    assert bag.import_errors == {}
+    dag = bag.get_dag("fhir-import-watcher")
+    assert dag.params["bucket"] == "project-lung"
+    assert dag.params["prefix"] == "clinical/"
+    assert "*/5 * * * *" in str(getattr(dag, "timetable", None) and dag.timetable.summary or dag.schedule_interval)
+    watch = dag.get_task("find-new-objects")
+    assert (watch.bucket, watch.prefix) == ("project-lung", "clinical/")
