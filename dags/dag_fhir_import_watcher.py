@@ -27,7 +27,8 @@ SCHEDULE = (os.environ.get("KAAPANA_FHIR_IMPORT_SCHEDULE") or _SITE.get("import_
 
 ui_forms = {"workflow_form": {"type": "object", "properties": {
     "prefix": {"type": "string", "title": "Prefix to watch", "default": PREFIX},
-    "default_preset": {"type": "string", "title": "Default preset", "enum": ["", "lung1", "redcap", "odm"], "default": ""},
+    "default_preset": {"type": "string", "title": "Default preset", "enum": ["", "lung1", "redcap", "odm"],
+                       "default": ""},
 }}}
 
 with DAG(
