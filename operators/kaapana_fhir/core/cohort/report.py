@@ -195,10 +195,12 @@ def _radiomics_section(page: _Page, d: RD.ReportData, group_by: str | None, max_
         for i, f in enumerate(feats):
             for flag, name, color in ((True, "event (deceased)", "#dc3912"), (False, "censored", "#3366cc")):
                 m = [e == flag for e in ev]
-                fig.add_trace(go.Scatter(x=[v for v, k in zip(mat[f], m) if k], y=[v for v, k in zip(t, m) if k],
+                fig.add_trace(go.Scatter(x=[v for v, k in zip(mat[f], m, strict=True) if k],
+                                         y=[v for v, k in zip(t, m, strict=True) if k],
                                          mode="markers", name=name, marker={"color": color, "size": 6, "opacity": .7},
-                                         text=[v for v, k in zip(ids, m) if k], visible=i == 0,
-                                         hovertemplate="%{text}<br>feature %{x}<br>" + lab(sv) + " %{y}<extra></extra>"))
+                                         text=[v for v, k in zip(ids, m, strict=True) if k], visible=i == 0,
+                                         hovertemplate="%{text}<br>feature %{x}<br>" + lab(sv)
+                                         + " %{y}<extra></extra>"))
         _dropdown(fig, feats, 2)
         fig.update_layout(showlegend=True, legend={"orientation": "h", "y": -0.2})
         fig.update_yaxes(title={"text": lab(sv)})
@@ -244,7 +246,9 @@ def _completeness_section(page: _Page, d: RD.ReportData) -> str:
     trs = []
     for r in rows:
         vals = ", ".join(f"{esc(v)} ({c})" for v, c in r["values"]) or '<span class="muted">none</span>'
-        pct = (lambda k, r=r: f"{r[k] / r['total'] * 100:.0f}%" if r["total"] else "")
+        def pct(k: str, r: dict[str, Any] = r) -> str:
+            return f"{r[k] / r['total'] * 100:.0f}%" if r["total"] else ""
+
         trs.append(f"<tr><td>{esc(r['attribute'])} <span class='muted'>{esc(r['tag'])}</span></td><td>{esc(r['unit'])}"
                    f"</td><td class='num'>{r['total']}</td><td class='num'>{pct('present')}</td>"
                    f"<td class='num'>{pct('unmapped')}</td><td class='num'>{pct('absent')}</td><td>{vals}</td></tr>")
@@ -259,8 +263,8 @@ def _completeness_section(page: _Page, d: RD.ReportData) -> str:
 def render(d: RD.ReportData, *, group_by: str | None = None, max_features: int = 40) -> str:
     """The dashboard as one HTML string."""
     page = _Page()
-    sections = [_counts_section(page, d), _clinical_section(page, d), _radiomics_section(page, d, group_by, max_features),
-                _completeness_section(page, d)]
+    sections = [_counts_section(page, d), _clinical_section(page, d),
+                _radiomics_section(page, d, group_by, max_features), _completeness_section(page, d)]
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     nav = "".join(f'<a href="#{i}">{t}</a>' for i, t in (("counts", "Counts"), ("clinical", "Clinical"),
                                                           ("radiomics", "Radiomics"), ("dicom", "DICOM completeness")))
