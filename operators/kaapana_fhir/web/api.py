@@ -164,7 +164,7 @@ class Entry:
     state: str
     built_at: float
     build_seconds: float
-    views: dict[str, list[dict[str, Any]]]
+    views: Mapping[str, Sequence[dict[str, Any]]]
     selections: OrderedDict[tuple[Any, ...], Any] = field(default_factory=OrderedDict)
 
 
@@ -229,7 +229,7 @@ class CohortService:
         return Entry(cohort, table, units, state, time.time(), secs, rows)
 
 
-def _units(rows: Mapping[str, list[dict[str, Any]]], cohort: Any) -> dict[str, str]:
+def _units(rows: Mapping[str, Sequence[dict[str, Any]]], cohort: Any) -> dict[str, str]:
     """Column → unit (UCUM code or text), the most frequent one seen for clinical values and features."""
     counts: dict[str, dict[str, int]] = {}
     for r in rows.get("clinical_observation", []):
@@ -243,6 +243,7 @@ def _units(rows: Mapping[str, list[dict[str, Any]]], cohort: Any) -> dict[str, s
             counts.setdefault(col, {}).setdefault(str(r["unit"]), 0)
             counts[col][str(r["unit"])] += 1
     out = {k: max(v.items(), key=lambda kv: kv[1])[0] for k, v in counts.items()}
+    out.update({str(k): str(v) for k, v in (getattr(cohort, "units", None) or {}).items() if v})  # code-named columns
     for c in list(getattr(cohort, "clinical_variables", [])) + list(getattr(cohort, "feature_columns", [])):
         for suffix in ("_clinical", "_radiomics"):
             if c.endswith(suffix) and c[: -len(suffix)] in out:

@@ -26,7 +26,7 @@ from kaapana_fhir.web import settings as S
 try:  # Airflow 3 (task SDK) / common-compat
     from airflow.sdk import BaseOperatorLink
 except ImportError:  # Airflow 2
-    from airflow.models.baseoperatorlink import BaseOperatorLink  # type: ignore[no-redef]
+    from airflow.models.baseoperatorlink import BaseOperatorLink  # type: ignore[no-redef,unused-ignore]
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def _xcom(ti_key: Any, key: str = "return_value") -> Any:
         try:
             from airflow.sdk.execution_time.xcom import XCom  # Airflow 3
         except ImportError:
-            from airflow.models.xcom import XCom  # type: ignore[no-redef]  # Airflow 2
+            from airflow.models.xcom import XCom  # type: ignore[no-redef,unused-ignore]  # Airflow 2
         return XCom.get_value(ti_key=ti_key, key=key)
     except Exception as exc:  # noqa: BLE001 - a missing XCom must not break the task page
         log.debug("no XCom %s for %s: %s", key, ti_key, exc)
