@@ -80,10 +80,10 @@ def print_table(rows: list[Row]) -> None:
     headers = ["bench", "metric", "value", "unit", "ratio", "ratio of", "note"]
     data = [[r.bench, r.metric, _fmt(r.value), r.unit, _fmt(r.ratio), r.ratio_of, r.note] for r in rows]
     widths = [max(len(h), *(len(d[i]) for d in data)) if data else len(h) for i, h in enumerate(headers)]
-    line = " | ".join(h.ljust(w) for h, w in zip(headers, widths))
+    line = " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False))
     sys.stdout.write(line + "\n" + "-+-".join("-" * w for w in widths) + "\n")
     for d in data:
-        sys.stdout.write(" | ".join(c.ljust(w) for c, w in zip(d, widths)) + "\n")
+        sys.stdout.write(" | ".join(c.ljust(w) for c, w in zip(d, widths, strict=False)) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,7 +47,7 @@ def _csv(header: bool, rows: int = 1, values: list[str] | None = None, mask: str
 
 def _xml(features: list[tuple[str, str, str, str]] | None = None, ns: str = "http://www.mitk.org/Phenotyping",
          mask: str = "/kaapana/mask/" + MASK) -> str:
-    feats = features or [(n.split("::")[0], n.split("::")[1], "fo", v) for n, v in zip(NAMES, VALUES)]
+    feats = features or [(n.split("::")[0], n.split("::")[1], "fo", v) for n, v in zip(NAMES, VALUES, strict=False)]
     body = "".join(f'<mp:feature name="{n}" version="1" class="{c}" setting="{s}">{v}</mp:feature>'
                    for c, n, s, v in feats)
     return ('<?xml version="1.0" encoding="UTF-8"?>'
@@ -166,7 +166,7 @@ def _xq(features: list[dict]) -> dict:
 
 def test_xq_json_including_appended_reruns_and_single_feature() -> None:
     feats = [{"@name": n.split("::")[1], "@class": n.split("::")[0], "@setting": "fo", "@version": "1", "#text": v}
-             for n, v in zip(NAMES, VALUES)]
+             for n, v in zip(NAMES, VALUES, strict=False)]
     segs, issues, fmt = parse_mitk_json(json.dumps(_xq(feats)), source="liver_radiomics.json")
     _check_segment(segs, fmt, "mitk-json")
     assert issues == []
