@@ -8,6 +8,7 @@ inside that folder. This script copies them there (all generated paths are git-i
   package **without** ``dev/`` (local stack, demo, plain-Airflow runner) and ``cli/`` (the command line runs
   in the processing container, never in Airflow) and with an ``.airflowignore`` so
   Airflow does not parse package modules as DAG files;
+* ``extension/docker/files/plugins/``: ``plugins/kaapana_fhir_plugin.py`` (copied to Airflow's plugins folder);
 * ``processing-containers/kaapana-fhir/files/src/``: ``pyproject.toml``, ``README.md``, ``LICENSE``,
   ``NOTICE`` and ``operators/`` (``pip install --no-deps`` of the package in the image).
 
@@ -52,6 +53,12 @@ def dag_image_files(extension: Path = EXTENSION, repo: Path = REPO) -> Path:
     shutil.copytree(pkg_src, out / "kaapana_fhir", ignore=ignore)
     # Airflow reads .airflowignore per folder (regexp syntax): nothing inside the package is a DAG file.
     (out / "kaapana_fhir" / ".airflowignore").write_text(".*\n", encoding="utf-8")
+    # the Airflow plugin (explorer, API, extra links, macro) goes to Airflow's plugins folder; it imports the
+    # kaapana_fhir package from the dags folder, which Airflow puts on sys.path
+    plugins = extension / "extension" / "docker" / "files" / "plugins"
+    _reset(plugins)
+    for src in sorted((repo / "plugins").glob("*.py")):
+        shutil.copy2(src, plugins / src.name)
     return out
 
 

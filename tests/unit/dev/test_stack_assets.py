@@ -31,6 +31,8 @@ def test_wheel_ships_the_server_sources(wheel: Path) -> None:
     java = [n for n in names if n.startswith("kaapana_fhir/dev/servers/hapi/src/main/java/") and n.endswith(".java")]
     assert len(java) >= 3
     assert not [n for n in names if "/target/" in n]
+    # the explorer page and the API spec are package data too
+    assert {"kaapana_fhir/web/openapi.yaml", "kaapana_fhir/web/static/explorer.html"} <= names
 
 
 def test_jar_path_follows_the_sources_and_the_cache_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -128,7 +128,8 @@ def test_dag_dockerfile_follows_kaapana_conventions() -> None:
     assert df.labels["IMAGE"] == "dag-kaapana-fhir"
     assert re.fullmatch(r"\d+\.\d+\.\d+", df.labels["VERSION"])
     assert df.labels["BUILD_IGNORE"] == "False"
-    assert df.copies and all(dest.startswith("/kaapana/tmp/dags/") for _, dest in df.copies)
+    assert df.copies and all(dest.startswith(("/kaapana/tmp/dags/", "/kaapana/tmp/plugins/")) for _, dest in df.copies)
+    assert ("files/plugins/", "/kaapana/tmp/plugins/") in df.copies  # the explorer/API plugin
 
 
 def test_processing_container_dockerfile() -> None:
@@ -191,6 +192,8 @@ def test_image_layout_only_uses_installer_folders(image_root: Path) -> None:
     assert (dags / "kaapana_fhir" / "kaapana" / "operators" / "DicomToFhirKaapanaOperator.py").is_file()
     assert {p.name for p in dag_files()} <= top
     assert not list(dags.rglob("__pycache__"))
+    # the plugin lands in Airflow's plugins folder under a name that shadows no package
+    assert sorted(p.name for p in (tmp_root / "plugins").iterdir()) == ["kaapana_fhir_plugin.py"]
 
 
 def test_trigger_rules_are_shipped_and_well_formed(image_root: Path) -> None:
