@@ -201,7 +201,7 @@ def test_referenced_series_missing_from_pacs() -> None:
 
 
 @pytest.mark.parametrize(("text", "match"), [
-    ("setting:\n  binWidth: 25\n imageType: {}\n", "not valid YAML at line"),
+    ("setting:\n  binWidth: 25\n imageType: {}\n", r"line 3 column 2: .*\(rule: well-formed YAML\)"),
     ("- a\n- b\n", "must be a mapping"),
     ("settings:\n  binWidth: 25\n", "unknown top-level key"),
     ("setting:\n  binWidth: abc\n", "pyradiomics rejected the settings"),
