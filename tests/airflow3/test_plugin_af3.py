@@ -4,7 +4,6 @@ macro, extra links) and the API answers behind Airflow's auth. Run by .ci/airflo
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ def test_plugin_loads_and_api_answers(tmp_path: Path) -> None:
     cohorts.mkdir()
     (cohorts / "none.json").write_text(json.dumps({"id": "none", "patient_search": "Patient?identifier=urn:none|"}))
     env = {"KAAPANA_FHIR_COHORTS_DIR": str(cohorts), "KAAPANA_FHIR_PROJECTS": "admin,proj-b",
-           "FHIR_BASE_URL": os.environ.get("FHIR_BASE_URL", "http://127.0.0.1:9/fhir")}
+           "FHIR_BASE_URL": "http://127.0.0.1:9/fhir"}  # a closed port: the row request must fail clearly
     with airflow_web(Path(sys.executable).parent, env) as web:
         s = web.session()
         plugins = s.get(f"{web.url}/api/v2/plugins", timeout=30).json()["plugins"]
@@ -40,7 +39,6 @@ def test_plugin_loads_and_api_answers(tmp_path: Path) -> None:
         assert [p["name"] for p in projects] == ["admin", "proj-b"]
         assert {c["id"] for c in s.get(f"{web.url}/kaapana-fhir/api/cohorts", timeout=30).json()["cohorts"]} >= {"none"}
         rows = s.get(f"{web.url}/kaapana-fhir/api/cohorts/none/rows", timeout=120)
-        if "FHIR_BASE_URL" in os.environ:
-            assert rows.status_code == 200 and rows.json()["total"] == 0
-        else:
-            assert rows.status_code == 502  # closed port: a clear FHIR error, not a 500
+        # the FHIR server is unreachable: a clear 502 naming it, never a 500 (the AF2 integration and browser
+        # tests cover the answers of a live HAPI; the env of earlier tests in this leg must not decide this one)
+        assert rows.status_code == 502
