@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.kaapana_contract import PLUGIN_DIR
+from tests.support.kaapana_contract.pod import PLATFORM_ENV
 from tests.support.kaapana_packaging import (
     DAG_DOCKERFILE,
     EXTENSION,
@@ -37,16 +38,7 @@ KAAPANA_OPERATORS = REPO / "operators" / "kaapana_fhir" / "kaapana" / "operators
 PLATFORM_ENV = {
     **{
         k: f"http://{k.lower().replace('_', '-')}.services.svc:8080"
-        for k in (
-            "KEYCLOAK_URL",
-            "KUBE_HELM_URL",
-            "OPENSEARCH_URL",
-            "DICOM_WEB_FILTER_URL",
-            "NOTIFICATION_URL",
-            "AII_URL",
-            "KAAPANA_BACKEND_URL",
-            "MINIO_URL",
-        )
+        for k in PLATFORM_ENV
     },
     "DEFAULT_REGISTRY": "registry.kaapana.test/kaapana",
     "KAAPANA_BUILD_VERSION": "0.6.0",

@@ -15,17 +15,7 @@ from kaapana_fhir.kaapana import env as kaapana_env
 from kaapana_fhir.kaapana import runtime as runtime
 from kaapana_fhir.kaapana.container_env import container_env
 from tests.support.kaapana_contract import PLUGIN_DIR
-
-PLATFORM_ENV = (
-    "KEYCLOAK_URL",
-    "KUBE_HELM_URL",
-    "OPENSEARCH_URL",
-    "DICOM_WEB_FILTER_URL",
-    "NOTIFICATION_URL",
-    "AII_URL",
-    "KAAPANA_BACKEND_URL",
-    "MINIO_URL",
-)
+from tests.support.kaapana_contract.pod import PLATFORM_ENV
 
 
 @pytest.fixture()
