@@ -358,18 +358,10 @@ def to_csv(df: Any) -> bytes:
     """Spreadsheet-safe CSV (text that would run as a formula gets a ``'``), lists/dicts as JSON."""
     import csv
 
-    import pandas as pd
+    from kaapana_fhir.core.cohort.tables import spreadsheet_safe_frame
 
-    from kaapana_fhir.core.cohort.tables import spreadsheet_safe
-
-    out = df.copy()
-    for c in out.columns:
-        if not pd.api.types.is_numeric_dtype(out[c]) and not pd.api.types.is_bool_dtype(out[c]):
-            out[c] = out[c].map(lambda v: spreadsheet_safe(json.dumps(v) if isinstance(v, (list, dict)) else v),
-                                na_action="ignore").astype(object)
-    out.columns = [spreadsheet_safe(str(c)) for c in out.columns]
     buf = io.StringIO()
-    out.to_csv(buf, index=False, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
+    spreadsheet_safe_frame(df).to_csv(buf, index=False, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
     return buf.getvalue().encode("utf-8")
 
 

@@ -480,13 +480,20 @@ def spreadsheet_safe(value: Any) -> Any:
     return value
 
 
-def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
+def spreadsheet_safe_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy for CSV: text cells and column names :func:`spreadsheet_safe`, lists/dicts as JSON text (used by
+    :func:`write_csv` and the retrieval API's CSV answers)."""
     out = df.copy()
     for c in out.columns:
         if not pd.api.types.is_numeric_dtype(out[c]) and not pd.api.types.is_bool_dtype(out[c]):
             out[c] = out[c].map(lambda v: spreadsheet_safe(json.dumps(v) if isinstance(v, (list, dict)) else v),
                                 na_action="ignore").astype(object)
     out.columns = [spreadsheet_safe(str(c)) for c in out.columns]
+    return out
+
+
+def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
+    out = spreadsheet_safe_frame(df)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(p, index=False, quoting=csv.QUOTE_NONNUMERIC)
