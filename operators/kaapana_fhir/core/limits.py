@@ -103,15 +103,15 @@ def _text(data: str | bytes, source: str, max_bytes: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- JSON
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKETS = re.compile(r"[\[\]{}]")
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
 
 
 def json_depth(text: str) -> int:
     """Maximum nesting of ``[``/``{`` outside strings (linear scan; no recursion)."""
     depth = deepest = 0
-    for m in _BRACKETS.finditer(_JSON_STRING.sub('""', text)):
-        if m.group() in "[{":
+    for ch in _NOT_BRACKETS.sub("", _JSON_STRING.sub('""', text)):
+        if ch in "[{":
             depth += 1
             deepest = max(deepest, depth)
         else:
@@ -145,6 +145,8 @@ def json_decoder(source: str, *, max_int_digits: int = MAX_INT_DIGITS, allow_nan
 
 
 def check_json_depth(text: str, source: str, max_depth: int = MAX_DEPTH) -> None:
+    if text.count("[") + text.count("{") <= max_depth:  # fast path (one NDJSON line): cannot be deeper
+        return
     depth = json_depth(text)
     if depth > max_depth:
         raise LimitError(source, f"JSON nesting at most {max_depth} levels", f"is nested {depth} levels deep;")

@@ -2,31 +2,73 @@
 
 Inputs (:func:`iter_resources`): NDJSON (``.ndjson``, ``.jsonl``, also ``.gz``; one resource per line, as
 written by FHIR Bulk Data ``$export``), a Bundle (``entry[].resource``, nested Bundles followed), a JSON array
-of resources or one resource. Outputs (:func:`write_rows`): CSV (lists/objects as JSON text; text that a
-spreadsheet would run as a formula is prefixed with ``'``), Parquet (pyarrow; a column whose values do not
-share one type is written as text), JSON (an array of row objects) or NDJSON.
+of resources or one resource. Every document is read within :mod:`kaapana_fhir.core.limits`: an NDJSON line at
+most :data:`MAX_NDJSON_LINE_BYTES`, a whole JSON file at most :data:`MAX_JSON_FILE_BYTES`, nesting, integer
+digits and non-finite numbers bounded; errors name the file, the line and the rule.
+
+Outputs (:func:`write_rows`): CSV (lists/objects as JSON text; text that a spreadsheet would run as a formula
+is prefixed with ``'``), Parquet (pyarrow; a column whose values do not share one type is written as text),
+JSON (an array of row objects) or NDJSON.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from kaapana_fhir.core import limits
 from kaapana_fhir.exceptions import ConfigError, MappingError
 
 FORMATS = ("csv", "parquet", "json", "ndjson")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+#: longest NDJSON line (one resource) read; the line is refused before it is read whole
+MAX_NDJSON_LINE_BYTES = limits.MAX_DOCUMENT_BYTES
+#: largest whole-JSON file (Bundle, array, one resource; after gunzip) parsed in memory; larger: use NDJSON
+MAX_JSON_FILE_BYTES = 64 * 1024 * 1024
 
 
-def _open_text(path: Path) -> IO[str]:
+def _open_binary(path: Path) -> IO[bytes]:
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return path.open("r", encoding="utf-8")
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return path.open("rb")
+
+
+def _ndjson_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """``(line number, line)`` of an NDJSON file; a line longer than ``max_line_bytes`` is refused after
+    reading at most ``max_line_bytes + 1`` bytes of it."""
+    n = 0
+    try:
+        with _open_binary(path) as fh:
+            while True:
+                line = fh.readline(max_line_bytes + 1)
+                if not line:
+                    return
+                n += 1
+                if len(line) > max_line_bytes and not line.endswith(b"\n"):
+                    raise limits.LimitError(f"{path} line {n}", f"NDJSON lines of at most {max_line_bytes} bytes",
+                                            "is longer;")
+                yield n, line
+    except (OSError, EOFError) as exc:  # unreadable, or a corrupt / truncated .gz
+        raise MappingError(f"{path} line {n + 1}: cannot be read ({exc}) (rule: a readable NDJSON file, "
+                           "gzip-compressed only when named .gz)") from None
+
+
+def _read_json_file(path: Path, max_bytes: int) -> Any:
+    source = str(path)
+    try:
+        with _open_binary(path) as fh:
+            data = fh.read(max_bytes + 1)
+    except (OSError, EOFError) as exc:
+        raise MappingError(f"{path}: cannot be read ({exc}) (rule: a readable JSON file, gzip-compressed only "
+                           "when named .gz)") from None
+    if len(data) > max_bytes:
+        raise limits.LimitError(source, f"a JSON resource file of at most {max_bytes} bytes (larger: NDJSON, "
+                                "one resource per line)", f"is more than {max_bytes} bytes;")
+    return limits.loads_json(data, source=source, max_bytes=max_bytes)
 
 
 def _from_json(obj: Any, where: str) -> Iterator[dict[str, Any]]:
@@ -45,30 +87,23 @@ def _from_json(obj: Any, where: str) -> Iterator[dict[str, Any]]:
     yield obj
 
 
-def iter_resources(paths: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
-    """Resources from the files, one at a time (NDJSON is never loaded whole)."""
+def iter_resources(paths: Iterable[str | Path], *, max_line_bytes: int = MAX_NDJSON_LINE_BYTES,
+                   max_file_bytes: int = MAX_JSON_FILE_BYTES) -> Iterator[dict[str, Any]]:
+    """Resources from the files, one at a time (NDJSON is never loaded whole). Hostile or broken input ends in a
+    :class:`~kaapana_fhir.core.limits.LimitError` (a ``MappingError``) naming the file, the line and the rule."""
     for p in paths:
         path = Path(p)
         if not path.is_file():
             raise ConfigError(f"resource file {str(path)!r} does not exist")
         name = path.name.lower().removesuffix(".gz")
         if name.endswith((".ndjson", ".jsonl")):
-            with _open_text(path) as fh:
-                for n, line in enumerate(fh, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except ValueError as exc:
-                        raise MappingError(f"{path}:{n}: not valid JSON ({exc})") from None
-                    yield from _from_json(obj, f"{path}:{n}")
+            for n, line in _ndjson_lines(path, max_line_bytes):
+                if not line.strip():
+                    continue
+                where = f"{path} line {n}"
+                yield from _from_json(limits.loads_json(line, source=where, max_bytes=max_line_bytes), where)
         else:
-            with _open_text(path) as fh:
-                try:
-                    obj = json.load(fh)
-                except ValueError as exc:
-                    raise MappingError(f"{path}: not valid JSON ({exc})") from None
-            yield from _from_json(obj, str(path))
+            yield from _from_json(_read_json_file(path, max_file_bytes), str(path))
 
 
 def _cell(v: Any) -> Any:
