@@ -661,7 +661,20 @@ def date_windows(since: str | date, until: str | date, days: int) -> list[dict[s
 
 class Cursor:
     """Resumable backfill position: a JSON-lines file, first line the query, then one StudyInstanceUID per line
-    for every study written. Appends are flushed per batch, so a killed run loses at most the batch in flight."""
+    for every study written. Appends are flushed per batch, so a killed run loses at most the batch in flight.
+
+    The file is state a user can edit or break, so it is read within bounds and every error names the file, the
+    line and the rule: at most :attr:`MAX_BYTES`, line 1 bounded JSON (:mod:`kaapana_fhir.core.limits`) holding
+    ``query``, every other line a DICOM UID (digits and dots, at most 64 characters). A last line without its
+    newline (a write cut by a kill) is not counted; that study is simply written again. A UID that is not one is
+    never appended (it could break the file); the next run retries that study."""
+
+    #: largest cursor file read (about four million studies)
+    MAX_BYTES = 256 * 1024 * 1024
+    #: longest line 1 (the query as JSON)
+    MAX_HEAD_BYTES = 64 * 1024
+    RULE = "a backfill cursor holds the query as JSON on line 1, then one StudyInstanceUID per line"
+    _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 
     def __init__(self, path: str | Path | None, query: dict[str, Any]) -> None:
         self.path = Path(path) if path else None
@@ -670,18 +683,61 @@ class Cursor:
         if self.path is None:
             return
         if self.path.exists():
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-            head = json.loads(lines[0]) if lines else {}
-            if head.get("query") != query:
-                raise ConfigError(f"cursor {self.path} belongs to another backfill ({head.get('query')}); "
-                                  f"use another --cursor file for {query}")
-            self.done = {ln.strip() for ln in lines[1:] if ln.strip()}
+            self.done = self._load(self.path, query)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text(json.dumps({"query": query}) + "\n", encoding="utf-8")
 
+    @classmethod
+    def is_uid(cls, uid: str) -> bool:
+        return len(uid) <= 64 and cls._UID.fullmatch(uid) is not None
+
+    @classmethod
+    def _load(cls, path: Path, query: dict[str, Any]) -> set[str]:
+        from kaapana_fhir.core import limits
+
+        done: set[str] = set()
+        try:
+            limits.check_size(path.stat().st_size, f"cursor {path}", cls.MAX_BYTES)
+            with path.open("rb") as fh:
+                head = fh.readline(cls.MAX_HEAD_BYTES + 1)
+                if not head.endswith(b"\n"):
+                    raise ConfigError(f"cursor {path} line 1: {'empty' if not head else 'cut off or too long'} "
+                                      f"(rule: {cls.RULE}, line 1 at most {cls.MAX_HEAD_BYTES} bytes); use another "
+                                      f"--cursor file for {query}")
+                doc = limits.loads_json(head, source=f"cursor {path} line 1", max_bytes=cls.MAX_HEAD_BYTES + 1)
+                if not isinstance(doc, dict) or "query" not in doc:
+                    raise ConfigError(f"cursor {path} line 1: no backfill query (rule: {cls.RULE}); use another "
+                                      f"--cursor file for {query}")
+                if doc["query"] != query:
+                    raise ConfigError(f"cursor {path} belongs to another backfill ({doc['query']}); "
+                                      f"use another --cursor file for {query}")
+                for n, raw in enumerate(iter(lambda: fh.readline(66), b""), start=2):
+                    if not raw.endswith(b"\n") and len(raw) <= 64:  # the last line, cut by a kill: not recorded
+                        log.warning("cursor %s line %d: incomplete last line ignored (written again)", path, n)
+                        break
+                    uid = raw.strip().decode("ascii", errors="replace")
+                    if not uid:
+                        continue
+                    if not cls.is_uid(uid):
+                        raise ConfigError(f"cursor {path} line {n}: {uid[:70]!r} is not a DICOM UID (rule: {cls.RULE}; "
+                                          "a UID is digits and dots, at most 64 characters)")
+                    done.add(uid)
+        except OSError as exc:
+            raise ConfigError(f"cursor {path}: cannot be read ({exc.strerror or type(exc).__name__}) "
+                              f"(rule: {cls.RULE})") from None
+        return done
+
     def mark(self, uids: Iterable[str]) -> None:
-        new = [u for u in uids if u not in self.done]
+        new = []
+        for u in uids:
+            if u in self.done:
+                continue
+            if not self.is_uid(u):
+                log.warning("study %r is not recorded in the cursor (not a DICOM UID); the next run retries it",
+                            u[:70])
+                continue
+            new.append(u)
         self.done.update(new)
         if self.path is not None and new:
             with self.path.open("a", encoding="utf-8") as f:
