@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kaapana_fhir.core.limits import load_json_object
+from kaapana_fhir.core.limits import load_json_object, loads_json
 from kaapana_fhir.exceptions import ConfigError
 
 if TYPE_CHECKING:
@@ -75,9 +75,9 @@ def parse_env_value(raw: str | None) -> Any:
         return text.lower() == "true"
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
         try:
-            return json.loads(text)
+            return loads_json(text, source="workflow_form value")  # bounded: 100,000 nested '[' stay text
         except ValueError:
             return raw
 

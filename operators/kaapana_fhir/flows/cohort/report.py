@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from kaapana_fhir.clients.protocols import FhirApi, ObjectStoreApi
 from kaapana_fhir.core.cohort import report as R
 from kaapana_fhir.core.cohort import report_data as RD
 from kaapana_fhir.core.cohort import tables as C
+from kaapana_fhir.core.limits import load_json_object
 from kaapana_fhir.flows.cohort.flow import fetch_and_flatten, load_views
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,8 @@ def data_from_table(path: str | Path, *, title: str = "Cohort overview") -> RD.R
                 sib[name] = C.read_table(f)
                 break
     meta_file = p.with_name("cohort_meta.json")
-    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else None
+    meta = load_json_object(meta_file, what="the cohort metadata", hint="written by the fhir-cohort job") \
+        if meta_file.is_file() else None
     return RD.from_table(table, series=sib.get("series"), studies=sib.get("studies"), meta=meta, title=title,
                          source=p.name)
 
