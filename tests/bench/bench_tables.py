@@ -55,16 +55,94 @@ def write_table(path: Path, n: int, seed: int = 0, columns: int = COLUMNS) -> No
             fh.write(f"B{p:07d}," + ",".join(f"{rng.uniform(0, 100):.3f}" for _ in range(columns)) + "\n")
 
 
-def write_xlsx(path: Path, n: int, seed: int = 0, columns: int = COLUMNS) -> None:
-    import openpyxl
+_XLSX_PARTS = {
+    "[Content_Types].xml": '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<Types xmlns="http://schemas'
+    '.openxmlformats.org/package/2006/content-types"><Default Extension="rels" ContentType="application/vnd.openxml'
+    'formats-package.relationships+xml"/><Default Extension="xml" ContentType="application/xml"/><Override PartName='
+    '"/xl/workbook.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml"/>'
+    '<Override PartName="/xl/worksheets/sheet1.xml" ContentType="application/vnd.openxmlformats-officedocument.'
+    'spreadsheetml.worksheet+xml"/><Override PartName="/xl/styles.xml" ContentType="application/vnd.openxmlformats-'
+    'officedocument.spreadsheetml.styles+xml"/><Override PartName="/xl/sharedStrings.xml" ContentType="application/'
+    'vnd.openxmlformats-officedocument.spreadsheetml.sharedStrings+xml"/></Types>',
+    "_rels/.rels": '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<Relationships xmlns="http://schemas.'
+    'openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/'
+    'officeDocument/2006/relationships/officeDocument" Target="xl/workbook.xml"/></Relationships>',
+    "xl/workbook.xml": '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<workbook xmlns="http://schemas.'
+    'openxmlformats.org/spreadsheetml/2006/main" xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/'
+    'relationships"><sheets><sheet name="data" sheetId="1" r:id="rId1"/></sheets></workbook>',
+    "xl/_rels/workbook.xml.rels": '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<Relationships xmlns='
+    '"http://schemas.openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.'
+    'openxmlformats.org/officeDocument/2006/relationships/worksheet" Target="worksheets/sheet1.xml"/><Relationship '
+    'Id="rId2" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/styles" Target="styles.xml"/>'
+    '<Relationship Id="rId3" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/sharedStrings" '
+    'Target="sharedStrings.xml"/></Relationships>',
+    # style 0: general, style 1: built-in date format 14 (what Excel writes for a typed date)
+    "xl/styles.xml": '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<styleSheet xmlns="http://schemas.'
+    'openxmlformats.org/spreadsheetml/2006/main"><fonts count="1"><font><sz val="11"/><name val="Calibri"/></font>'
+    '</fonts><fills count="1"><fill><patternFill patternType="none"/></fill></fills><borders count="1"><border/>'
+    '</borders><cellStyleXfs count="1"><xf numFmtId="0" fontId="0" fillId="0" borderId="0"/></cellStyleXfs><cellXfs '
+    'count="2"><xf numFmtId="0" fontId="0" fillId="0" borderId="0" xfId="0"/><xf numFmtId="14" fontId="0" fillId="0" '
+    'borderId="0" xfId="0" applyNumberFormat="1"/></cellXfs><cellStyles count="1"><cellStyle name="Normal" '
+    'xfId="0" builtinId="0"/></cellStyles></styleSheet>',
+}
 
+
+def write_xlsx_rows(path: Path, header: list[str], rows: Any) -> None:
+    """Write an .xlsx the way Excel stores it (text in the shared-strings table), streaming the sheet.
+
+    Cells: ``str`` → shared string (``=…`` → a formula), ``int``/``float`` → number, ``datetime.date`` → a
+    date-formatted serial number. openpyxl writes inline strings instead, which would not exercise a reader's
+    shared-strings table.
+    """
+    import datetime as dt
+    import zipfile
+    from xml.sax.saxutils import escape
+
+    from openpyxl.utils import get_column_letter
+    from openpyxl.utils.datetime import to_excel
+
+    strings: dict[str, int] = {}
+
+    def cell(ref: str, v: Any) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, str) and v.startswith("="):
+            return f'<c r="{ref}"><f>{escape(v[1:])}</f></c>'
+        if isinstance(v, str):
+            return f'<c r="{ref}" t="s"><v>{strings.setdefault(v, len(strings))}</v></c>'
+        if isinstance(v, dt.date):
+            return f'<c r="{ref}" s="1"><v>{to_excel(v)}</v></c>'
+        return f'<c r="{ref}"><v>{v}</v></c>'
+
+    letters = [get_column_letter(i) for i in range(1, 200)]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, text in _XLSX_PARTS.items():
+            zf.writestr(name, text)
+        with zf.open("xl/worksheets/sheet1.xml", "w", force_zip64=True) as fh:
+            fh.write(b'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<worksheet xmlns="http://schemas.'
+                     b'openxmlformats.org/spreadsheetml/2006/main"><sheetData>')
+            for r, rec in enumerate([header, *rows] if isinstance(rows, list) else _chain(header, rows), start=1):
+                fh.write((f'<row r="{r}">' + "".join(cell(f"{letters[c]}{r}", v) for c, v in enumerate(rec))
+                          + "</row>").encode())
+            fh.write(b"</sheetData></worksheet>")
+        with zf.open("xl/sharedStrings.xml", "w", force_zip64=True) as fh:
+            fh.write(f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<sst xmlns="http://schemas.'
+                     f'openxmlformats.org/spreadsheetml/2006/main" count="{len(strings)}" '
+                     f'uniqueCount="{len(strings)}">'.encode())
+            for text in strings:  # dicts keep insertion order = index order
+                fh.write(f"<si><t>{escape(text)}</t></si>".encode())
+            fh.write(b"</sst>")
+
+
+def _chain(header: list[str], rows: Any) -> Any:
+    yield header
+    yield from rows
+
+
+def write_xlsx(path: Path, n: int, seed: int = 0, columns: int = COLUMNS) -> None:
     rng = random.Random(seed)
-    wb = openpyxl.Workbook(write_only=True)
-    ws = wb.create_sheet("data")
-    ws.append(["pid", *[f"v{i:02d}" for i in range(columns)]])
-    for p in range(n):
-        ws.append([f"B{p:07d}", *[round(rng.uniform(0, 100), 3) for _ in range(columns)]])
-    wb.save(path)
+    write_xlsx_rows(path, ["pid", *[f"v{i:02d}" for i in range(columns)]],
+                    ([f"B{p:07d}", *[round(rng.uniform(0, 100), 3) for _ in range(columns)]] for p in range(n)))
 
 
 def _bundles(src: Path, system: str) -> list[dict[str, Any]]:
@@ -193,7 +271,7 @@ def _memory(ctx: Any, work: Path) -> list[Any]:
     rows = []
     # memory without a server: --out from CSV (10k .. 1M rows) and xlsx, each in a fresh process
     csv_sizes = _sizes("KF_BENCH_RSS_SIZES", (2_000, 20_000) if ctx.quick else (10_000, 100_000, 1_000_000))
-    xlsx_sizes = _sizes("KF_BENCH_XLSX_SIZES", (2_000,) if ctx.quick else (10_000, 100_000))
+    xlsx_sizes = _sizes("KF_BENCH_XLSX_SIZES", (2_000,) if ctx.quick else (10_000, 100_000, 1_000_000))
     cols = 2  # 1M rows x 2 columns = 3M resources, a 1+ GB Bundle file
     for kind, sizes in (("csv", csv_sizes), ("xlsx", xlsx_sizes)):
         base = None

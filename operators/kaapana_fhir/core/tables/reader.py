@@ -6,8 +6,12 @@
   memory does not grow with the file.
 * ``.xlsx``: openpyxl in read-only mode, the mapping's sheet (default: first); formulas are read as
   their text and never evaluated. Zip-bomb guard before parsing (:func:`check_xlsx_limits`: total uncompressed
-  size, compression ratio, declared row count). Memory is constant in the rows except for the workbook's
-  shared-strings table (distinct text cells), which openpyxl loads whole (1M distinct ids ≈ +90 MB).
+  size, compression ratio, declared row count). Memory is constant in the rows: the workbook's shared-strings
+  table (one entry per distinct text cell, which openpyxl would load whole: 1M distinct ids ≈ +90 MB) is streamed
+  once per table into :class:`SharedStrings`, kept in memory up to :data:`SHARED_STRINGS_IN_MEMORY` entries and
+  spilled beyond that to a private temporary SQLite database (deleted when the table is dropped); the sheet's
+  rows are parsed by openpyxl's own cell parser (types, dates, formulas as text) but each parsed ``<row>`` is
+  dropped from the XML tree (openpyxl's read-only reader keeps every cleared row element: ≈ +90 MB per 1M rows).
 * REDCap: CSV exports are CSV; JSON exports are a list of record objects (all values strings).
 
 Row numbers in errors are 1-based record numbers with the header as row 1 (for CSV with quoted
@@ -20,11 +24,15 @@ import codecs
 import csv
 import io
 import json
+import logging
 import os
-from collections.abc import Callable, Iterator
+import sqlite3
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, overload
 
 from kaapana_fhir.exceptions import MappingError
 
@@ -32,6 +40,7 @@ from kaapana_fhir.exceptions import MappingError
 MAX_FIELD_CHARS = 1_000_000
 DELIMITERS = (",", ";", "\t", "|")
 _SAMPLE = 256 * 1024
+log = logging.getLogger(__name__)
 
 if csv.field_size_limit() < MAX_FIELD_CHARS:
     csv.field_size_limit(MAX_FIELD_CHARS)
@@ -150,45 +159,218 @@ def _cell(value: Any) -> Any:
     return value  # str, None, datetime/date (parsed by values.parse_date)
 
 
+#: shared strings kept in a Python list; beyond this many the table moves to a temporary SQLite database
+SHARED_STRINGS_IN_MEMORY = 50_000
+#: a progress line at least this often while a large shared-strings table is read (seconds)
+_PROGRESS_EVERY_S = 10.0
+
+
+class SharedStrings(Sequence[str]):
+    """An ``.xlsx`` shared-strings table read as a stream: a list while small, a SQLite table when large.
+
+    openpyxl's worksheet parser only indexes the table (``strings[i]``), so this object stands in for the list
+    openpyxl would build. Beyond ``in_memory`` entries every entry lives in a private temporary on-disk SQLite
+    database (``sqlite3.connect("")``: SQLite deletes it when the connection closes), so memory stays flat in
+    the number of distinct text cells.
+    """
+
+    def __init__(self, in_memory: int | None = None) -> None:
+        self._limit = SHARED_STRINGS_IN_MEMORY if in_memory is None else in_memory
+        self._mem: list[str] = []
+        self._db: sqlite3.Connection | None = None
+        self._n = 0
+        self._batch: list[tuple[int, str]] = []
+
+    @property
+    def spilled(self) -> bool:
+        return self._db is not None
+
+    def append(self, text: str) -> None:
+        if self._db is None and self._n >= self._limit:
+            db = sqlite3.connect("", check_same_thread=False)
+            db.execute("PRAGMA journal_mode=OFF")
+            db.execute("PRAGMA synchronous=OFF")
+            db.execute("CREATE TABLE s (i INTEGER PRIMARY KEY, t TEXT NOT NULL)")
+            db.executemany("INSERT INTO s VALUES (?, ?)", enumerate(self._mem))
+            self._mem = []
+            self._db = db
+        if self._db is None:
+            self._mem.append(text)
+        else:
+            self._batch.append((self._n, text))
+            if len(self._batch) >= 10_000:
+                self._flush()
+        self._n += 1
+
+    def _flush(self) -> None:
+        if self._db is not None and self._batch:
+            self._db.executemany("INSERT INTO s VALUES (?, ?)", self._batch)
+            self._batch = []
+
+    def finish(self) -> None:
+        self._flush()
+        if self._db is not None:
+            self._db.commit()
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[str]: ...
+    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(f"shared string {i} out of range (table has {self._n})")
+        if self._db is None:
+            return self._mem[i]
+        row = self._db.execute("SELECT t FROM s WHERE i = ?", (i,)).fetchone()
+        return str(row[0])
+
+
+def read_shared_strings(src: IO[bytes], *, name: str = "table",
+                        in_memory: int | None = None) -> SharedStrings:
+    """Stream ``xl/sharedStrings.xml`` (defusedxml, elements dropped as read) into a :class:`SharedStrings`."""
+    from defusedxml.ElementTree import iterparse
+    from openpyxl.cell.text import Text
+    from openpyxl.xml.constants import SHEET_MAIN_NS
+
+    si = f"{{{SHEET_MAIN_NS}}}si"
+    out = SharedStrings(in_memory)
+    t0 = last = time.monotonic()
+    root = None
+    for event, node in iterparse(src, events=("start", "end")):
+        if root is None:
+            root = node
+        if event == "end" and node.tag == si:
+            out.append(Text.from_tree(node).content.replace("x005F_", ""))
+            root.clear()  # the parsed <si> elements are not kept under the root
+            if len(out) % 10_000 == 0 and time.monotonic() - last >= _PROGRESS_EVERY_S:
+                last = time.monotonic()
+                log.info("%s: reading shared strings: %d in %.0f s", name, len(out), last - t0)
+    out.finish()
+    if out.spilled:
+        log.info("%s: %d shared strings moved to a temporary SQLite table (constant memory)", name, len(out))
+    return out
+
+
+def _streaming_reader(source: Any, strings: SharedStrings | None, name: str) -> Any:
+    """An openpyxl ``ExcelReader`` (read-only) whose shared strings come from :func:`read_shared_strings`."""
+    from openpyxl.reader.excel import ExcelReader
+    from openpyxl.xml.constants import SHARED_STRINGS
+
+    class _Reader(ExcelReader):  # type: ignore[misc]
+        def read_strings(self) -> None:
+            if strings is not None:
+                self.shared_strings = strings
+                return
+            ct = self.package.find(SHARED_STRINGS)
+            if ct is not None:
+                with self.archive.open(ct.PartName[1:]) as src:
+                    self.shared_strings = read_shared_strings(src, name=name)
+
+    fh = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
+    return _Reader(fh, read_only=True, data_only=False)
+
+
+def _sheet_rows(wb: Any, ws: Any) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    """``(row number, cells)`` of a read-only worksheet, each ``<row>`` dropped from the XML tree once parsed.
+
+    The cells come from openpyxl's ``WorkSheetParser.parse_row`` (shared strings, inline strings, booleans,
+    errors, dates by the cell's number format, formulas as ``=`` text), the parser read-only openpyxl itself uses.
+    """
+    from defusedxml.ElementTree import iterparse
+    from openpyxl.worksheet._reader import ROW_TAG, WorkSheetParser
+    from openpyxl.xml.constants import SHEET_MAIN_NS
+
+    sheet_data = f"{{{SHEET_MAIN_NS}}}sheetData"
+    with wb._archive.open(ws._worksheet_path) as src:
+        parser = WorkSheetParser(src, ws._shared_strings, data_only=False, epoch=wb.epoch,
+                                 date_formats=wb._date_formats, timedelta_formats=wb._timedelta_formats)
+        parent = None
+        for event, el in iterparse(src, events=("start", "end")):
+            if event == "start":
+                if el.tag == sheet_data:
+                    parent = el
+                continue
+            if el.tag == ROW_TAG:
+                idx, cells = parser.parse_row(el)
+                parser.row_dimensions.clear()
+                if parent is not None:
+                    parent.clear()
+                yield idx, cells
+
+
 def read_xlsx(source: Any, *, name: str = "table", sheet: str | None = None) -> Table:
-    """Open an ``.xlsx`` sheet (openpyxl read-only; formulas kept as text, never evaluated)."""
+    """Open an ``.xlsx`` sheet (openpyxl read-only; formulas kept as text, never evaluated).
+
+    The shared-strings table is read once (:func:`read_shared_strings`) and shared by every pass over the rows.
+    """
     import zipfile
 
-    import openpyxl
     from openpyxl.utils.exceptions import InvalidFileException
 
     if _size(source) == 0:
         raise MappingError(f"{name}: file is empty (0 bytes) (rule: a table needs a header and data rows)")
     check_xlsx_limits(source, name=name, sheet=sheet)
+    strings: list[SharedStrings | None] = [None]
 
     def _open() -> Any:
-        fh = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
         try:
-            wb = openpyxl.load_workbook(fh, read_only=True, data_only=False)
+            reader = _streaming_reader(source, strings[0], name)
+            reader.read()
         except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError, ValueError) as exc:
             raise MappingError(f"{name}: not a readable .xlsx workbook ({type(exc).__name__}) "
                                "(rule: Excel 2007+ format)") from None
+        if isinstance(reader.shared_strings, SharedStrings):
+            strings[0] = reader.shared_strings
+        wb = reader.wb
         if sheet and sheet not in wb.sheetnames:
             raise MappingError(f"{name}: sheet {sheet!r} not found (sheets: {wb.sheetnames}) (rule: source.sheet)")
         return wb, wb[sheet] if sheet else wb.worksheets[0]
 
     wb, ws = _open()
-    first = next(ws.iter_rows(values_only=True), None)
-    wb.close()
-    if not first:
+    try:
+        first = next(_sheet_rows(wb, ws), None)
+    finally:
+        wb.close()
+    if not first or first[0] != 1 or not first[1]:
         raise MappingError(f"{name}: sheet is empty (rule: first row holds the column names)")
-    header = [str(h).strip() if h is not None else "" for h in first]
+    cells = {c["column"]: c["value"] for c in first[1]}
+    header = [str(cells[c]).strip() if cells.get(c) is not None else "" for c in range(1, max(cells) + 1)]
+    width = len(header)
 
     def rows() -> Iterator[tuple[int, dict[str, Any]]]:
         wb2, ws2 = _open()
         try:
-            for n, rec in enumerate(ws2.iter_rows(values_only=True), start=1):
-                if n > 1:
-                    yield n, {h: _cell(v) for h, v in zip(header, rec, strict=False)}
+            last = 1
+            for idx, row in _sheet_rows(wb2, ws2):
+                if idx <= last:
+                    continue
+                for gap in range(last + 1, idx):  # rows missing from the XML are empty rows
+                    yield gap, dict.fromkeys(header)
+                last = idx
+                rec: list[Any] = [None] * width
+                for c in row:
+                    if c["column"] <= width:
+                        rec[c["column"] - 1] = c["value"]
+                yield idx, {h: _cell(v) for h, v in zip(header, rec, strict=True)}
         finally:
             wb2.close()
 
-    return Table(name, header, rows)
+    table = Table(name, header, rows)
+    if strings[0] is not None:
+        weakref.finalize(table, strings[0].close)
+    return table
 
 
 #: largest total uncompressed size of an .xlsx (zip-bomb guard, checked before parsing)
