@@ -23,6 +23,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from kaapana_fhir.clients.fhir import WriteResult
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -45,9 +47,9 @@ class _Sink:
     def search(self, *a: Any, **kw: Any) -> list[dict[str, Any]]:
         return []
 
-    def write_entries(self, entries: list[dict[str, Any]], **kw: Any) -> dict[str, int]:
+    def write_entries(self, entries: list[dict[str, Any]], **kw: Any) -> WriteResult:
         self.entries += len(entries)
-        return {"200": len(entries)}
+        return WriteResult(statuses={"200": len(entries)}, entries=len(entries), chunks=1)
 
 
 def _worker(kind: str, args: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from kaapana_fhir.clients.fhir import WriteResult
 from kaapana_fhir.core.ids import DEFAULT_PATIENT_SYSTEM, patient_id
 from kaapana_fhir.dev.synthetic_tables import synthetic_lung1_csv
 
@@ -155,7 +156,7 @@ def test_server_down_mid_file_leaves_complete_chunks_and_retry_finishes(fhir: An
         def search(self, *a: Any, **kw: Any) -> Any:
             return self.real.search(*a, **kw)
 
-        def write_entries(self, entries: list[dict], **kw: Any) -> dict[str, int]:
+        def write_entries(self, entries: list[dict], **kw: Any) -> WriteResult:
             if self.left == 0:
                 raise FhirConnectionError("FHIR server at http://fhir is unreachable (simulated)")
             self.left -= 1

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from kaapana_fhir.clients.dicomweb import DicomWeb
-from kaapana_fhir.clients.fhir import FhirClient
+from kaapana_fhir.clients.fhir import FhirClient, WriteResult
 from kaapana_fhir.core.ids import DEFAULT_PATIENT_SYSTEM, patient_id, stable_id
 from kaapana_fhir.core.tables import load_mapping, open_table
 from kaapana_fhir.flows.dicom_to_fhir.flow import sync_studies
@@ -35,10 +35,10 @@ class SinkFhir:
     def search(self, *a: Any, **kw: Any) -> list[dict[str, Any]]:
         return []
 
-    def write_entries(self, entries: list[dict[str, Any]], **kw: Any) -> dict[str, int]:
+    def write_entries(self, entries: list[dict[str, Any]], **kw: Any) -> WriteResult:
         n = len(entries)
         self.entries += n
-        return {"200": n}
+        return WriteResult(statuses={"200": n}, entries=n, chunks=1)
 
 
 def test_backfill_of_many_studies(dicomweb: DicomWeb, fhir: FhirClient) -> None:

@@ -78,7 +78,7 @@ def test_answer_lost_after_commit_is_resolved_by_re_reading(fhir_url: str, fhir:
         counts = client.write_entries([put_entry(p) for p in pats[:3]])
         stored = client.update(pats[3])
     assert proxy.plan.mode_applied == 2
-    assert counts["Patient"] == 3 and counts["200"] == 3
+    assert counts.types == {"Patient": 3} and counts.statuses == {"200": 3} and counts.chunks == 1
     assert stored["id"] == pats[3]["id"] and stored["meta"]["versionId"] == "1"
     assert sum("re-read shows all" in r.getMessage() for r in caplog.records) == 2
     for p in pats:  # exactly once, version 1: nothing duplicated, nothing lost

@@ -100,6 +100,42 @@ class _Retryable(Exception):
 
 
 @dataclass
+class WriteResult:
+    """What the server confirmed for a series of transaction writes.
+
+    ``statuses`` counts the entries per HTTP status code of their ``response.status`` (``"200"``, ``"201"``),
+    ``types`` counts the entries sent per resource type; ``chunks`` is the number of transactions and
+    ``retracted`` the Observations retracted (``entered-in-error``) on the way. Results of several writes add up
+    with ``+=``.
+    """
+
+    statuses: dict[str, int] = field(default_factory=dict)
+    types: dict[str, int] = field(default_factory=dict)
+    entries: int = 0
+    chunks: int = 0
+    retracted: int = 0
+
+    def __iadd__(self, other: WriteResult) -> WriteResult:
+        for mine, theirs in ((self.statuses, other.statuses), (self.types, other.types)):
+            for k, v in theirs.items():
+                mine[k] = mine.get(k, 0) + v
+        self.entries += other.entries
+        self.chunks += other.chunks
+        self.retracted += other.retracted
+        return self
+
+    @property
+    def created(self) -> int:
+        """Entries the server answered ``201 Created``."""
+        return self.statuses.get("201", 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form for reports and XComs."""
+        return {"statuses": dict(self.statuses), "types": dict(self.types), "entries": self.entries,
+                "chunks": self.chunks, "retracted": self.retracted}
+
+
+@dataclass
 class RetryPolicy:
     """How often and how long to retry a transient answer (408/429/502/503/504)."""
 
@@ -616,27 +652,27 @@ class FhirClient:
                              outcome=cause.outcome)
 
     def write_entries(self, entries: Iterable[dict[str, Any]], *, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                      progress: Any = None) -> dict[str, int]:
-        """Write entries as consecutive transaction chunks; returns counts per response status/type.
+                      progress: Any = None) -> WriteResult:
+        """Write entries as consecutive transaction chunks; returns what the server confirmed.
 
         Every chunk's answer is checked (:meth:`transaction`). A failure raises after the chunks already
         committed (each chunk is atomic); re-running writes the same deterministic resources again, so a
         retry completes the job without duplicates.
         """
-        counts: dict[str, int] = {}
-        n = 0
+        out = WriteResult()
         for chunk in chunked(entries, chunk_size):
             result = self.transaction(transaction(chunk, sort=False))
             for e in result.get("entry", []):
                 status = (e.get("response", {}).get("status") or "").split(" ")[0]
-                counts[status] = counts.get(status, 0) + 1
+                out.statuses[status] = out.statuses.get(status, 0) + 1
             for e in chunk:
                 rtype = e["resource"]["resourceType"]
-                counts[rtype] = counts.get(rtype, 0) + 1
-            n += len(chunk)
+                out.types[rtype] = out.types.get(rtype, 0) + 1
+            out.entries += len(chunk)
+            out.chunks += 1
             if progress:
-                progress(n)
-        return counts
+                progress(out.entries)
+        return out
 
 
 def _content(resource: dict[str, Any]) -> str:

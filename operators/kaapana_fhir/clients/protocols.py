@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import requests
 
     from kaapana_fhir.clients.dicomweb import DicomWeb
-    from kaapana_fhir.clients.fhir import FhirClient, FhirClientStats
+    from kaapana_fhir.clients.fhir import FhirClient, FhirClientStats, WriteResult
     from kaapana_fhir.clients.s3 import ObjectInfo, ObjectStore
 
 SearchParams = Mapping[str, Any] | Sequence[tuple[str, Any]] | None
@@ -44,7 +44,7 @@ class FhirApi(Protocol):
     def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]: ...
 
     def write_entries(self, entries: Iterable[dict[str, Any]], *, chunk_size: int = ...,
-                      progress: Any = None) -> dict[str, int]: ...
+                      progress: Any = None) -> WriteResult: ...
 
 
 @runtime_checkable

@@ -291,7 +291,7 @@ def write_run(fhir: FhirApi, run: RadiomicsRun, *, layout: str = "members", chun
     shared = write_merged(fhir, [Shared(stub) for stub in stubs], label=f"radiomics SEG {run.seg_sop_uid}")
     counts = fhir.write_entries(entries, chunk_size=chunk_size)
     return {"seg_sop_uid": run.seg_sop_uid, "groups": mapped.groups, "features": mapped.features,
-            "absent": mapped.absent, "resources": len(entries), "status_counts": counts,
+            "absent": mapped.absent, "resources": len(entries), "status_counts": counts.statuses,
             "referenced": shared, "issues": mapped.issues, "map_s": t_map, "write_s": time.perf_counter() - t}
 
 

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from kaapana_fhir.clients.fhir import WriteResult
 from kaapana_fhir.clients.protocols import FhirApi, ObjectStoreApi
 from kaapana_fhir.core import patient
 from kaapana_fhir.core.bundle import DEFAULT_CHUNK_SIZE, chunked
@@ -139,26 +140,25 @@ def _keep_retractions(client: FhirApi, chunk: list[dict[str, Any]]) -> tuple[lis
 
 
 def _write_chunk(client: FhirApi, chunk: list[dict[str, Any]], merge_patients: bool,
-                 conflicts: list[str] | None = None) -> dict[str, int]:
+                 conflicts: list[str] | None = None) -> WriteResult:
     """One transaction; on 409 (an overlapping import upserting the same ids) re-read and re-send it: the
     entries are idempotent ``PUT``s with deterministic ids, so re-sending cannot duplicate anything."""
     chunk, retracted = _keep_retractions(client, chunk)
     if not chunk:
-        return {}
+        return WriteResult()
     for attempt in range(1, CONFLICT_ATTEMPTS + 1):
         try:
-            counts = client.write_entries(_merge_patients(client, chunk, conflicts) if merge_patients else chunk,
+            result = client.write_entries(_merge_patients(client, chunk, conflicts) if merge_patients else chunk,
                                           chunk_size=len(chunk))
-            if retracted:
-                counts = {**counts, "retracted": counts.get("retracted", 0) + retracted}
-            return counts
+            result.retracted += retracted
+            return result
         except FhirServerError as exc:
             if exc.status_code != 409 or attempt == CONFLICT_ATTEMPTS:
                 raise
             log.info("chunk collided with a concurrent write of the same resources (HTTP 409); retrying (%d/%d)",
                      attempt, CONFLICT_ATTEMPTS)
             time.sleep(random.uniform(0.05, 0.3) * attempt)
-    return {}  # pragma: no cover - the loop returns or raises
+    raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
 
 
 #: progress is logged at least this often while writing (seconds)
@@ -166,33 +166,30 @@ PROGRESS_EVERY_S = 10.0
 
 
 def write_chunks(client: FhirApi, entries: Iterable[dict[str, Any]], *, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 merge_patients: bool = True, workers: int = 1, conflicts: list[str] | None = None) -> dict[str, int]:
-    """Write entries as transaction chunks, ``workers`` at a time; returns counts per resource type.
+                 merge_patients: bool = True, workers: int = 1, conflicts: list[str] | None = None) -> WriteResult:
+    """Write entries as transaction chunks, ``workers`` at a time; returns what the server confirmed.
 
     With several workers at most ``2 * workers`` chunks are in memory; each chunk is one atomic transaction.
     """
     from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-    counts: dict[str, int] = {"chunks": 0}
+    total = WriteResult()
     t0 = last = time.monotonic()
 
-    def add(c: dict[str, int]) -> None:
-        nonlocal last
-        for k, v in c.items():
-            counts[k] = counts.get(k, 0) + v
-        counts["chunks"] += 1
+    def add(result: WriteResult) -> None:
+        nonlocal last, total
+        total += result
         now = time.monotonic()
         if now - last >= PROGRESS_EVERY_S:
             last = now
-            log.info("progress: %d chunks written in %.0f s (%s)", counts["chunks"], now - t0,
-                     {k: v for k, v in counts.items() if k[:1].isupper()})
+            log.info("progress: %d chunks written in %.0f s (%s)", total.chunks, now - t0, total.types)
 
     if workers <= 1:
         for chunk in chunked(entries, chunk_size):
             add(_write_chunk(client, chunk, merge_patients, conflicts))
-        return counts
+        return total
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir-write") as pool:
-        pending: set[Future[dict[str, int]]] = set()
+        pending: set[Future[WriteResult]] = set()
         for chunk in chunked(entries, chunk_size):
             if len(pending) >= 2 * workers:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -201,7 +198,7 @@ def write_chunks(client: FhirApi, entries: Iterable[dict[str, Any]], *, chunk_si
             pending.add(pool.submit(_write_chunk, client, chunk, merge_patients, conflicts))
         for f in pending:
             add(f.result())
-    return counts
+    return total
 
 
 def import_table(table: Table, mapping: dict[str, Any], *, client: FhirApi | None = None,
@@ -231,17 +228,15 @@ def import_table(table: Table, mapping: dict[str, Any], *, client: FhirApi | Non
         # any read: parallel chunks never reference a missing Patient and the write path has no searches
         written = write_chunks(client, iter_patient_entries(mapper, scanned), chunk_size=chunk_size,
                                workers=workers, conflicts=conflicts)
-        rest = write_chunks(client, iter_entries(table, mapper, scanned, skip_invalid_rows=True, patients=False),
-                            chunk_size=chunk_size, workers=workers, merge_patients=False)
-        for k, v in rest.items():
-            written[k] = written.get(k, 0) + v
+        written += write_chunks(client, iter_entries(table, mapper, scanned, skip_invalid_rows=True, patients=False),
+                                chunk_size=chunk_size, workers=workers, merge_patients=False)
     else:
         raise ConfigError("import_table needs a FHIR client or an output path (rule: --fhir or --out)")
     status = "imported" if not scanned.issue_count else "imported-with-rejections"
-    rep = report_of(table.name, name, scanned, status=status, written=written, duration_s=time.perf_counter() - t0,
-                    skip_invalid_rows=skip_invalid_rows)
-    rep["chunks"] = written.get("chunks", 1 if out_path else 0)
-    rep["retracted"] = written.get("retracted", 0)
+    rep = report_of(table.name, name, scanned, status=status, written=written.types,
+                    duration_s=time.perf_counter() - t0, skip_invalid_rows=skip_invalid_rows)
+    rep["chunks"] = written.chunks
+    rep["retracted"] = written.retracted
     rep["workers"] = workers
     if conflicts:
         rep["patient_conflicts"] = conflicts[:MAX_REPORTED_CONFLICTS]
@@ -253,9 +248,9 @@ def import_table(table: Table, mapping: dict[str, Any], *, client: FhirApi | Non
 MAX_REPORTED_CONFLICTS = 200
 
 
-def write_bundle_file(out_path: str | Path, entries: Iterable[dict[str, Any]]) -> dict[str, int]:
-    """Stream entries into one transaction Bundle JSON file (constant memory); counts per resource type."""
-    written: dict[str, int] = {}
+def write_bundle_file(out_path: str | Path, entries: Iterable[dict[str, Any]]) -> WriteResult:
+    """Stream entries into one transaction Bundle JSON file (constant memory); what was written, per type."""
+    written = WriteResult(chunks=1)
     with open(out_path, "w", encoding="utf-8") as fh:
         fh.write('{"resourceType": "Bundle", "type": "transaction", "entry": [')
         first = True
@@ -263,7 +258,8 @@ def write_bundle_file(out_path: str | Path, entries: Iterable[dict[str, Any]]) -
             fh.write(("\n" if first else ",\n") + json.dumps(e, separators=(",", ":")))
             first = False
             rtype = e["resource"]["resourceType"]
-            written[rtype] = written.get(rtype, 0) + 1
+            written.types[rtype] = written.types.get(rtype, 0) + 1
+            written.entries += 1
         fh.write("\n]}\n")
     return written
 

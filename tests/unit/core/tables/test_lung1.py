@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kaapana_fhir.clients.fhir import WriteResult
 from kaapana_fhir.core import codes
 from kaapana_fhir.core.ids import DEFAULT_PATIENT_SYSTEM, patient_id
 from kaapana_fhir.core.tables import TableMapper, iter_entries, load_preset, open_table, scan
@@ -160,15 +161,15 @@ def test_existing_dicom_patient_is_merged_not_replaced() -> None:
             assert rtype == "Patient" and pid in params["_id"].split(",")
             return [existing]
 
-        def write_entries(self, entries: list[dict], **kw: object) -> dict[str, int]:
+        def write_entries(self, entries: list[dict], **kw: object) -> WriteResult:
             self.written.extend(entries)
-            return {"200": len(entries)}
+            return WriteResult(statuses={"200": len(entries)}, entries=len(entries), chunks=1)
 
     table = open_table((",".join(LUNG1_COLUMNS) + "\n" + ROW).encode(), name="x.csv")
     mapper = TableMapper(load_preset("lung1"))
     c = Client()
     counts = write_chunks(c, iter_entries(table, mapper, scan(table, mapper)))
-    assert counts["chunks"] == 1
+    assert counts.chunks == 1 and counts.statuses == {"200": len(c.written)}
     pat = c.written[0]["resource"]
     assert pat["name"] == [{"family": "Anon"}] and pat["gender"] == "male"
     assert {t["code"] for t in pat["meta"]["tag"]} == {"dicom", "clinical-table"}

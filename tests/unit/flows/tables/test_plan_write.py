@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from kaapana_fhir.clients.fhir import WriteResult
 from kaapana_fhir.core.tables import load_mapping, open_table
 from kaapana_fhir.flows.tables.flow import import_table
 from kaapana_fhir.flows.tables.plan import classify, plan_table
@@ -27,7 +28,7 @@ class FakeFhir:
         assert len(ids) <= 40, "long _id searches are refused by real servers (URL length)"
         return [self.db[(rtype, i)] for i in ids if (rtype, i) in self.db]
 
-    def write_entries(self, entries: list[dict[str, Any]], *, chunk_size: int = 500) -> dict[str, int]:
+    def write_entries(self, entries: list[dict[str, Any]], *, chunk_size: int = 500) -> WriteResult:
         counts: dict[str, int] = {}
         with self.lock:
             for e in entries:
@@ -37,7 +38,7 @@ class FakeFhir:
                 self.db[(r["resourceType"], r["id"])] = r
                 counts[r["resourceType"]] = counts.get(r["resourceType"], 0) + 1
             self.writes.append([e["resource"]["resourceType"] for e in entries])
-        return counts
+        return WriteResult(statuses={"200": len(entries)}, types=counts, entries=len(entries), chunks=1)
 
 
 def _table(text: str) -> Any:

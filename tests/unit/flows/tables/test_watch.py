@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from kaapana_fhir.clients.fhir import WriteResult
 from kaapana_fhir.dev.synthetic_tables import lung1_ids, synthetic_lung1_csv
 from kaapana_fhir.flows.tables import watch as W
 from kaapana_fhir.flows.tables.flow import import_object
@@ -50,7 +51,7 @@ class FakeFhir:
     def search(self, rtype: str, params: dict) -> Iterator[dict]:
         return iter(())
 
-    def write_entries(self, entries: list[dict], *, chunk_size: int = 500) -> dict[str, int]:
+    def write_entries(self, entries: list[dict], *, chunk_size: int = 500) -> WriteResult:
         if self.fail:
             from kaapana_fhir.exceptions import FhirConnectionError
 
@@ -59,7 +60,7 @@ class FakeFhir:
         counts: dict[str, int] = {}
         for e in entries:
             counts[e["resource"]["resourceType"]] = counts.get(e["resource"]["resourceType"], 0) + 1
-        return counts
+        return WriteResult(statuses={"200": len(entries)}, types=counts, entries=len(entries), chunks=1)
 
 
 def _put_lung1(store: Any, key: str = "fhir-import/a.csv", seed: int = 1) -> None:
