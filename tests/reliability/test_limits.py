@@ -197,3 +197,170 @@ def test_cli_import_refuses_a_mapping_whose_map_file_escapes(tmp_path: Path) -> 
     assert res.returncode != 0
     assert "map_file" in res.stderr and "stay in its folder" in res.stderr, res.stderr[-2000:]
     assert not (tmp_path / "b.json").exists()
+
+
+# ------------------------------------------------------------------ NDJSON / resource files (core/sof/io.py)
+PATIENT_LINE = b'{"resourceType": "Patient", "id": "p1", "gender": "female"}\n'
+
+
+def _resources(path: Path, **kw: int) -> list[dict[str, object]]:
+    from kaapana_fhir.core.sof.io import iter_resources
+
+    return list(iter_resources([path], **kw))
+
+
+@pytest.mark.parametrize(("name", "line", "rule"), [
+    ("deep", b"[" * 100_000 + b"]" * 100_000, "nesting"),
+    ("digits", b'{"resourceType": "Observation", "valueInteger": ' + b"9" * 5000 + b"}", "digits"),
+    ("inf", b'{"resourceType": "Observation", "valueDecimal": 1e309}', "finite"),
+    ("nan", b'{"resourceType": "Observation", "valueDecimal": NaN}', "finite"),
+    ("broken", b'{"resourceType": "Patient", ', "well-formed JSON"),
+    ("latin1", b'{"resourceType": "Patient", "id": "\xe9"}', "UTF-8"),
+])
+def test_ndjson_hostile_line_names_file_line_and_rule(tmp_path: Path, name: str, line: bytes, rule: str) -> None:
+    p = tmp_path / f"{name}.ndjson"
+    p.write_bytes(PATIENT_LINE + b"\n" + line + b"\n" + PATIENT_LINE)
+    _refused(_resources, p, expect=f"{p} line 3", rule=rule)
+
+
+def test_ndjson_long_line_refused_without_reading_it_whole(tmp_path: Path) -> None:
+    p = tmp_path / "long.ndjson"
+    p.write_bytes(PATIENT_LINE + b'{"resourceType": "Patient", "id": "' + b"x" * 3_000_000 + b'"}\n')
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _refused(_resources, p, max_line_bytes=100_000, expect=f"{p} line 2", rule="NDJSON lines of at most 100000 bytes")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 20_000  # KiB: the line was not read
+    assert len(_resources(p)) == 2  # within the default line limit
+
+
+def test_ndjson_gzip_corrupt_and_good(tmp_path: Path) -> None:
+    import gzip
+
+    good = tmp_path / "ok.ndjson.gz"
+    good.write_bytes(gzip.compress(PATIENT_LINE * 3))
+    assert [r["id"] for r in _resources(good)] == ["p1"] * 3
+    bad = tmp_path / "cut.ndjson.gz"
+    bad.write_bytes(gzip.compress(PATIENT_LINE * 500)[:40])
+    with pytest.raises(MappingError, match=r"cut\.ndjson\.gz line 1: cannot be read .*rule: a readable NDJSON"):
+        _resources(bad)
+    outcomes.record("clear_error")
+
+
+def test_whole_json_resource_file_bounded(tmp_path: Path) -> None:
+    import gzip
+
+    deep = tmp_path / "deep.json"
+    deep.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    _refused(_resources, deep, expect=str(deep), rule="nesting")
+    bomb = tmp_path / "bomb.json.gz"  # 40 MB of JSON in a small gzip: refused after max_file_bytes + 1 bytes
+    bomb.write_bytes(gzip.compress(b"[" + b"0," * 20_000_000 + b"0]"))
+    _refused(_resources, bomb, max_file_bytes=1_000_000, expect=str(bomb), rule="larger: NDJSON")
+    bundle = tmp_path / "b.json"
+    bundle.write_text('{"resourceType": "Bundle", "type": "collection", "entry": [{"resource": '
+                      '{"resourceType": "Patient", "id": "a"}}]}', encoding="utf-8")
+    assert [r["id"] for r in _resources(bundle)] == ["a"]
+
+
+def test_view_cli_refuses_a_hostile_ndjson_line_with_exit_1(tmp_path: Path) -> None:
+    """Through the real CLI process: exit code 1, no traceback, the message names the file, the line, the rule."""
+    import subprocess
+    import sys
+
+    p = tmp_path / "r.ndjson"
+    p.write_bytes(PATIENT_LINE + b"[" * 100_000 + b"]" * 100_000 + b"\n")
+    res = subprocess.run([sys.executable, "-m", "kaapana_fhir.cli.main", "view", "run", "patient", str(p),
+                          "--out", str(tmp_path / "rows.csv")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and f"{p} line 2" in res.stderr and "nesting" in res.stderr, res.stderr
+    outcomes.record("clear_error")
+
+
+# ------------------------------------------------------------------ backfill cursor (flows/dicom_to_fhir)
+QUERY = {"since": "20240101", "until": "20241231", "modalities": ["CT"]}
+HEAD = b'{"query": {"since": "20240101", "until": "20241231", "modalities": ["CT"]}}\n'
+
+
+def _cursor(path: Path) -> set[str]:
+    from kaapana_fhir.flows.dicom_to_fhir.flow import Cursor
+
+    return Cursor(path, QUERY).done
+
+
+@pytest.mark.parametrize(("content", "where", "rule"), [
+    (b"", "line 1: empty", "backfill cursor holds the query"),
+    (b"[" * 30_000 + b"]" * 30_000 + b"\n", "line 1", "nesting"),
+    (b"[" * 100_000 + b"]" * 100_000 + b"\n", "line 1: cut off or too long", "at most 65536 bytes"),
+    (b'{"query": ' + b"9" * 5000 + b"}\n", "line 1", "digits"),
+    (b'"just text"\n', "line 1: no backfill query", "backfill cursor holds the query"),
+    (b"{" + b" " * 70_000 + b"}\n", "line 1: cut off or too long", "at most 65536 bytes"),
+    (HEAD + b"1.2.3\n../../etc/passwd\n", "line 3", "not a DICOM UID"),
+    (HEAD + b"1.2.3\n" + b"1." * 200 + b"1\n", "line 3", "at most 64 characters"),
+    (HEAD + b"1.2.3\x00\n", "line 2", "not a DICOM UID"),
+])
+def test_hostile_backfill_cursor_is_refused_by_line(tmp_path: Path, content: bytes, where: str, rule: str) -> None:
+    from kaapana_fhir.exceptions import KaapanaFhirError
+
+    p = tmp_path / "bf.cursor"
+    p.write_bytes(content)
+    t0 = time.perf_counter()
+    with pytest.raises(KaapanaFhirError) as exc:
+        _cursor(p)
+    assert time.perf_counter() - t0 < 5
+    text = str(exc.value)
+    assert f"cursor {p} {where}" in text and rule in text, text
+    outcomes.record("clear_error")
+
+
+def test_cursor_survives_a_cut_last_line_and_never_records_a_non_uid(tmp_path: Path) -> None:
+    from kaapana_fhir.flows.dicom_to_fhir.flow import Cursor
+
+    p = tmp_path / "bf.cursor"
+    p.write_bytes(HEAD + b"1.2.3\n1.2.4\n1.2.")  # killed mid-append
+    assert _cursor(p) == {"1.2.3", "1.2.4"}
+    fresh = tmp_path / "new.cursor"
+    cur = Cursor(fresh, QUERY)
+    cur.mark(["1.2.5", "1.2\n../x", "9" * 65, "1.2.6"])
+    assert _cursor(fresh) == {"1.2.5", "1.2.6"}
+    p.write_bytes(HEAD.replace(b"CT", b"MR"))
+    with pytest.raises(Exception, match="belongs to another backfill"):
+        _cursor(p)
+
+
+def test_backfill_cli_with_a_hostile_cursor_exits_1(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    p = tmp_path / "bf.cursor"
+    p.write_bytes(b"[" * 30_000 + b"]" * 30_000 + b"\n")
+    res = subprocess.run([sys.executable, "-m", "kaapana_fhir.cli.main", "dicom-to-fhir", "--dicomweb",
+                          "http://127.0.0.1:9/dicom-web", "--all", "--cursor", str(p), "--out",
+                          str(tmp_path / "b.json")], capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert f"cursor {p} line 1" in res.stderr and "nesting" in res.stderr, res.stderr[-2000:]
+    outcomes.record("clear_error")
+
+
+# ------------------------------------------------------------------ other loaders of user/state input
+def test_kaapana_workflow_form_value_deep_nesting_stays_text() -> None:
+    from kaapana_fhir.kaapana.env import parse_env_value
+
+    deep = "[" * 100_000 + "]" * 100_000
+    t0 = time.perf_counter()
+    assert parse_env_value(deep) == deep
+    assert parse_env_value('{"a": ' + "9" * 5000 + "}").startswith('{"a": 999')  # stays text, not an int
+    assert time.perf_counter() - t0 < 5
+    assert parse_env_value("['a', 'b']") == ["a", "b"] and parse_env_value('{"k": null}') == {"k": None}
+
+
+def test_cohort_report_refuses_a_hostile_cohort_meta(tmp_path: Path) -> None:
+    from kaapana_fhir.exceptions import ConfigError
+    from kaapana_fhir.flows.cohort.report import data_from_table
+
+    (tmp_path / "cohort.csv").write_text("patient_id,gender\na,female\n", encoding="utf-8")
+    meta = tmp_path / "cohort_meta.json"
+    for doc, rule in ((b"[" * 100_000 + b"]" * 100_000, "nesting"), (b"[1, 2]", "must be a JSON object"),
+                      (b'{"n": ' + b"9" * 500 + b"}", "digits")):
+        meta.write_bytes(doc)
+        with pytest.raises(ConfigError, match=rule) as exc:
+            data_from_table(tmp_path / "cohort.csv")
+        assert str(meta) in str(exc.value)
+        outcomes.record("clear_error")
