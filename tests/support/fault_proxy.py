@@ -6,6 +6,10 @@ after the request was sent, a search ``next`` link pointing to another origin, a
 interleavings of concurrent writers (a hook that runs before a request is forwarded).
 Binds to 127.0.0.1 on a free port; counts requests; forwards everything else unchanged.
 
+Besides the proxy: :class:`RecordingServer` (a foreign origin recording credentials), :class:`RedirectServer`
+and :class:`SinkFhirServer` (accepts transactions without storing them: measures our process, not the server).
+Each is a :class:`LoopbackServer` and answers through the one response builder :func:`send`.
+
 Modes (``FaultPlan.mode``, applied to ``FaultPlan.times`` matching requests, then the proxy forwards normally):
 
 * ``outcome200``: answer 200 ``application/fhir+json`` with an OperationOutcome; **not forwarded** (a gateway
@@ -39,7 +43,53 @@ MODES = ("outcome200", "html200", "truncate", "truncate_eof", "drop_after_send",
 
 OUTCOME = {"resourceType": "OperationOutcome",
            "issue": [{"severity": "error", "code": "exception", "diagnostics": "gateway: upstream unavailable"}]}
+EMPTY_SEARCHSET = b'{"resourceType":"Bundle","type":"searchset","total":0,"entry":[]}'
 HTML = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body><form>login</form></body></html>"
+
+
+def send(handler: http.server.BaseHTTPRequestHandler, status: int, payload: bytes = b"",
+         ctype: str | None = "application/fhir+json", headers: dict[str, str] | None = None) -> None:
+    """The one response builder: status, Content-Type, extra headers, Content-Length, body."""
+    handler.send_response(status)
+    if ctype:
+        handler.send_header("Content-Type", ctype)
+    for k, v in (headers or {}).items():
+        handler.send_header(k, v)
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)
+
+
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive, no access log, :meth:`body` reads the request body."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        return
+
+    def body(self) -> bytes | None:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else None
+
+
+class LoopbackServer:
+    """A threaded HTTP server on 127.0.0.1 (free port) running ``handler`` while the context is open."""
+
+    def _serve(self, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self.origin = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 @dataclass
@@ -97,7 +147,7 @@ class FaultPlan:
             return self.mode
 
 
-class FaultProxy:
+class FaultProxy(LoopbackServer):
     def __init__(self, target: str, plan: FaultPlan | None = None) -> None:
         self.target = target.rstrip("/")
         self.plan = plan or FaultPlan()
@@ -106,19 +156,7 @@ class FaultProxy:
         self._stopping = threading.Event()
         proxy = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:  # quiet
-                return
-
-            def _answer(self, status: int, ctype: str, payload: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
+        class Handler(QuietHandler):
             def _drop(self) -> None:
                 self.close_connection = True
                 try:
@@ -134,30 +172,24 @@ class FaultProxy:
                     self.close_connection = True
 
             def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
+                body = self.body()
                 proxy.plan.received.append((self.command, self.path, self.headers.get("Authorization"),
                                             self.headers.get("Cookie")))
                 fault = proxy.plan.next_fault(self.command)
                 if fault is not None:
                     payload = json.dumps({**OUTCOME, "issue": [{"severity": "error", "code": "transient",
                                                                 "diagnostics": "injected"}]}).encode()
-                    self.send_response(fault)
-                    self.send_header("Content-Type", "application/fhir+json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    if proxy.plan.retry_after:
-                        self.send_header("Retry-After", proxy.plan.retry_after)
-                    self.end_headers()
-                    self.wfile.write(payload)
+                    send(self, fault, payload,
+                         headers={"Retry-After": proxy.plan.retry_after} if proxy.plan.retry_after else None)
                     return
                 mode = proxy.plan.take_mode(self.command, self.path, body)
                 if mode == "stall":
                     proxy._stopping.wait(proxy.plan.stall_s)
                 if mode == "outcome200":
-                    self._answer(200, "application/fhir+json", json.dumps(OUTCOME).encode())
+                    send(self, 200, json.dumps(OUTCOME).encode())
                     return
                 if mode == "html200":
-                    self._answer(200, "text/html; charset=utf-8", HTML)
+                    send(self, 200, HTML, "text/html; charset=utf-8")
                     return
                 if proxy.plan.before_forward is not None and \
                         proxy.plan.before_forward(self.command, self.path, body) == "drop":
@@ -197,24 +229,15 @@ class FaultProxy:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self.origin = f"http://127.0.0.1:{self.port}"
+        self._serve(Handler)
         self.url = self.origin + urlsplit(self.target).path
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
+        super().__exit__(*exc)
 
 
-class RecordingServer:
+class RecordingServer(LoopbackServer):
     """A foreign origin (another port on 127.0.0.1) that records the credentials sent to it and answers an
     empty searchset. Used to prove that credentials never leave the configured FHIR origin."""
 
@@ -222,70 +245,68 @@ class RecordingServer:
         self.received: list[dict[str, Any]] = []
         rec = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                return
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 rec.received.append({"path": self.path, "authorization": self.headers.get("Authorization"),
                                      "cookie": self.headers.get("Cookie"), "at": time.time()})
-                payload = b'{"resourceType":"Bundle","type":"searchset","entry":[]}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/fhir+json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                send(self, 200, EMPTY_SEARCHSET)
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.origin = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._serve(Handler)
 
 
-class RedirectServer:
+class RedirectServer(LoopbackServer):
     """Answers every request with a redirect (``status``) to ``location`` + the request path."""
 
     def __init__(self, location: str, status: int = 302) -> None:
         self.received: list[str | None] = []
         srv = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                return
-
+        class Handler(QuietHandler):
             def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
+                self.body()
                 srv.received.append(self.headers.get("Authorization"))
-                self.send_response(status)
-                self.send_header("Location", location + self.path)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                send(self, status, ctype=None, headers={"Location": location + self.path})
 
             do_GET = do_POST = do_PUT = _handle
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.origin = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._serve(Handler)
 
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+class SinkFhirServer(LoopbackServer):
+    """A FHIR endpoint that confirms every transaction/batch entry (``201``) without storing anything and
+    answers every read/search with an empty searchset: the memory and load tests measure OUR process with it,
+    not the server's speed. Counts the entries it confirmed (``entries``) and the requests (``requests``)."""
+
+    def __init__(self) -> None:
+        self.entries = 0
+        self.requests = 0
+        self.lock = threading.Lock()
+        sink = self
+
+        class Handler(QuietHandler):
+            def do_GET(self) -> None:
+                self.body()
+                with sink.lock:
+                    sink.requests += 1
+                send(self, 200, EMPTY_SEARCHSET)
+
+            def do_POST(self) -> None:
+                doc = json.loads(self.body() or b"{}")
+                answers = []
+                for e in doc.get("entry", []):
+                    req = e.get("request") or {}
+                    if req.get("method") in ("GET", "HEAD"):
+                        answers.append({"response": {"status": "404 Not Found"}})
+                        continue
+                    res = e.get("resource") or {}
+                    answers.append({"response": {"status": "201 Created", "etag": 'W/"1"',
+                                                 "location": f"{res.get('resourceType')}/{res.get('id')}/_history/1"}})
+                with sink.lock:
+                    sink.requests += 1
+                    sink.entries += len(answers)
+                kind = doc.get("type", "transaction")
+                send(self, 200, json.dumps({"resourceType": "Bundle", "type": f"{kind}-response",
+                                            "entry": answers}).encode())
+
+        self._serve(Handler)
+        self.url = self.origin + "/fhir"
