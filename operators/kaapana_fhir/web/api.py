@@ -42,6 +42,12 @@ FORMATS = {"json": "application/json", "csv": "text/csv; charset=utf-8",
            "parquet": "application/vnd.apache.parquet"}
 
 
+# Request bodies (every adapter reads through read_body; the JSON of a body through json_body)
+MAX_JSON_BODY_BYTES = 1024 * 1024
+MAX_JSON_BODY_DEPTH = 16
+_BODY_KEYS = ("dataset_name", "dag_id", "modality", "segment_label", "filter", "project")
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -58,6 +64,67 @@ class ApiResponse:
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+def body_limit() -> int:
+    """Largest request body the adapters read (``KAAPANA_FHIR_WEB_MAX_BODY_BYTES``)."""
+    try:
+        return S.max_body_bytes()
+    except S.SettingsError as exc:
+        raise ApiError(500, str(exc)) from None
+
+
+def check_body_size(size: int | None, limit: int, *, declared: bool = True) -> None:
+    """:class:`ApiError` 413 naming the limit when ``size`` (declared ``Content-Length`` or bytes read) is above."""
+    if size is not None and size > limit:
+        what = f"{size} bytes" if declared else f"more than {limit} bytes"
+        raise ApiError(413, f"request body: {what}; at most {limit} (rule: request body size)")
+
+
+def read_body(content_length: int | None, read: Callable[[int], bytes], max_bytes: int | None = None) -> bytes:
+    """The request body, at most ``max_bytes`` (default :func:`body_limit`): a declared larger ``Content-Length``
+    is refused before reading, a longer (chunked) stream after ``max_bytes + 1`` bytes (413)."""
+    limit = body_limit() if max_bytes is None else max_bytes
+    check_body_size(content_length, limit)
+    data = read(limit + 1) if content_length is None or content_length > 0 else b""
+    check_body_size(len(data), limit, declared=False)
+    return data
+
+
+def json_body(body: bytes, content_type: str | None) -> Any:
+    """A JSON request body within :mod:`kaapana_fhir.core.limits` (``MAX_JSON_BODY_BYTES``, nesting
+    ``MAX_JSON_BODY_DEPTH``, integers of at most 40 digits, no ``NaN``/``Infinity``); 415 for another media type,
+    413 when too large, 400 naming the rule otherwise."""
+    from kaapana_fhir.core.limits import LimitError, loads_json
+
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise ApiError(415, f"request body: media type {media or 'none'!r}; send application/json (rule: JSON body)")
+    if len(body) > MAX_JSON_BODY_BYTES:
+        raise ApiError(413, f"request body: {len(body)} bytes of JSON; at most {MAX_JSON_BODY_BYTES} "
+                            "(rule: JSON body size)")
+    try:
+        return loads_json(body, source="request body", max_bytes=MAX_JSON_BODY_BYTES, max_depth=MAX_JSON_BODY_DEPTH)
+    except LimitError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def body_params(body: bytes, content_type: str | None) -> list[tuple[str, str]]:
+    """Parameters of POST send-to-kaapana given as a JSON object instead of the query string: strings (``filter``
+    also a list of strings) under the keys of the query parameters."""
+    doc = json_body(body, content_type)
+    if not isinstance(doc, dict):
+        raise ApiError(400, f"request body: a JSON object with the keys {', '.join(_BODY_KEYS)} (rule: body)")
+    out: list[tuple[str, str]] = []
+    for k, v in doc.items():
+        if k not in _BODY_KEYS:
+            raise ApiError(400, f"request body: unknown key {str(k)[:64]!r} (known: {', '.join(_BODY_KEYS)})")
+        vals = v if k == "filter" and isinstance(v, list) else [v]
+        if len(vals) > 100 or not all(isinstance(x, str) and len(x) <= 1000 for x in vals):
+            raise ApiError(400, f"request body: {k} must be a string of at most 1000 characters"
+                                f"{' or a list of at most 100 of them' if k == 'filter' else ''} (rule: body)")
+        out.extend((k, x) for x in vals)
+    return out
 
 
 def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> ApiResponse:
@@ -610,16 +677,21 @@ def ep_definition(ctx: Ctx, cid: str) -> ApiResponse:
 
 def handle(method: str, path: str, query: Sequence[tuple[str, str]] | Mapping[str, Any] = (),
            *, st: S.WebSettings | None = None, service: CohortService | None = None, user: str | None = None,
-           headers: Mapping[str, str] | None = None, backend: Any = None) -> ApiResponse:
+           headers: Mapping[str, str] | None = None, backend: Any = None, body: bytes = b"") -> ApiResponse:
     """Answer ``method path?query`` (path relative to ``api/``). ``user`` is the Airflow user name (for
     "send to Kaapana"); ``headers`` the request headers (POST needs ``X-Requested-By: kaapana-fhir``, a header a
-    cross-site form cannot send)."""
+    cross-site form cannot send); ``body`` the request body as read by :func:`read_body`: only POST
+    send-to-kaapana takes one (its parameters as a JSON object, :func:`body_params`)."""
     try:
-        if method.upper() == "POST":
-            hdr = {k.lower(): v for k, v in (headers or {}).items()}
-            if hdr.get("x-requested-by") != "kaapana-fhir":
-                raise ApiError(403, "POST needs the header X-Requested-By: kaapana-fhir")
-        return _route(method.upper(), path.strip("/"), Query(query), st, service or SERVICE, user, backend)
+        hdr = {k.lower(): v for k, v in (headers or {}).items()}
+        if method.upper() == "POST" and hdr.get("x-requested-by") != "kaapana-fhir":
+            raise ApiError(403, "POST needs the header X-Requested-By: kaapana-fhir")
+        q = Query(query)
+        if body:
+            if method.upper() != "POST":
+                raise ApiError(400, f"{method.upper()} api/{path.strip('/')} takes no request body (rule: body)")
+            q.items.extend(body_params(body, hdr.get("content-type")))
+        return _route(method.upper(), path.strip("/"), q, st, service or SERVICE, user, backend)
     except ApiError as exc:
         return error(exc.status, exc.message)
     except S.SettingsError as exc:

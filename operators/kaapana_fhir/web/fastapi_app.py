@@ -20,6 +20,24 @@ def _out(r: api.ApiResponse, method: str = "GET") -> Response:
                     headers=r.headers)
 
 
+async def bounded_body(request: Request) -> bytes:
+    """The request body, read up to ``KAAPANA_FHIR_WEB_MAX_BODY_BYTES`` (413 above; see :func:`api.read_body`)."""
+    try:
+        declared = int(request.headers.get("content-length", ""))
+    except ValueError:
+        declared = None
+    try:
+        limit = api.body_limit()
+        api.check_body_size(declared, limit)  # refused before reading
+        buf = bytearray()
+        async for chunk in request.stream():
+            buf += chunk
+            api.check_body_size(len(buf), limit, declared=False)  # as soon as the stream passes the limit
+        return bytes(buf)
+    except api.ApiError as exc:
+        raise HTTPException(exc.status, exc.message) from None
+
+
 def _user_dep() -> Any:
     from airflow.api_fastapi.core_api.security import get_user
 
@@ -58,9 +76,10 @@ def create_app() -> FastAPI:
 
     @app.api_route("/api/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"],
                    dependencies=[Depends(guard)])
-    def api_route(path: str, request: Request, user: Annotated[Any, Depends(user_dep)]) -> Response:
+    def api_route(path: str, request: Request, user: Annotated[Any, Depends(user_dep)],
+                  body: Annotated[bytes, Depends(bounded_body)]) -> Response:
         return _out(api.handle(request.method, path, list(request.query_params.multi_items()),
-                               user=user.get_name(), headers=dict(request.headers)), request.method)
+                               user=user.get_name(), headers=dict(request.headers), body=body), request.method)
 
     return app
 

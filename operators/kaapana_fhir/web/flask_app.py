@@ -45,6 +45,16 @@ def _api_auth() -> api.ApiResponse | None:
     return None
 
 
+def _refuse_large_body() -> Any:
+    """Every route of this view: a declared body above ``KAAPANA_FHIR_WEB_MAX_BODY_BYTES`` is answered 413 before
+    anything reads it (the routes read at most that much with :func:`api.read_body`)."""
+    try:
+        api.check_body_size(request.content_length, api.body_limit())
+    except api.ApiError as exc:
+        return _out(api.error(exc.status, exc.message))
+    return None
+
+
 class KaapanaFhirView(BaseView):
     """Cohort explorer + retrieval API."""
 
@@ -66,13 +76,18 @@ class KaapanaFhirView(BaseView):
         denied = _api_auth()
         if denied is not None:
             return _out(denied)
+        try:
+            body = api.read_body(request.content_length, request.stream.read)
+        except api.ApiError as exc:
+            return _out(api.error(exc.status, exc.message))
         return _out(api.handle(request.method, path, list(request.args.items(multi=True)),
-                               user=get_auth_manager().get_user_name(), headers=dict(request.headers)))
+                               user=get_auth_manager().get_user_name(), headers=dict(request.headers), body=body))
 
     def create_blueprint(self, appbuilder: Any, endpoint: str | None = None, static_folder: str | None = None) -> Any:
         """The API's one writing route (POST send-to-kaapana) is guarded by a custom header instead of Flask-WTF's
         form token (API clients have no form); exempt this view's blueprint from the CSRF form check."""
         bp = super().create_blueprint(appbuilder, endpoint=endpoint, static_folder=static_folder)
+        bp.before_request(_refuse_large_body)
         csrf = appbuilder.get_app.extensions.get("csrf")
         if csrf is not None:
             csrf.exempt(bp)

@@ -14,6 +14,8 @@
 ``KAAPANA_FHIR_WEB_STATE_TTL``      seconds between checks of the FHIR server's state (default 5)
 ``KAAPANA_FHIR_DEFAULT_PATIENT_SEARCH`` ``Patient?...`` search of the built-in ``all`` cohort and the views
                                     (default: every Patient)
+``KAAPANA_FHIR_WEB_MAX_BODY_BYTES`` largest request body the web adapters read (default
+                                    :data:`kaapana_fhir.core.limits.MAX_DOCUMENT_BYTES`, 16 MiB; 413 above)
 =================================  ==========================================================================
 """
 
@@ -116,6 +118,18 @@ def load(environ: Mapping[str, str] | None = None) -> WebSettings:
         state_ttl=ttl,
         default_patient_search=env.get("KAAPANA_FHIR_DEFAULT_PATIENT_SEARCH", ""),
     )
+
+
+def max_body_bytes(environ: Mapping[str, str] | None = None) -> int:
+    """``KAAPANA_FHIR_WEB_MAX_BODY_BYTES`` (1 byte .. 1 GiB), default ``core.limits.MAX_DOCUMENT_BYTES``."""
+    from kaapana_fhir.core.limits import MAX_DOCUMENT_BYTES
+
+    raw = (os.environ if environ is None else environ).get("KAAPANA_FHIR_WEB_MAX_BODY_BYTES", "").strip()
+    if not raw:
+        return MAX_DOCUMENT_BYTES
+    if not raw.isdigit() or not 0 < int(raw) <= 1 << 30:
+        raise SettingsError(f"KAAPANA_FHIR_WEB_MAX_BODY_BYTES={raw[:20]!r}: a number of bytes in 1..{1 << 30}")
+    return int(raw)
 
 
 def run_project(dag_run: Any = None, conf: Mapping[str, Any] | None = None) -> str:
