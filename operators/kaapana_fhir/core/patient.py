@@ -11,6 +11,17 @@ Either way, identifiers and ``meta.tag`` codings are united (never dropped), ser
 (``versionId``, ``lastUpdated``, ``source``) are removed so the write is a plain update, and every element on which
 the two sides disagree is returned as a :class:`FieldConflict` so that the caller can report it instead of
 silently picking one value.
+
+**Sources.** A writer that names its ``source`` (the table import: ``table:<file name>``) records it on every
+demographic element it sets, as an extension of the primitive element (``_birthDate.extension[url=``
+:data:`SOURCE_EXT` ``].valueString``). When such a writer meets a different value on the server, the recorded
+source decides, not the precedence:
+
+* the server's value came from the **same source** (the same file, imported again after a fix): a correction,
+  the incoming value is applied and nothing is reported;
+* it came from **another source** (another file, or no recorded source: the DICOM flow, an older import): a
+  conflict, returned with both values and both sources; :class:`ConflictPolicy` ``keep`` (the default) leaves the
+  server's value, ``replace`` takes the incoming one, ``fail`` keeps it too and the caller refuses the write.
 """
 
 from __future__ import annotations
@@ -26,6 +37,10 @@ DEMOGRAPHICS = ("name", "gender", "birthDate", "deceasedBoolean", "deceasedDateT
 SERVER_META = ("versionId", "lastUpdated", "source")
 #: Elements never taken from the incoming side wholesale (united or managed instead).
 _MANAGED = ("resourceType", "id", "meta", "identifier", "text")
+#: Extension on a primitive demographic element naming the source that set its value (``valueString``).
+SOURCE_EXT = "https://kaapana-fhir.dev/StructureDefinition/value-source"
+#: Choice elements: the variants of one element (``deceased[x]``) are compared as one element.
+_CHOICES = {"deceasedBoolean": "deceased", "deceasedDateTime": "deceased"}
 
 
 class Precedence(enum.Enum):
@@ -33,6 +48,14 @@ class Precedence(enum.Enum):
 
     EXISTING = "existing"
     INCOMING = "incoming"
+
+
+class ConflictPolicy(enum.StrEnum):
+    """A demographic value that another source set differently: keep the server's, replace it, or fail."""
+
+    KEEP = "keep"
+    REPLACE = "replace"
+    FAIL = "fail"
 
 
 @dataclass(frozen=True)
@@ -43,10 +66,21 @@ class FieldConflict:
     existing: Any
     incoming: Any
     kept: str
+    existing_source: str | None = None
+    incoming_source: str | None = None
 
     def message(self, patient_id: str) -> str:
-        return (f"Patient/{patient_id}: {self.element} differs (server {self.existing!r}, incoming {self.incoming!r}); "
-                f"kept the {self.kept} value")
+        if self.incoming_source is None:
+            return (f"Patient/{patient_id}: {self.element} differs (server {self.existing!r}, incoming "
+                    f"{self.incoming!r}); kept the {self.kept} value")
+        return (f"Patient/{patient_id}: {self.element} differs: {self.existing!r} from "
+                f"{self.existing_source or 'another source (DICOM or an earlier import)'}, {self.incoming!r} from "
+                f"{self.incoming_source}; kept the {self.kept} value")
+
+    def as_dict(self, patient_id: str) -> dict[str, Any]:
+        return {"patient": f"Patient/{patient_id}", "element": self.element, "existing": self.existing,
+                "existing_source": self.existing_source, "incoming": self.incoming,
+                "incoming_source": self.incoming_source, "kept": self.kept}
 
 
 @dataclass
@@ -55,6 +89,8 @@ class PatientMerge:
 
     resource: dict[str, Any]
     conflicts: list[FieldConflict] = field(default_factory=list)
+    #: demographic elements whose value the same source corrected
+    corrected: list[str] = field(default_factory=list)
 
 
 def _unite(
@@ -70,8 +106,56 @@ def _unite(
     return out
 
 
-def merge_patient(existing: dict[str, Any] | None, incoming: dict[str, Any], precedence: Precedence) -> PatientMerge:
-    """Merge ``incoming`` into the server's ``existing`` Patient (``None``: not on the server yet)."""
+def source_of(resource: dict[str, Any], element: str) -> str | None:
+    """The source recorded on a primitive element (``_<element>.extension`` :data:`SOURCE_EXT`), if any."""
+    ext = (resource.get(f"_{element}") or {}).get("extension") or []
+    for e in ext:
+        if isinstance(e, dict) and e.get("url") == SOURCE_EXT and isinstance(e.get("valueString"), str):
+            return str(e["valueString"])
+    return None
+
+
+def with_sources(resource: dict[str, Any], source: str) -> dict[str, Any]:
+    """``resource`` with ``source`` recorded on each demographic primitive element it sets (a new dict)."""
+    out = dict(resource)
+    for key in DEMOGRAPHICS:
+        if key in out and key != "name":
+            out[f"_{key}"] = {"extension": [{"url": SOURCE_EXT, "valueString": source}]}
+    return out
+
+
+def _take(merged: dict[str, Any], incoming: dict[str, Any], key: str) -> None:
+    """Set ``key`` (and its ``_key`` source) from ``incoming``, dropping the other variants of a choice element."""
+    group = _CHOICES.get(key)
+    if group:
+        for other in [k for k, g in _CHOICES.items() if g == group and k != key]:
+            merged.pop(other, None)
+            merged.pop(f"_{other}", None)
+    merged[key] = copy.deepcopy(incoming[key])
+    if f"_{key}" in incoming:
+        merged[f"_{key}"] = copy.deepcopy(incoming[f"_{key}"])
+    else:
+        merged.pop(f"_{key}", None)
+
+
+def _existing_key(existing: dict[str, Any], key: str) -> str | None:
+    """The key under which ``existing`` holds element ``key`` (another variant for a choice element)."""
+    if key in existing:
+        return key
+    group = _CHOICES.get(key)
+    return next((k for k, g in _CHOICES.items() if g == group and k in existing), None) if group else None
+
+
+def merge_patient(existing: dict[str, Any] | None, incoming: dict[str, Any], precedence: Precedence, *,
+                  source: str | None = None, policy: ConflictPolicy = ConflictPolicy.KEEP) -> PatientMerge:
+    """Merge ``incoming`` into the server's ``existing`` Patient (``None``: not on the server yet).
+
+    With ``source`` the incoming demographics carry it (:func:`with_sources`) and a differing value is a
+    correction (same source: applied) or a conflict (another source: ``policy``); without it ``precedence``
+    decides and every difference is reported.
+    """
+    if source is not None:
+        incoming = with_sources(incoming, source)
     if not existing:
         return PatientMerge(copy.deepcopy(incoming))
     merged = {k: copy.deepcopy(v) for k, v in existing.items() if k != "text"}
@@ -91,17 +175,34 @@ def merge_patient(existing: dict[str, Any] | None, incoming: dict[str, Any], pre
     idents = _unite(existing.get("identifier") or [], incoming.get("identifier") or [], ("system", "value"))
     if idents:
         merged["identifier"] = idents
-    conflicts: list[FieldConflict] = []
+    out = PatientMerge(merged)
     for key, value in incoming.items():
-        if key in _MANAGED:
+        if key in _MANAGED or key.startswith("_"):
             continue
-        if key not in existing:
-            merged[key] = copy.deepcopy(value)
+        old_key = _existing_key(existing, key) if key in DEMOGRAPHICS else (key if key in existing else None)
+        if old_key is None:
+            _take(merged, incoming, key)
             continue
-        if existing[key] == value:
+        old = existing[old_key]
+        if old_key == key and old == value:
+            continue  # the same value: the server's recorded source (if any) stays
+        if key not in DEMOGRAPHICS:
+            if precedence is Precedence.INCOMING:
+                merged[key] = copy.deepcopy(value)
             continue
-        if key in DEMOGRAPHICS:
-            conflicts.append(FieldConflict(key, existing[key], value, precedence.value))
-        if precedence is Precedence.INCOMING:
-            merged[key] = copy.deepcopy(value)
-    return PatientMerge(merged, conflicts)
+        if source is None:
+            out.conflicts.append(FieldConflict(key, old, value, precedence.value))
+            if precedence is Precedence.INCOMING:
+                _take(merged, incoming, key)
+            continue
+        old_source = source_of(existing, old_key)
+        if old_source == source:
+            out.corrected.append(key)
+            _take(merged, incoming, key)
+            continue
+        replace = policy is ConflictPolicy.REPLACE
+        out.conflicts.append(FieldConflict(key, old, value, "incoming" if replace else "existing",
+                                           old_source, source))
+        if replace:
+            _take(merged, incoming, key)
+    return out

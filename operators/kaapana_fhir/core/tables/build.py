@@ -28,6 +28,7 @@ from typing import Any
 
 from kaapana_fhir.core import codes
 from kaapana_fhir.core.ids import normalize_patient_value, patient_id, stable_id
+from kaapana_fhir.core.patient import with_sources
 from kaapana_fhir.core.tables import values as V
 from kaapana_fhir.core.tables.units import ucum_problem
 from kaapana_fhir.exceptions import MappingError
@@ -88,6 +89,8 @@ class TableMapper:
     def __init__(self, mapping: dict[str, Any], *, table_name: str = "table") -> None:
         self.m = mapping
         self.name = table_name
+        #: recorded on the demographics this table sets (:func:`kaapana_fhir.core.patient.with_sources`)
+        self.source = f"table:{table_name}"
         src = mapping.get("source", {})
         self.na = frozenset(v.strip().lower() for v in (src.get("na_values") or V.DEFAULT_NA_VALUES))
         self.date_order = src.get("date_order", "dmy")
@@ -476,7 +479,7 @@ class TableMapper:
                                "meta": {"tag": [dict(TAG)]},
                                "identifier": [{"system": self.system, "value": pkey}]}
         res.update({k: fields[k] for k in ("gender", "birthDate", "deceasedBoolean") if k in fields})
-        return res
+        return with_sources(res, self.source)
 
 
 def _window(value: str) -> _dt.date:

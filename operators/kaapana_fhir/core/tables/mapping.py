@@ -79,6 +79,7 @@ SCHEMA: dict[str, Any] = {
             "date_min": {"type": "string", "pattern": "^(\\d{4}-\\d{2}-\\d{2}|today)$"},
             "date_max": {"type": "string", "pattern": "^(\\d{4}-\\d{2}-\\d{2}|today)$"}}},
         "empty_cells": {"enum": ["keep", "retract"]},
+        "patient_conflicts": {"enum": ["keep", "replace", "fail"]},
         "patient": {"type": "object", "additionalProperties": False,
                     "oneOf": [{"required": ["key"]}, {"required": ["key_columns"]}, {"required": ["key_generated"]}],
                     "properties": {
@@ -228,6 +229,7 @@ def _with_defaults(data: dict[str, Any], source: str, read_file: Callable[[str],
     m["patient"] = {"identifier_system": default_system, **m["patient"]}
     m["checks"] = {"date_min": "1900-01-01", "date_max": "today", **(m.get("checks") or {})}
     m.setdefault("empty_cells", "keep")
+    m.setdefault("patient_conflicts", "keep")
     m.setdefault("observations", [])
     m.setdefault("conditions", [])
     m.setdefault("instance_columns", [])

@@ -23,6 +23,11 @@ TOP = ("Top level", "A mapping file is YAML with these keys (`version` and `pati
     "checks": ("Plausibility checks (see *checks*).", None, {"date_min": "1950-01-01"}),
     "empty_cells": ("What happens to a resource on the server whose cell became empty in a newer file: `keep` "
                     "(leave it) or `retract` (write it again with `status: entered-in-error`).", "keep", "retract"),
+    "patient_conflicts": ("A Patient's gender, birth date or deceased value on the server that came from another "
+                          "source (another table file, the DICOM flow) and differs from this file: `keep` the "
+                          "server's value, `replace` it, or `fail` the import before anything is written. Each "
+                          "conflict is listed in the report and the plan with both values and both sources. A value "
+                          "this same file set earlier is a correction and always replaced.", "keep", "fail"),
     "patient": ("The patient key and Patient fields (see *patient*).", None, {"key": "PatientID"}),
     "instance_columns": ("Columns that tell repeated rows of one patient apart (visit, REDCap repeat instrument "
                          "and instance, ODM event/form/group repeat keys); part of every resource id.", "[]",
