@@ -5,7 +5,9 @@
 3. run the real DAGs in Airflow as the platform would trigger them: DICOM stored in Orthanc → Kaapana
    trigger rules → ``dicom-to-fhir`` and ``radiomics-to-fhir``; the CSV put into the bucket → ``fhir-import-watcher``
    → ``fhir-table-import``; then ``fhir-cohort`` → cohort table + dashboard;
-4. print a summary. ``--down`` stops everything the demo started.
+4. start the Airflow 2.11 web server with our plugin (cohort explorer and retrieval API) on 127.0.0.1 with a demo
+   login generated per demo, check that both answer on the demo data, and leave it running like the stack;
+5. print a summary with both URLs and the login. ``--down`` stops everything the demo started (by PID).
 
 Running it twice gives the same FHIR content (deterministic ids; PUT upserts).
 """
@@ -171,6 +173,8 @@ def run(state_dir: Path, n_patients: int = 5, out: Any = sys.stdout) -> dict[str
         cols = [c for c in wanted if c in df.columns] or list(df.columns[:6])
         head = df[cols].head(8).to_string(index=False, float_format=lambda v: f"{v:.4g}")
     report_html = report_x.get("report") or (str(out_dir / "report.html") if out_dir else "")
+    with prog.step("Airflow web server: cohort explorer and retrieval API on the demo data"):
+        web, web_check = start_web(state_dir, stack)
     total = time.perf_counter() - prog.t0
     summary = {
         "resources": counts, "cohort_rows": rows, "cohort_file": str(cohort_file or ""),
@@ -178,15 +182,72 @@ def run(state_dir: Path, n_patients: int = 5, out: Any = sys.stdout) -> dict[str
         else query_x.get("series_uids"),
         "report_html": report_html, "fhir_url": stack.fhir_url,
         "orthanc_url": stack.services["orthanc"].extra["rest"], "seconds": round(total, 1),
+        "explorer_url": web.explorer_url, "api_url": web.api_url, "web_user": web.user, "web_pid": web.pid,
+        "web_check": web_check,
         "dag_runs": [{"dag_id": r.dag_id, "state": r.state, "seconds": round(r.seconds, 1)} for r in runs],
         "steps": [{"step": n, "seconds": round(s, 1)} for n, s in prog.steps],
     }
     (state_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    _print_summary(summary, head, state_dir, out)
+    _print_summary(summary, head, state_dir, out, web.password)
     return summary
 
 
-def _print_summary(s: dict[str, Any], head: str, state_dir: Path, out: Any) -> None:
+WEB_USER = "demo"
+
+
+def web_env(stack: devstack.Stack) -> dict[str, str]:
+    """What the explorer's API reads: the demo's HAPI (no partitions: the DAG runs wrote the default partition),
+    project ``admin``, and DICOMweb links to the demo's Orthanc."""
+    return {"FHIR_BASE_URL": stack.fhir_url, "KAAPANA_FHIR_PARTITIONING": "none", "KAAPANA_FHIR_PROJECTS": "admin",
+            "KAAPANA_FHIR_PUBLIC_DICOMWEB_URL": stack.dicomweb_url}
+
+
+def start_web(state_dir: Path, stack: devstack.Stack) -> tuple[Any, dict[str, Any]]:
+    """The Airflow web server of the demo (reused when it still runs with the same FHIR server, else started with a
+    new random password), then a check as a user would do it: log in, open the explorer, fetch the cohort's rows."""
+    import secrets
+
+    from kaapana_fhir.dev import demo_web
+
+    home = state_dir / "web"
+    web = demo_web.running(home)
+    env = web_env(stack)
+    if web is not None and (home / "fhir-url").is_file() and (home / "fhir-url").read_text() == stack.fhir_url:
+        log.info("    reusing the web server at %s (pid %d)", web.url, web.pid)
+    else:
+        demo_web.stop(home)
+        web = demo_web.start(Path(sys.executable).parent, home, env, user=WEB_USER,
+                             password=secrets.token_urlsafe(12))
+        (home / "fhir-url").write_text(stack.fhir_url)
+        log.info("    web server at %s (pid %d)", web.url, web.pid)
+    return web, check_web(web)
+
+
+def check_web(web: Any) -> dict[str, Any]:
+    """Explorer page (logged in) and the ``all`` cohort's first page through the API (basic auth, as a notebook or
+    Grafana would call it); raises :class:`~kaapana_fhir.exceptions.KaapanaFhirError` when either fails."""
+    import requests
+
+    from kaapana_fhir.dev.demo_web import WebError
+
+    t = time.perf_counter()
+    try:
+        page = web.session().get(web.explorer_url, timeout=60)
+        if page.status_code != 200 or "Cohort explorer" not in page.text:
+            raise WebError(f"explorer page {web.explorer_url}: HTTP {page.status_code}; see {web.log}")
+        r = requests.get(f"{web.api_url}/cohorts/all/rows", params={"limit": 100}, auth=(web.user, web.password),
+                         timeout=600)
+    except requests.RequestException as exc:
+        raise WebError(f"web server {web.url}: {type(exc).__name__}; see {web.log}") from None
+    if r.status_code != 200:
+        raise WebError(f"API {web.api_url}/cohorts/all/rows: HTTP {r.status_code} {r.text[:300]}; see {web.log}")
+    body = r.json()
+    return {"explorer_status": page.status_code, "api_rows": body["total"],
+            "api_patients": len({row.get("patient_id") for row in body["rows"]}),
+            "seconds": round(time.perf_counter() - t, 1)}
+
+
+def _print_summary(s: dict[str, Any], head: str, state_dir: Path, out: Any, web_password: str) -> None:
     w = out.write
     w("\n================ kaapana_fhir demo: summary ================\n")
     w(f"finished in {s['seconds']}s; DAG runs: " +
@@ -198,6 +259,9 @@ def _print_summary(s: dict[str, Any], head: str, state_dir: Path, out: Any) -> N
     if head:
         w(head + "\n")
     w(f"series for the next Kaapana workflow (data_form.identifiers): {s['dataset_series']}\n")
+    w(f"\ncohort explorer: {s['explorer_url']}\n")
+    w(f"retrieval API:   {s['api_url']}/cohorts/all/rows?limit=100   (spec: {s['api_url']}/openapi.yaml)\n")
+    w(f"  login (both; the API also takes HTTP basic auth): user {s['web_user']}  password {web_password}\n")
     w(f"\ndashboard:      {s['report_html']}\n")
     w(f"FHIR server:    {s['fhir_url']}  (try {s['fhir_url']}/Patient?_count=10)\n")
     w(f"Orthanc:        {s['orthanc_url']}/app/explorer.html\n")
@@ -229,7 +293,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     state = Path(args.state_dir)
     if args.down:
+        from kaapana_fhir.dev import demo_web
+
+        web_stopped = demo_web.stop(state / "web")
         stopped = devstack.down(state / "stack")
+        log.info("demo web server %s", "stopped" if web_stopped else "was not running")
         log.info("demo stack %s", "stopped" if stopped else "was not running")
         return 0
     try:
