@@ -20,7 +20,6 @@ was skipped as not DICOM.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -100,7 +99,6 @@ def modalities(values: list[str]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from kaapana_fhir.clients.dicomweb import DicomWeb
     from kaapana_fhir.clients.fhir import FhirClient
-    from kaapana_fhir.core.dicom.mapping import Profile
     from kaapana_fhir.flows.dicom_to_fhir.flow import backfill, sync_files, sync_studies
     from kaapana_fhir.flows.dicom_to_fhir.params import DicomToFhirParams
 
@@ -123,8 +121,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: must be at least 1")
     params = DicomToFhirParams.from_cli(args)
-    options = dataclasses.replace(params.mapping_options(_issuers(args.issuer_system)),
-                                  profile=Profile(args.profile), dose_reports=not args.no_dose)
+    options = params.mapping_options(_issuers(args.issuer_system))
     try:
         fhir = FhirClient(args.fhir) if args.fhir else None
         dicomweb = DicomWeb(args.dicomweb) if args.dicomweb else None

@@ -12,9 +12,9 @@ defaults cannot drift:
   ``str(value)``) < ``workflow_form`` of ``$WORKFLOW_DIR/conf/conf.json``.
 
 Empty values (``None``, ``""``, ``"None"``) never override: an empty form field keeps the default.
-Values are coerced to the field's type (bool, int, str, optional str, tuple of str); a value that cannot be
-coerced or is not one of the field's ``choices`` is a :class:`~kaapana_fhir.exceptions.ConfigError` naming
-the key and where it came from.
+Values are coerced to the field's type (bool, int, str, optional str, tuple of str, or a mode ``Enum``: its
+value, case-insensitive); a value that cannot be coerced, is not a member of the field's Enum or not one of the
+field's ``choices`` is a :class:`~kaapana_fhir.exceptions.ConfigError` naming the key and where it came from.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import enum
 import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
@@ -46,7 +47,8 @@ def param(
     :param default: default value (tuples for list parameters).
     :param cli: argparse ``dest`` of the CLI option that sets it (None: no CLI option).
     :param invert_cli: the CLI option is a negation (``--no-device`` sets ``include_device=False``).
-    :param choices: allowed values of a str parameter (compared case-insensitively, stored lower-case).
+    :param choices: allowed values of a str parameter that names something from a catalogue (a preset);
+        modes are ``Enum`` fields instead (compared case-insensitively, stored lower-case).
     :param split: how a str becomes a tuple: ``lines`` (newline or ``;``) or ``words`` (comma or whitespace).
     """
     meta = {"cli": cli, "invert_cli": invert_cli, "choices": choices, "split": split}
@@ -101,6 +103,14 @@ class FlowParams:
                 if text in ("0", "false", "no", "off"):
                     return False
                 raise ValueError(f"not a boolean: {value!r}")
+            if isinstance(hint, type) and issubclass(hint, enum.Enum):
+                if isinstance(value, hint):
+                    return value
+                text = str(value).strip().lower()
+                allowed = [str(m.value) for m in hint]
+                if text not in allowed:
+                    raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")
+                return hint(text)
             if hint is int:
                 if isinstance(value, bool):
                     raise ValueError(f"not an integer: {value!r}")

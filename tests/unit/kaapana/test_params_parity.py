@@ -27,7 +27,8 @@ from tests.support.kaapana_contract import pod as contract
 FORMS: dict[str, tuple[type[FlowParams], dict[str, Any]]] = {
     "dicom-to-fhir": (DicomToFhirParams, {
         "patient_system": "urn:test:pid", "timezone": "Europe/Berlin", "endpoint_address": "http://pacs/wado-rs",
-        "include_instances": True, "include_device": False, "wado": "never", "missing_series": "skip"}),
+        "include_instances": True, "include_device": False, "wado": "never", "missing_series": "skip",
+        "profile": "core", "dose_reports": False}),
     "import-table": (TableImportParams, {
         "object_key": "fhir-import/t.csv", "bucket": "project-lung", "mapping": "t.mapping.yaml",
         "preset": "redcap", "skip_invalid_rows": True}),

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -46,7 +46,7 @@ MAX_LO = 64
 _PATIENT_ELEMENTS = (("name", "00100010"), ("gender", "00100040"), ("birthDate", "00100030"))
 
 
-class Profile(str, Enum):
+class Profile(StrEnum):
     """Which profiles the output claims: ``core`` FHIR R4 only, or ``mii`` (MII KDS Modul Bildgebung:
     ``meta.profile`` plus the extensions the DICOM header can fill, see ``docs/mii-bildgebung.md``)."""
 
