@@ -51,22 +51,31 @@ def series_input(**kw: Any) -> SeriesInput:
     return SeriesInput(series_json(**kw))
 
 
+def file_dataset(sop_class_uid: str, sop_instance_uid: str | None = None) -> Any:
+    """An empty pydicom Dataset ready to be saved as a DICOM file (Part 10 file meta, Explicit VR Little Endian)
+    with its SOP Class and a fresh (or the given) SOP Instance UID."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid or generate_uid()
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class_uid, ds.file_meta.MediaStorageSOPInstanceUID
+    return ds
+
+
 def ct_series(study_uid: str, series_uid: str, patient_id: str, *, n: int = 3, series_number: int = 1,
               body_part: str = "CHEST", modality: str = "CT", tz: str | None = "+0100",
               patient_name: str = "Test^Patient", study_date: str = "20240305", size: int = 8) -> list[Any]:
     """A small synthetic CT series (``n`` slices of ``size``² int16 pixels) as pydicom Datasets, for STOW-RS."""
     import numpy as np
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import CTImageStorage
 
     out = []
     for i in range(n):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
+        ds = file_dataset(CTImageStorage)
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
         ds.PatientID, ds.PatientName, ds.PatientSex, ds.PatientBirthDate = patient_id, patient_name, "F", "19600101"
         ds.StudyDate, ds.StudyTime, ds.SeriesDate, ds.SeriesTime = study_date, "101500", study_date, "102000"

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from tests.support.dicom_json import file_dataset
+
 STUDY_KEYS = ("StudyInstanceUID",)
 RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 
@@ -23,17 +25,11 @@ def _uid(prefix: str, n: int) -> str:
 
 
 def _ct(study: str, series: str, frame: str, pid: str, n: int, size: int = 16) -> list[Any]:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import CTImageStorage
 
     out = []
     for i in range(n):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
+        ds = file_dataset(CTImageStorage)
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
         ds.PatientID, ds.PatientName, ds.PatientSex, ds.PatientBirthDate = pid, pid, "M", "19500101"
         ds.PatientAge = "070Y"
@@ -59,16 +55,10 @@ def _ct(study: str, series: str, frame: str, pid: str, n: int, size: int = 16) -
 
 
 def _rtstruct(ct: list[Any], series: str, number: int) -> Any:
-    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = RTSTRUCT_STORAGE
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID, ds.SOPInstanceUID = RTSTRUCT_STORAGE, ds.file_meta.MediaStorageSOPInstanceUID
+    ds = file_dataset(RTSTRUCT_STORAGE)
     for k in ("StudyInstanceUID", "PatientID", "PatientName", "PatientBirthDate", "StudyDate", "StudyTime",
               "AccessionNumber", "StudyID", "ReferringPhysicianName", "StudyDescription"):
         setattr(ds, k, getattr(ct[0], k))

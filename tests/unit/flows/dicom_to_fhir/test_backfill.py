@@ -9,13 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from kaapana_fhir.core.dicom.mapping import MappingOptions
 from kaapana_fhir.exceptions import ConfigError
 from kaapana_fhir.flows.dicom_to_fhir import flow
-from tests.support.dicom_json import series_json
+from tests.support.dicom_json import file_dataset, series_json
 from tests.unit.flows.dicom_to_fhir.test_flow import FakeFhir
 
 BASE = "1.2.826.0.1.3680043.8.498.900"
@@ -153,12 +151,7 @@ def test_repeated_cli_options_accumulate() -> None:
 
 
 def _dicom(path: Path, study: str) -> None:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", ds.file_meta.MediaStorageSOPInstanceUID
+    ds = file_dataset("1.2.840.10008.5.1.4.1.1.2")
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.PatientID, ds.Modality = study, study + ".1", "F-1", "CT"
     ds.PatientName, ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "F^1", "20200101", "1000", "1", ""
     ds.SeriesNumber, ds.InstanceNumber = 1, 1

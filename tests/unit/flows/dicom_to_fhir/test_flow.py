@@ -11,14 +11,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from kaapana_fhir.core.dicom.mapping import MappingOptions
 from kaapana_fhir.core.dicom.merge import same_content
 from kaapana_fhir.exceptions import DicomWebError, FhirServerError, ResourceNotFound
 from kaapana_fhir.flows.dicom_to_fhir import flow as flow
-from tests.support.dicom_json import STUDY, series_json
+from tests.support.dicom_json import STUDY, file_dataset, series_json
 
 
 class FakeFhir:
@@ -228,13 +226,7 @@ def test_operator_execute_with_kaapana_conf(monkeypatch: pytest.MonkeyPatch) -> 
 
 # ----------------------------------------------------------------------------- files mode + CLI
 def _write(path: Path, study: str | None, series: str, **attrs: Any) -> Path:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds = file_dataset("1.2.840.10008.5.1.4.1.1.2")
     if study:
         ds.StudyInstanceUID = study
     ds.SeriesInstanceUID = series
