@@ -5,7 +5,8 @@ Registers
   of the run's project), "Cohort report" (the dashboard in MinIO) and "Import report" (the table import's
   object in MinIO) — :mod:`kaapana_fhir.web.links`;
 * the macro ``{{ macros.kaapana_fhir.fhir_base_url(dag_run) }}``: FHIR base URL of the run's project;
-* the cohort explorer page and the retrieval API at ``/kaapana-fhir/``: a Flask AppBuilder view on Airflow 2
+* the cohort explorer page and the retrieval API at ``/kaapana-fhir/`` and the mapping editor at
+  ``/kaapana-fhir/mapping/`` (:mod:`kaapana_fhir.web.mapping_editor`): a Flask AppBuilder view on Airflow 2
   (:mod:`kaapana_fhir.web.flask_app`), a FastAPI app + a navigation entry (external view) on Airflow 3
   (:mod:`kaapana_fhir.web.fastapi_app`).
 
@@ -55,7 +56,8 @@ def _web() -> dict[str, list[Any]]:
         return {"fastapi_apps": fastapi_app.fastapi_apps(), "external_views": fastapi_app.external_views()}
     from kaapana_fhir.web import flask_app
 
-    return {"appbuilder_views": flask_app.appbuilder_views()}
+    return {"appbuilder_views": flask_app.appbuilder_views(),
+            "appbuilder_menu_items": flask_app.appbuilder_menu_items()}
 
 
 _WEB = _web()
@@ -66,5 +68,6 @@ class KaapanaFhirPlugin(AirflowPlugin):
     macros = [fhir_base_url]
     operator_extra_links = [_FhirResources(), _CohortReport(), _ImportReport()]
     appbuilder_views = _WEB.get("appbuilder_views", [])
+    appbuilder_menu_items = _WEB.get("appbuilder_menu_items", [])
     fastapi_apps = _WEB.get("fastapi_apps", [])
     external_views = _WEB.get("external_views", [])

@@ -10,7 +10,7 @@ from typing import Annotated, Any  # no `from __future__ import annotations`: Fa
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
-from kaapana_fhir.web import api, pages
+from kaapana_fhir.web import api, mapping_editor, pages
 
 PREFIX = "/kaapana-fhir"
 
@@ -74,6 +74,20 @@ def create_app() -> FastAPI:
     def static_file(name: str) -> Response:
         return _out(pages.static(name))
 
+    @app.get("/mapping/", dependencies=[Depends(guard)])
+    def mapping_page() -> Response:
+        return _out(mapping_editor.page())
+
+    @app.get("/mapping/{name}", dependencies=[Depends(guard)])
+    def mapping_static(name: str) -> Response:
+        return _out(mapping_editor.static(name))
+
+    @app.api_route("/api/mapping/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"],
+                   dependencies=[Depends(guard)])  # before the catch-all below: routes match in order
+    def mapping_api(path: str, request: Request, body: Annotated[bytes, Depends(bounded_body)]) -> Response:
+        return _out(mapping_editor.handle(request.method, f"mapping/{path}", list(request.query_params.multi_items()),
+                                          body, headers=dict(request.headers)), request.method)
+
     @app.api_route("/api/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"],
                    dependencies=[Depends(guard)])
     def api_route(path: str, request: Request, user: Annotated[Any, Depends(user_dep)],
@@ -90,4 +104,6 @@ def fastapi_apps() -> list[dict[str, Any]]:
 
 def external_views() -> list[dict[str, Any]]:
     return [{"name": "Cohort explorer", "href": f"{PREFIX}/", "destination": "nav", "category": "browse",
-             "url_route": "kaapana-fhir-cohort-explorer"}]
+             "url_route": "kaapana-fhir-cohort-explorer"},
+            {"name": "Mapping editor", "href": f"{PREFIX}/mapping/", "destination": "nav", "category": "browse",
+             "url_route": "kaapana-fhir-mapping-editor"}]

@@ -17,7 +17,7 @@ from airflow.www.extensions.init_auth_manager import get_auth_manager
 from flask import Response, request
 from flask_appbuilder import BaseView, expose
 
-from kaapana_fhir.web import api, pages
+from kaapana_fhir.web import api, mapping_editor, pages
 
 ROUTE = "/kaapana-fhir"
 
@@ -83,6 +83,28 @@ class KaapanaFhirView(BaseView):
         return _out(api.handle(request.method, path, list(request.args.items(multi=True)),
                                user=get_auth_manager().get_user_name(), headers=dict(request.headers), body=body))
 
+    @expose("/mapping/")
+    @has_access_view(AccessView.WEBSITE)
+    def mapping_page(self) -> Any:
+        return _out(mapping_editor.page())
+
+    @expose("/mapping/<string:name>")
+    @has_access_view(AccessView.WEBSITE)
+    def mapping_static(self, name: str) -> Any:
+        return _out(mapping_editor.static(name))
+
+    @expose("/api/mapping/<path:path>", methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"])
+    def mapping_api(self, path: str) -> Any:
+        denied = _api_auth()
+        if denied is not None:
+            return _out(denied)
+        try:
+            body = api.read_body(request.content_length, request.stream.read)
+        except api.ApiError as exc:
+            return _out(api.error(exc.status, exc.message))
+        return _out(mapping_editor.handle(request.method, f"mapping/{path}", list(request.args.items(multi=True)),
+                                          body, headers=dict(request.headers)))
+
     def create_blueprint(self, appbuilder: Any, endpoint: str | None = None, static_folder: str | None = None) -> Any:
         """The API's one writing route (POST send-to-kaapana) is guarded by a custom header instead of Flask-WTF's
         form token (API clients have no form); exempt this view's blueprint from the CSRF form check."""
@@ -96,3 +118,7 @@ class KaapanaFhirView(BaseView):
 
 def appbuilder_views() -> list[dict[str, Any]]:
     return [{"name": "Cohort explorer", "category": "Kaapana FHIR", "view": KaapanaFhirView()}]
+
+
+def appbuilder_menu_items() -> list[dict[str, Any]]:
+    return [{"name": "Mapping editor", "href": f"{ROUTE}/mapping/", "category": "Kaapana FHIR"}]

@@ -201,6 +201,13 @@ def _child_key(node: Any, part: Any, where: str) -> Any:
     raise ApiError(400, f"edit path {where}: cannot go into a {type(node).__name__} (rule: edit paths)")
 
 
+def _utf8(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, f"{what}: not valid Unicode text (lone surrogate) (rule: UTF-8 text)") from None
+
+
 def _plain(v: Any, depth: int = 0) -> Any:
     """A JSON edit value as YAML data (bounded depth; strings, numbers, booleans, null, lists, objects)."""
     if depth > MAX_PATH_DEPTH:
@@ -208,6 +215,8 @@ def _plain(v: Any, depth: int = 0) -> Any:
     if v is None or isinstance(v, (bool, int, float, str)):
         if isinstance(v, float) and v != v:
             raise ApiError(400, "edit value NaN is not allowed")
+        if isinstance(v, str):
+            _utf8(v, "edit value")
         return v
     if isinstance(v, list):
         return [_plain(x, depth + 1) for x in v]
@@ -269,7 +278,10 @@ def apply_edits(text: str, edits: Sequence[Any]) -> str:
         else:
             node[last] = _plain(e.get("value"))
     out = io.StringIO()
-    y.dump(doc, out)
+    try:
+        y.dump(doc, out)
+    except YAMLError as exc:
+        raise ApiError(400, f"cannot write the edited YAML: {str(exc)[:300]}") from None
     return out.getvalue()
 
 
@@ -398,7 +410,8 @@ def _body_json(body: bytes) -> dict[str, Any]:
     yaml_text = doc.get("yaml")
     if not isinstance(yaml_text, str):
         raise ApiError(400, "request body: 'yaml' must be the mapping's YAML text (rule: body)")
-    if len(yaml_text.encode("utf-8", "surrogatepass")) > MAX_YAML_BYTES:
+    _utf8(yaml_text, "mapping YAML")
+    if len(yaml_text.encode("utf-8")) > MAX_YAML_BYTES:
         raise ApiError(413, f"mapping YAML: at most {MAX_YAML_BYTES} bytes (rule: YAML size limit)")
     edits = doc.get("edits")
     edits = [] if edits is None else edits
