@@ -297,12 +297,38 @@ def test_same_patient_in_two_files_with_conflicting_birth_dates_is_reported(fhir
     a.write_text("id,dob,w\nP1,1950-01-01,70\n", encoding="utf-8")
     b.write_text("id,dob,w\nP1,1951-01-01,71\n", encoding="utf-8")
     assert _cli("import-table", str(a), "--mapping", str(mapping), "--fhir", fhir_url) == 0
+    pid = patient_id(f"urn:test:{tag}", "P1")
     plan = _plan(fhir_url, b, mapping, tmp_path)
-    assert any("birthDate '1950-01-01' on the server, '1951-01-01'" in c for c in plan["conflicts"])
+    assert plan["patient_conflicts_policy"] == "keep"
+    assert plan["conflicts"] == [{"patient": f"Patient/{pid}", "key": "P1", "element": "birthDate",
+                                  "existing": "1950-01-01", "existing_source": "table:a.csv",
+                                  "incoming": "1951-01-01", "incoming_source": "table:b.csv", "kept": "existing"}]
+    # default policy keep: the first file's birth date stays on HAPI, the conflict is in the report
     report = tmp_path / "r.json"
     assert _cli("import-table", str(b), "--mapping", str(mapping), "--fhir", fhir_url, "--report", str(report)) == 0
     rep = json.loads(report.read_text())
-    assert rep["status"] == "imported-with-conflicts" and rep["patient_conflicts"]
+    assert rep["status"] == "imported-with-conflicts"
+    assert [(c["element"], c["existing_source"], c["incoming_source"]) for c in rep["patient_conflicts"]] == [
+        ("birthDate", "table:a.csv", "table:b.csv")]
+    assert fhir.read("Patient", pid)["birthDate"] == "1950-01-01"
+    # a corrected a.csv is a correction, applied without a conflict
+    a.write_text("id,dob,w\nP1,1950-01-02,70\n", encoding="utf-8")
+    assert _cli("import-table", str(a), "--mapping", str(mapping), "--fhir", fhir_url, "--report", str(report)) == 0
+    rep = json.loads(report.read_text())
+    assert rep["status"] == "imported" and rep["patient_corrections"] == 1
+    assert fhir.read("Patient", pid)["birthDate"] == "1950-01-02"
+    # fail: refused before anything is written; replace: b.csv's value wins
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(mapping.read_text() + "patient_conflicts: fail\n", encoding="utf-8")
+    assert _cli("import-table", str(b), "--mapping", str(strict), "--fhir", fhir_url, "--report", str(report)) == 1
+    assert json.loads(report.read_text())["patient_conflicts"][0]["existing"] == "1950-01-02"
+    weights = list(fhir.search("Observation", {"subject": f"Patient/{pid}", "code": "http://loinc.org|29463-7"}))
+    assert [o["valueQuantity"]["value"] for o in weights] == [70]
+    loose = tmp_path / "loose.yaml"
+    loose.write_text(mapping.read_text() + "patient_conflicts: replace\n", encoding="utf-8")
+    assert _cli("import-table", str(b), "--mapping", str(loose), "--fhir", fhir_url) == 0
+    pat = fhir.read("Patient", pid)
+    assert pat["birthDate"] == "1951-01-01" and pat["_birthDate"]["extension"][0]["valueString"] == "table:b.csv"
 
 
 def test_failed_trigger_is_retried_and_rejected_import_fails_its_run_with_a_report(dags: dict[str, Any], s3: Any,

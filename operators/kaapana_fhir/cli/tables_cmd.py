@@ -3,8 +3,8 @@
 ``mapping init [FILE] [--redcap DICT [--project NAME]] [-o M.yaml]``: profile a table (CSV, xlsx, REDCap export,
 CDISC ODM XML) or derive from a REDCap dictionary; guesses are marked ``review:``, unknown codes ``TODO``.
 ``import-table FILE (--mapping M.yaml | --preset lung1|redcap|odm [--dictionary DD.csv]) (--fhir URL [--plan]
-[--workers N] | --out bundle.json) [--empty-cells keep|retract] [--skip-invalid-rows] [--report R.json]
-[--rejected-csv R.csv]``. The whole file is validated first; invalid cells reject it (exit 1, report lists
+[--workers N] | --out bundle.json) [--empty-cells keep|retract] [--patient-conflicts keep|replace|fail]
+[--skip-invalid-rows] [--report R.json] [--rejected-csv R.csv]``. The whole file is validated first; invalid cells reject it (exit 1, report lists
 row/column/value/rule) unless --skip-invalid-rows; a mapping with TODO/review left is refused. See
 docs/tutorial-tables.md and docs/mapping-reference.md.
 """
@@ -52,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--workers", default="auto", help="parallel transaction chunks (default auto: 4 with --fhir)")
     q.add_argument("--empty-cells", choices=["keep", "retract"], help="cells that became empty: keep the old "
                    "Observation or retract it (status entered-in-error); overrides the mapping's empty_cells")
+    q.add_argument("--patient-conflicts", choices=["keep", "replace", "fail"], help="a Patient value another source "
+                   "(another file, DICOM) set differently: keep it, replace it, or refuse the import; overrides the "
+                   "mapping's patient_conflicts (default keep)")
     q.set_defaults(func=run_import)
 
 
@@ -119,6 +122,8 @@ def run_import(args: argparse.Namespace) -> int:
     client = FhirClient(args.fhir) if args.fhir else None
     if args.empty_cells:
         mapping["empty_cells"] = args.empty_cells
+    if args.patient_conflicts:
+        mapping["patient_conflicts"] = args.patient_conflicts
     workers = (4 if client else 1) if args.workers == "auto" else int(args.workers)
     try:
         if args.plan:

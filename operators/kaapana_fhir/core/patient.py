@@ -17,8 +17,9 @@ demographic element it sets, as an extension of the primitive element (``_birthD
 :data:`SOURCE_EXT` ``].valueString``). When such a writer meets a different value on the server, the recorded
 source decides, not the precedence:
 
-* the server's value came from the **same source** (the same file, imported again after a fix): a correction,
-  the incoming value is applied and nothing is reported;
+* the server's value came from the **same source** (the same file, imported again after a fix) or is a
+  placeholder (:data:`PLACEHOLDERS`: gender ``unknown``): a correction, the incoming value is applied and nothing
+  is reported;
 * it came from **another source** (another file, or no recorded source: the DICOM flow, an older import): a
   conflict, returned with both values and both sources; :class:`ConflictPolicy` ``keep`` (the default) leaves the
   server's value, ``replace`` takes the incoming one, ``fail`` keeps it too and the caller refuses the write.
@@ -39,6 +40,8 @@ SERVER_META = ("versionId", "lastUpdated", "source")
 _MANAGED = ("resourceType", "id", "meta", "identifier", "text")
 #: Extension on a primitive demographic element naming the source that set its value (``valueString``).
 SOURCE_EXT = "https://kaapana-fhir.dev/StructureDefinition/value-source"
+#: Values that say "not known" (e.g. a DICOM header's empty sex as ``unknown``): replacing one is no conflict.
+PLACEHOLDERS = {("gender", "unknown")}
 #: Choice elements: the variants of one element (``deceased[x]``) are compared as one element.
 _CHOICES = {"deceasedBoolean": "deceased", "deceasedDateTime": "deceased"}
 
@@ -196,7 +199,7 @@ def merge_patient(existing: dict[str, Any] | None, incoming: dict[str, Any], pre
                 _take(merged, incoming, key)
             continue
         old_source = source_of(existing, old_key)
-        if old_source == source:
+        if old_source == source or (old_key, old) in PLACEHOLDERS:
             out.corrected.append(key)
             _take(merged, incoming, key)
             continue

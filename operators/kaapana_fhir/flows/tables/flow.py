@@ -20,8 +20,10 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,28 +101,77 @@ def search_ids(client: Any, rtype: str, ids: list[str], extra: dict[str, str] | 
     return out
 
 
+@dataclass
+class PatientConflicts:
+    """What the Patient merges of one import found: conflicts (another source) and corrections (same source).
+
+    ``policy`` is the mapping's ``patient_conflicts``; the merges run in the writer threads, hence the lock.
+    """
+
+    policy: patient.ConflictPolicy = patient.ConflictPolicy.KEEP
+    found: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    corrected: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, pid: str, merge: patient.PatientMerge) -> None:
+        with self._lock:
+            self.corrected += len(merge.corrected)
+            for conflict in merge.conflicts:
+                log.warning("%s", conflict.message(pid))
+                if len(self.found) < MAX_REPORTED_CONFLICTS:
+                    self.found.append(conflict.as_dict(pid))
+                    self.messages.append(conflict.message(pid))
+
+
+def _source_of(resource: dict[str, Any]) -> str | None:
+    return next((s for k in patient.DEMOGRAPHICS if (s := patient.source_of(resource, k))), None)
+
+
+def merge_with_server(resource: dict[str, Any], current: dict[str, Any] | None,
+                      policy: patient.ConflictPolicy = patient.ConflictPolicy.KEEP) -> patient.PatientMerge:
+    """The one Patient merge for a table's Patient: source-aware (the table's file, recorded on the resource)."""
+    return patient.merge_patient(current, resource, patient.Precedence.INCOMING, source=_source_of(resource),
+                                 policy=policy)
+
+
 def _merge_patients(client: FhirApi, chunk: list[dict[str, Any]],
-                    conflicts: list[str] | None = None) -> list[dict[str, Any]]:
-    """Keep elements of Patients that already exist (one search per chunk); table fields win, conflicts are logged."""
+                    conflicts: PatientConflicts | None = None) -> list[dict[str, Any]]:
+    """Keep elements of Patients that already exist (one search per chunk); a demographic value another source
+    set is kept or replaced by the policy and reported, one this file set is corrected."""
     ids = [e["resource"]["id"] for e in chunk if e["resource"]["resourceType"] == "Patient"]
     if not ids:
         return chunk
     existing = {r["id"]: r for r in search_ids(client, "Patient", ids)}
     if not existing:
         return chunk
+    policy = conflicts.policy if conflicts is not None else patient.ConflictPolicy.KEEP
     out = []
     for e in chunk:
         r = e["resource"]
         old = existing.get(r["id"]) if r["resourceType"] == "Patient" else None
         if old:
-            merge = patient.merge_patient(old, r, patient.Precedence.INCOMING)
-            for conflict in merge.conflicts:
-                log.warning("%s", conflict.message(r["id"]))
-                if conflicts is not None:
-                    conflicts.append(conflict.message(r["id"]))
+            merge = merge_with_server(r, old, policy)
+            if conflicts is not None:
+                conflicts.add(r["id"], merge)
+            else:
+                for conflict in merge.conflicts:
+                    log.warning("%s", conflict.message(r["id"]))
             e = {**e, "resource": merge.resource}
         out.append(e)
     return out
+
+
+def find_patient_conflicts(client: FhirApi, patients: Iterable[dict[str, Any]],
+                           policy: patient.ConflictPolicy) -> PatientConflicts:
+    """Compare the table's Patients with the server without writing (``--plan``, ``patient_conflicts: fail``)."""
+    found = PatientConflicts(policy)
+    for chunk in chunked((e["resource"] for e in patients), IDS_PER_SEARCH):
+        current = {r["id"]: r for r in search_ids(client, "Patient", [r["id"] for r in chunk])}
+        for r in chunk:
+            if r["id"] in current:
+                found.add(r["id"], merge_with_server(r, current[r["id"]], policy))
+    return found
 
 
 #: attempts of one chunk that collides with a concurrent writer of the same ids (HAPI: HTTP 409, HAPI-0550)
@@ -140,7 +191,7 @@ def _keep_retractions(client: FhirApi, chunk: list[dict[str, Any]]) -> tuple[lis
 
 
 def _write_chunk(client: FhirApi, chunk: list[dict[str, Any]], merge_patients: bool,
-                 conflicts: list[str] | None = None) -> WriteResult:
+                 conflicts: PatientConflicts | None = None) -> WriteResult:
     """One transaction; on 409 (an overlapping import upserting the same ids) re-read and re-send it: the
     entries are idempotent ``PUT``s with deterministic ids, so re-sending cannot duplicate anything."""
     chunk, retracted = _keep_retractions(client, chunk)
@@ -166,7 +217,8 @@ PROGRESS_EVERY_S = 10.0
 
 
 def write_chunks(client: FhirApi, entries: Iterable[dict[str, Any]], *, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 merge_patients: bool = True, workers: int = 1, conflicts: list[str] | None = None) -> WriteResult:
+                 merge_patients: bool = True, workers: int = 1,
+                 conflicts: PatientConflicts | None = None) -> WriteResult:
     """Write entries as transaction chunks, ``workers`` at a time; returns what the server confirmed.
 
     With several workers at most ``2 * workers`` chunks are in memory; each chunk is one atomic transaction.
@@ -219,7 +271,15 @@ def import_table(table: Table, mapping: dict[str, Any], *, client: FhirApi | Non
         raise TableRejected(f"{table.name}: {scanned.issue_count} invalid cell(s) in {scanned.rows_rejected} row(s); "
                             f"first: row {first.row}, column {first.column!r}, value {first.value[:60]!r}: "
                             f"{first.rule} (nothing written; use skip-invalid-rows to import the valid rows)", rep)
-    conflicts: list[str] = []
+    conflicts = PatientConflicts(patient.ConflictPolicy(mapping.get("patient_conflicts", "keep")))
+    if client is not None and out_path is None and conflicts.policy is patient.ConflictPolicy.FAIL:
+        found = find_patient_conflicts(client, iter_patient_entries(mapper, scanned), conflicts.policy)
+        if found.found:
+            rep = report_of(table.name, name, scanned, status="rejected", duration_s=time.perf_counter() - t0)
+            rep["patient_conflicts"] = found.found
+            raise TableRejected(f"{table.name}: {len(found.found)} Patient value(s) differ from what another source "
+                                f"wrote; first: {found.messages[0]} (rule: patient_conflicts: fail; nothing "
+                                "written)", rep)
     if out_path is not None:
         written = write_bundle_file(out_path, (e for e in iter_entries(table, mapper, scanned, skip_invalid_rows=True)
                                                if not e.get(RETRACT)))
@@ -238,8 +298,10 @@ def import_table(table: Table, mapping: dict[str, Any], *, client: FhirApi | Non
     rep["chunks"] = written.chunks
     rep["retracted"] = written.retracted
     rep["workers"] = workers
-    if conflicts:
-        rep["patient_conflicts"] = conflicts[:MAX_REPORTED_CONFLICTS]
+    rep["patient_conflicts_policy"] = conflicts.policy.value
+    rep["patient_corrections"] = conflicts.corrected
+    if conflicts.found:
+        rep["patient_conflicts"] = conflicts.found
         rep["status"] = "imported-with-conflicts"
     log.info("imported %s: %d rows, %s", table.name, scanned.rows_read, rep["resources_written"])
     return rep

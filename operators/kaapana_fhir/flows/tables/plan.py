@@ -10,7 +10,9 @@ with what the server holds:
 * **unchanged**: it exists with the same content (``meta`` and narrative ignored);
 * **retract**: ``empty_cells: retract`` and the Observation of an emptied cell exists and is not yet retracted.
 
-Patients whose gender/birth date on the server disagree with the file are listed under ``conflicts``.
+Patients whose gender/birth date/deceased on the server came from another source (another file, DICOM) and
+disagree with the file are listed under ``conflicts`` with both values and both sources, and the mapping's
+``patient_conflicts`` policy says what the import would do; values this same file set earlier are corrections.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from typing import Any
 
 from kaapana_fhir.clients.protocols import FhirApi
 from kaapana_fhir.core.bundle import chunked
+from kaapana_fhir.core.patient import ConflictPolicy
 from kaapana_fhir.core.tables import TableMapper, iter_entries, scan
 from kaapana_fhir.core.tables.engine import RETRACT, TableRejected, report_of
 from kaapana_fhir.core.tables.reader import Table
-from kaapana_fhir.flows.tables.flow import search_ids
+from kaapana_fhir.flows.tables.flow import merge_with_server, search_ids
 
 PATIENT_FIELDS = ("gender", "birthDate", "deceasedBoolean")
 
@@ -59,7 +62,9 @@ def plan_table(table: Table, mapping: dict[str, Any], client: FhirApi, *, skip_i
         raise TableRejected(f"{table.name}: {scanned.issue_count} invalid cell(s); first: row {first.row}, column "
                             f"{first.column!r}: {first.rule} (plan not computed)", rep)
     plan: dict[str, dict[str, int]] = {}
-    conflicts: list[str] = []
+    conflicts: list[dict[str, Any]] = []
+    corrections = 0
+    policy = ConflictPolicy(mapping.get("patient_conflicts", "keep"))
     for chunk in chunked(iter_entries(table, mapper, scanned, skip_invalid_rows=True), chunk_size):
         by_type: dict[str, list[dict[str, Any]]] = {}
         for e in chunk:
@@ -77,15 +82,22 @@ def plan_table(table: Table, mapping: dict[str, Any], client: FhirApi, *, skip_i
                 kind = classify(ours, cur)
                 counts[kind] += 1
                 if rtype == "Patient" and cur is not None:
-                    for f in ("gender", "birthDate"):
-                        if f in ours and cur.get(f) not in (None, ours[f]):
-                            conflicts.append(f"Patient/{ours['id']} ({ours['identifier'][0]['value']}): {f} "
-                                             f"{cur[f]!r} on the server, {ours[f]!r} in {table.name}")
+                    merge = merge_with_server(ours, cur, policy)
+                    corrections += len(merge.corrected)
+                    for c in merge.conflicts:
+                        if len(conflicts) < 200:
+                            conflicts.append(c.as_dict(ours["id"]) | {"key": ours["identifier"][0]["value"]})
+                    if merge.conflicts and policy is not ConflictPolicy.REPLACE and kind == "update" and \
+                            _content(merge.resource) == _content(cur):
+                        counts["update"] -= 1  # the conflicting value is kept: nothing changes
+                        counts["unchanged"] += 1
     rep = report_of(table.name, name, scanned, status="planned", duration_s=time.perf_counter() - t0,
                     skip_invalid_rows=skip_invalid_rows)
     rep["plan"] = plan
+    rep["patient_conflicts_policy"] = policy.value
+    rep["patient_corrections"] = corrections
     if conflicts:
-        rep["conflicts"] = conflicts[:200]
+        rep["conflicts"] = conflicts
     return rep
 
 
@@ -95,6 +107,17 @@ def format_plan(rep: dict[str, Any]) -> str:
              f"{'resource':<14} {'create':>8} {'update':>8} {'unchanged':>10} {'retract':>8}"]
     for rtype, c in sorted(rep.get("plan", {}).items()):
         lines.append(f"{rtype:<14} {c['create']:>8} {c['update']:>8} {c['unchanged']:>10} {c['retract']:>8}")
-    for c in rep.get("conflicts", [])[:20]:
-        lines.append(f"conflict: {c}")
+    conflicts = rep.get("conflicts", [])
+    policy = rep.get("patient_conflicts_policy", "keep")
+    if conflicts:
+        verb = {"keep": "the server's value would be kept", "replace": "the file's value would replace it",
+                "fail": "the import would be refused"}.get(policy, policy)
+        lines.append(f"{len(conflicts)} Patient conflict(s) with another source (patient_conflicts: {policy}: "
+                     f"{verb}):")
+    for c in conflicts[:20]:
+        lines.append(f"conflict: {c['patient']} ({c['key']}): {c['element']} {c['existing']!r} from "
+                     f"{c['existing_source'] or 'another source (DICOM or an earlier import)'}, {c['incoming']!r} "
+                     f"from {c['incoming_source']}")
+    if rep.get("patient_corrections"):
+        lines.append(f"{rep['patient_corrections']} Patient value(s) corrected (set earlier by the same file)")
     return "\n".join(lines)
