@@ -66,6 +66,35 @@ def _read(fhir: FhirApi, rtype: str, rid: str) -> tuple[dict[str, Any] | None, s
         return None, None
 
 
+def read_many(fhir: FhirApi, keys: Sequence[tuple[str, str]]) -> dict[str, tuple[dict[str, Any], str | None]]:
+    """Current versions (with ETag) of ``keys`` (``(type, id)``) with one ``batch`` of GETs; absent keys are left out.
+
+    Reads by id, not a search (HAPI would persist a search result per call); a 404/410 entry means absent. The
+    client checks the batch-response (type, one entry per request).
+    """
+    if not keys:
+        return {}
+    bundle = {"resourceType": "Bundle", "type": "batch",
+              "entry": [{"request": {"method": "GET", "url": f"{t}/{i}"}} for t, i in keys]}
+    answer = fhir.transaction(bundle)
+    entries = answer.get("entry", []) if isinstance(answer, dict) else []
+    if not isinstance(answer, dict) or answer.get("type") != "batch-response" or len(entries) != len(keys):
+        kind = answer.get("type") if isinstance(answer, dict) else type(answer).__name__
+        raise FhirServerError(f"FHIR batch read of {len(keys)} resources: unexpected answer "
+                              f"(type {kind!r}, {len(entries)} entries)")
+    out: dict[str, tuple[dict[str, Any], str | None]] = {}
+    for (rtype, rid), e in zip(keys, entries, strict=True):
+        status = str((e.get("response") or {}).get("status") or "").split(" ")[0]
+        res = e.get("resource")
+        if status.startswith("2") and isinstance(res, dict) and res.get("resourceType") == rtype:
+            vid = (res.get("meta") or {}).get("versionId")
+            out[f"{rtype}/{rid}"] = (res, f'W/"{vid}"' if vid else None)
+        elif status not in ("404", "410"):
+            raise FhirServerError(f"FHIR batch read of {rtype}/{rid} answered {status or 'no status'}",
+                                  status_code=int(status) if status.isdigit() else 0)
+    return out
+
+
 def _version(entry: dict[str, Any]) -> int:
     m = _VERSION_RE.search(str((entry.get("response") or {}).get("location") or ""))
     return int(m.group(1)) if m else 0
@@ -91,10 +120,13 @@ def with_lost(merge: Merge, lost: Sequence[dict[str, Any]]) -> Merge:
 
 
 def write_merged(fhir: FhirApi, shared: Sequence[Shared], also: Sequence[dict[str, Any]] = (), *,
-                 written: dict[str, str] | None = None, max_attempts: int = 8, label: str = "") -> dict[str, int]:
+                 written: dict[str, str] | None = None, max_attempts: int = 8, label: str = "",
+                 batch_read: bool = False) -> dict[str, int]:
     """Write ``shared`` (merged, ``If-Match``) and ``also`` (plain idempotent PUTs) in one transaction.
 
     ``written`` caches ``also`` resources already written in this process (skipped when unchanged).
+    ``batch_read``: read the shared resources with one ``batch`` request (:func:`read_many`) instead of one GET
+    each: the DICOM flow writes several studies (Patients and ImagingStudies) per transaction.
     Returns counts ``created``, ``updated``, ``unchanged`` (also create-only resources that existed and were
     left alone), ``conflicts`` (re-reads after 409/412 or after a concurrent create).
     """
@@ -106,9 +138,11 @@ def write_merged(fhir: FhirApi, shared: Sequence[Shared], also: Sequence[dict[st
         entries: list[dict[str, Any]] = []
         absent: dict[int, Shared] = {}  # entry index → shared item that did not exist when read
         skipped = kept = 0
+        current = read_many(fhir, [(s.resource["resourceType"], s.resource["id"]) for s in shared]) \
+            if batch_read else None
         for item in shared:
             rtype, rid = item.resource["resourceType"], item.resource["id"]
-            cur, etag = _read(fhir, rtype, rid)
+            cur, etag = current.get(item.key, (None, None)) if current is not None else _read(fhir, rtype, rid)
             if item.key in restore:  # we replaced a concurrent create-only resource: put its content back
                 if cur is None or same_content(cur, restore[item.key]):
                     restore.pop(item.key)

@@ -15,11 +15,12 @@ Entry points
 
 Studies are read and mapped concurrently by a bounded thread pool (``workers``). Patient demographics come from
 every series of a study and from every study of the patient in the run; conflicts are issues. Writes go in
-transactions of several studies: Patients and ImagingStudies are read first (one batch of GETs per chunk),
-merged (:mod:`~kaapana_fhir.core.dicom.merge`) and written with ``If-Match``; a version conflict (HAPI 409,
-others 412) re-writes that chunk study by study with re-reads (:func:`write_study`), which also merges
-back a concurrent create. Unchanged resources are not written. All PACS reads of a :func:`sync_studies` call
-happen before its first write, so an unreachable PACS writes nothing.
+transactions of several studies through the one write strategy :func:`kaapana_fhir.flows.write.write_merged`:
+Patients and ImagingStudies are read first (one batch of GETs per chunk), merged
+(:mod:`~kaapana_fhir.core.dicom.merge`) and written with ``If-Match``; a version conflict (HAPI 409, others 412)
+re-reads and merges the chunk again, and a concurrent create is merged back. Unchanged resources are not
+written. All PACS reads of a :func:`sync_studies` call happen before its first write, so an unreachable PACS
+writes nothing.
 """
 
 from __future__ import annotations
@@ -50,10 +51,10 @@ from kaapana_fhir.core.dicom.mapping import (
     map_study,
     reconcile_patients,
 )
-from kaapana_fhir.core.dicom.merge import comparable, merge_imaging_study, merge_patient, same_content
+from kaapana_fhir.core.dicom.merge import comparable, merge_imaging_study, merge_patient
 from kaapana_fhir.core.ids import normalize_uid
 from kaapana_fhir.core.validate import validate_resource
-from kaapana_fhir.exceptions import ConfigError, DicomWebError, FhirServerError, MappingError
+from kaapana_fhir.exceptions import ConfigError, DicomWebError, MappingError
 from kaapana_fhir.flows.write import Shared, with_lost, write_merged
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,6 @@ MAX_ISSUES_IN_RESULT = 200
 DEFAULT_WORKERS = 4
 #: Studies per FHIR transaction in :func:`sync_studies` (a conflict re-writes the chunk study by study).
 WRITE_CHUNK = 10
-_CONFLICT = (409, 412)
-_VERSION_RE = re.compile(r"/_history/(\d+)")
 
 #: Series attributes the mapping reads (QIDO-RS ``includefield``), core and MII.
 SERIES_FIELDS = (
@@ -228,10 +227,6 @@ def read_study(dicomweb: DicomWebApi, study_uid: str, *, wado: str = "auto", inc
 
 
 # --------------------------------------------------------------------------- FHIR side
-def _is_conflict(exc: FhirServerError) -> bool:
-    return exc.status_code in _CONFLICT
-
-
 def _count_response(resp: dict[str, Any], counts: dict[str, int]) -> None:
     for e in resp.get("entry", []):
         status = (e.get("response", {}).get("status") or "").split(" ")[0]
@@ -264,124 +259,41 @@ def write_study(fhir: FhirApi, m: StudyMapping, *, written: dict[str, str] | Non
                         label=f"study {m.study_uid}")
 
 
-def _prefetch(fhir: FhirApi, keys: list[tuple[str, str]]) -> dict[str, tuple[dict[str, Any], str | None]] | None:
-    """Current versions of ``keys`` (``(type, id)``) with one ``batch`` of GETs; None when the client cannot do it.
-
-    Reads (not a search: HAPI would persist a search result per chunk); a 404 entry means absent.
-    """
-    if not keys or not hasattr(fhir, "request") or not hasattr(fhir, "search"):
-        return None
-    bundle = {"resourceType": "Bundle", "type": "batch",
-              "entry": [{"request": {"method": "GET", "url": f"{t}/{i}"}} for t, i in keys]}
-    answer = fhir.transaction(bundle)  # the client checks the batch-response (type, one entry per request)
-    entries = answer.get("entry", []) if isinstance(answer, dict) else []
-    if answer.get("type") != "batch-response" or len(entries) != len(keys):
-        raise FhirServerError(f"FHIR batch read of {len(keys)} resources: unexpected answer "
-                              f"(type {answer.get('type')!r}, {len(entries)} entries)")
-    out: dict[str, tuple[dict[str, Any], str | None]] = {}
-    for (rtype, rid), e in zip(keys, entries, strict=True):
-        status = str((e.get("response") or {}).get("status") or "").split(" ")[0]
-        res = e.get("resource")
-        if status.startswith("2") and isinstance(res, dict) and res.get("resourceType") == rtype:
-            vid = (res.get("meta") or {}).get("versionId")
-            out[f"{rtype}/{rid}"] = (res, f'W/"{vid}"' if vid else None)
-        elif status not in ("404", "410"):
-            raise FhirServerError(f"FHIR batch read of {rtype}/{rid} answered {status or 'no status'}",
-                                  status_code=int(status) if status.isdigit() else 0)
+def _patients_of(mapped: Sequence[StudyMapping]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for m in mapped:
+        out.setdefault(m.patient["id"], []).append(m.patient)
     return out
 
 
+def _fold_patients(patients: list[dict[str, Any]]) -> Callable[[dict[str, Any] | None, dict[str, Any]],
+                                                               dict[str, Any]]:
+    """Merge function of one Patient written for several studies: the server's version (or a version merged
+    back) completed by each study's Patient in turn (:func:`~kaapana_fhir.core.dicom.merge.merge_patient`)."""
+    def merge(cur: dict[str, Any] | None, _ours: dict[str, Any]) -> dict[str, Any]:
+        out = cur
+        for p in patients:
+            out = merge_patient(out, p)
+        return out if out is not None else _ours
+
+    return merge
+
+
 def write_chunk(fhir: FhirApi, mapped: Sequence[StudyMapping], *, written: dict[str, str]) -> dict[str, int]:
-    """Write several studies in one transaction (Patients/ImagingStudies read first with one batch request,
-    ``If-Match`` on every existing one). A conflict, or a create that answered version > 1 (a concurrent
-    writer created it), re-writes the studies one by one with :func:`write_study`."""
-    counts = {"created": 0, "updated": 0, "unchanged": 0, "conflicts": 0}
-    current = _prefetch(fhir, [("Patient", p) for p in sorted({m.patient["id"] for m in mapped})]
-                        + [("ImagingStudy", m.imaging_study["id"]) for m in mapped])
-    if current is None or len({m.imaging_study["id"] for m in mapped}) != len(mapped):
-        return _one_by_one(fhir, mapped, written, counts)
-    entries: list[dict[str, Any]] = []
-    pending: dict[str, dict[str, Any]] = {}
-    absent: set[str] = set()
-    skipped = 0
+    """Write several studies in one transaction through :func:`kaapana_fhir.flows.write.write_merged`: their
+    Patients (one per patient, completed by every study of the chunk) and ImagingStudies are read with one batch
+    request, merged and written with ``If-Match``; Endpoint/Device/Observations are plain PUTs (skipped when
+    ``written`` holds the same content). A version conflict re-reads and merges the whole chunk again; a create
+    that answered version > 1 (a concurrent writer created it) is merged back (see :mod:`~kaapana_fhir.flows.write`).
+    Returns counts ``created``, ``updated``, ``unchanged``, ``conflicts``."""
+    shared = [Shared(patients[0], _fold_patients(patients)) for patients in _patients_of(mapped).values()]
+    shared += [Shared(m.imaging_study, merge_imaging_study, validate=validate_resource) for m in mapped]
+    also: dict[str, dict[str, Any]] = {}
     for m in mapped:
         for r in _also(m):
-            key = f"{r['resourceType']}/{r['id']}"
-            if key in pending or written.get(key) == comparable(r):
-                skipped += key not in pending
-                continue
-            pending[key] = r
-            entries.append(fb.put_entry(r))
-    merged_patients: dict[str, dict[str, Any]] = {}
-    for m in mapped:
-        pid = m.patient["id"]
-        base = merged_patients.get(pid) or current.get(f"Patient/{pid}", (None, None))[0]
-        merged_patients[pid] = merge_patient(base, m.patient)
-    for pid, patient in merged_patients.items():
-        cur, etag = current.get(f"Patient/{pid}", (None, None))
-        if same_content(cur, patient):
-            skipped += 1
-            continue
-        if cur is None:
-            absent.add(f"Patient/{pid}")
-        entries.append(fb.put_entry(patient, if_match=etag if cur is not None else None))
-    for m in mapped:
-        cur, etag = current.get(f"ImagingStudy/{m.imaging_study['id']}", (None, None))
-        study = merge_imaging_study(cur, m.imaging_study)
-        if same_content(cur, study):
-            skipped += 1
-            continue
-        if cur is not None:
-            validate_resource(study)
-        else:
-            absent.add(f"ImagingStudy/{study['id']}")
-        entries.append(fb.put_entry(study, if_match=etag if cur is not None else None))
-    if not entries:
-        counts["unchanged"] += skipped
-        return counts
-    try:
-        resp = fhir.transaction(fb.transaction(entries, sort=False))
-    except FhirServerError as exc:
-        if not _is_conflict(exc):
-            raise
-        counts["conflicts"] += 1
-        log.info("version conflict (%s) in a chunk of %d studies; writing them one by one", exc.status_code,
-                 len(mapped))
-        return _one_by_one(fhir, mapped, written, counts)
-    for key, r in pending.items():
-        written[key] = comparable(r)
-    _count_response(resp, counts)
-    counts["unchanged"] += skipped
-    raced: dict[str, dict[str, Any]] = {}
-    for e, req in zip(resp.get("entry", []), entries, strict=False):
-        r = req["resource"]
-        key = f"{r['resourceType']}/{r['id']}"
-        match = _VERSION_RE.search(str(e.get("response", {}).get("location", "")))
-        if key in absent and match and int(match.group(1)) > 1:
-            # created by a concurrent writer between our read and our write: we replaced it; merge it back
-            raced[key] = fhir.request("GET", f"{key}/_history/{int(match.group(1)) - 1}").json()
-    if raced:
-        counts["conflicts"] += 1
-        log.info("%d resources were created concurrently; merging them back", len(raced))
-        for m in mapped:
-            prev_s = raced.get(f"ImagingStudy/{m.imaging_study['id']}")
-            prev_p = raced.get(f"Patient/{m.patient['id']}")
-            if prev_s is None and prev_p is None:
-                continue
-            c = write_study(fhir, m, written=written, lost=[prev_s] if prev_s else [],
-                            lost_patients=[prev_p] if prev_p else [])
-            for k in counts:
-                counts[k] += c[k]
-    return counts
-
-
-def _one_by_one(fhir: FhirApi, mapped: Sequence[StudyMapping], written: dict[str, str],
-                counts: dict[str, int]) -> dict[str, int]:
-    for m in mapped:
-        c = write_study(fhir, m, written=written)
-        for k in counts:
-            counts[k] += c[k]
-    return counts
+            also.setdefault(f"{r['resourceType']}/{r['id']}", r)
+    label = f"{len(mapped)} studies ({mapped[0].study_uid}...)" if len(mapped) > 1 else f"study {mapped[0].study_uid}"
+    return write_merged(fhir, shared, list(also.values()), written=written, batch_read=True, label=label)
 
 
 # --------------------------------------------------------------------------- orchestration

@@ -26,6 +26,7 @@ class FakeFhir:
         self.store: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.before_transaction: list[Callable[[], None]] = []
         self.transactions = 0
+        self.batch_reads = 0
 
     def put(self, res: dict[str, Any], if_match: str | None = None) -> tuple[str, str]:
         key = (res["resourceType"], res["id"])
@@ -49,6 +50,15 @@ class FakeFhir:
         return self.store[(rtype, rid)][-1]
 
     def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        if bundle.get("type") == "batch":  # read-only batch of GETs (no precondition hooks)
+            self.batch_reads += 1
+            entries = []
+            for e in bundle["entry"]:
+                rtype, rid = e["request"]["url"].split("/")
+                versions = self.store.get((rtype, rid))
+                entries.append({"response": {"status": "200 OK"}, "resource": copy.deepcopy(versions[-1])}
+                               if versions else {"response": {"status": "404 Not Found"}})
+            return {"resourceType": "Bundle", "type": "batch-response", "entry": entries}
         self.transactions += 1
         while self.before_transaction:
             self.before_transaction.pop(0)()
