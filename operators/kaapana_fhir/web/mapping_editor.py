@@ -314,7 +314,7 @@ def check(text: str, data: bytes, key: str, *, mapping_key: str = "mapping", row
     except LimitError as exc:
         out["schema_errors"] = [str(exc)]
         return out
-    out["mapping"] = _json_safe(parsed)
+    out["mapping"] = _json_safe(parsed) if isinstance(parsed, dict) else None
     out["schema_errors"] = validate_mapping(parsed, source=mapping_key)
     if out["schema_errors"]:
         return out
