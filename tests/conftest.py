@@ -20,6 +20,7 @@ from kaapana_fhir.clients.fhir import FhirClient
 from kaapana_fhir.clients.s3 import ObjectStore
 from kaapana_fhir.dev import sso
 from kaapana_fhir.dev import stack as devstack
+from tests.support.stack_env import external_stack
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -40,15 +41,9 @@ def _require() -> bool:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devstack.Stack]:
     """The running stack; started here unless all three URLs come from the environment."""
-    if all(os.environ.get(k) for k in ("FHIR_BASE_URL", "DICOMWEB_URL", "S3_ENDPOINT_URL")):
-        st = devstack.Stack(str(tmp_path_factory.mktemp("stack-ext")))
-        st.services["hapi"] = devstack.Service("hapi", 0, 0, os.environ["FHIR_BASE_URL"], "")
-        st.services["orthanc"] = devstack.Service("orthanc", 0, 0, os.environ["DICOMWEB_URL"], "",
-                                                  {"rest": os.environ.get("ORTHANC_URL", "")})
-        st.services["s3"] = devstack.Service("s3", 0, 0, os.environ["S3_ENDPOINT_URL"], "",
-                                             {"access_key": os.environ.get("S3_ACCESS_KEY", devstack.S3_ACCESS_KEY),
-                                              "secret_key": os.environ.get("S3_SECRET_KEY", devstack.S3_SECRET_KEY)})
-        yield st
+    external = external_stack(tmp_path_factory.mktemp("stack-ext"))
+    if external is not None:
+        yield external
         return
     state = tmp_path_factory.mktemp("stack")
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -46,17 +45,10 @@ class BenchContext:
     def stack(self) -> Any:
         if self._stack is None:
             from kaapana_fhir.dev import stack as devstack
+            from tests.support.stack_env import external_stack
 
-            if os.environ.get("FHIR_BASE_URL") and os.environ.get("DICOMWEB_URL") and os.environ.get("S3_ENDPOINT_URL"):
-                st = devstack.Stack(str(self.workdir))
-                st.services["hapi"] = devstack.Service("hapi", 0, 0, os.environ["FHIR_BASE_URL"], "")
-                st.services["orthanc"] = devstack.Service("orthanc", 0, 0, os.environ["DICOMWEB_URL"], "",
-                                                          {"rest": os.environ.get("ORTHANC_URL", "")})
-                st.services["s3"] = devstack.Service("s3", 0, 0, os.environ["S3_ENDPOINT_URL"], "",
-                                                     {"access_key": devstack.S3_ACCESS_KEY,
-                                                      "secret_key": devstack.S3_SECRET_KEY})
-                self._stack = st
-            else:
+            self._stack = external_stack(self.workdir)
+            if self._stack is None:
                 self._stack = devstack.up(self.workdir / "stack", progress=lambda m: log.info("%s", m))
                 self.extras["owns_stack"] = True
         return self._stack
