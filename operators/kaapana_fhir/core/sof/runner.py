@@ -245,21 +245,12 @@ class CompiledView:
         if col.collection:
             return lambda node, env: [plain(v) if v.__class__ is dict else v for v in inner([node], env)]
         many = self._many
+        # the compiled node function when the path has one (the hot path: no list around the node), else the path
         node_fn = getattr(inner, "_node", None)
-        if node_fn is not None:
-            def get_node(node: Any, env: Env) -> Any:
-                vals = node_fn(node, env)
-                if not vals:
-                    return None
-                if len(vals) == 1:
-                    v = vals[0]
-                    return plain(v) if v.__class__ is dict else v
-                return many(col, vals, env)
-
-            return get_node
+        fetch: Callable[[Any, Env], Any] = node_fn if node_fn is not None else (lambda node, env: inner([node], env))
 
         def get(node: Any, env: Env) -> Any:
-            vals = inner([node], env)
+            vals = fetch(node, env)
             if not vals:
                 return None
             if len(vals) == 1:
