@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -311,17 +310,6 @@ def test_expired_static_keys_are_not_retried() -> None:
 
 
 # ---- against moto's S3 (in-process, real HTTP)
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    srv.start()
-    host, port = srv.get_host_and_port()
-    yield f"http://{host}:{port}"
-    srv.stop()
-
-
 def test_round_trip_on_s3(moto_url: str) -> None:
     store = ObjectStore(moto_url, "test", "test")
     store.ensure_bucket("unit-s3")

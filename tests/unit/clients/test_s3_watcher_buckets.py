@@ -13,19 +13,13 @@ from kaapana_fhir.operators.csv_import import watch_buckets
 
 
 @pytest.fixture(scope="module")
-def store() -> Iterator[ObjectStore]:
-    from moto.server import ThreadedMotoServer
-
-    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    srv.start()
-    host, port = srv.get_host_and_port()
-    s = ObjectStore(f"http://{host}:{port}", "test", "test")
+def store(moto_url: str) -> Iterator[ObjectStore]:
+    s = ObjectStore(moto_url, "test", "test")
     for b in ("project-a", "project-b", "plain-bucket"):
         s.ensure_bucket(b)
         s.put_bytes(b, "fhir-import/t.csv", b"PatientID,age\np1,3\n")
         s.put_bytes(b, "fhir-import/t.preset", b"lung1\n")
     yield s
-    srv.stop()
 
 
 def test_each_project_bucket_is_watched_and_its_confs_carry_the_project(store: ObjectStore) -> None:

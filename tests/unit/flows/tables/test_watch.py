@@ -17,18 +17,6 @@ moto = pytest.importorskip("moto")
 BUCKET = "watch-test"
 
 
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    """moto's S3 in-process on 127.0.0.1 (the minio client speaks real HTTP; unit test: no MinIO)."""
-    from moto.server import ThreadedMotoServer
-
-    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    srv.start()
-    host, port = srv.get_host_and_port()
-    yield f"http://{host}:{port}"
-    srv.stop()
-
-
 @pytest.fixture()
 def store(moto_url: str) -> Iterator[Any]:
     import requests
