@@ -2,10 +2,13 @@
 
 ``mapping init [FILE] [--redcap DICT [--project NAME]] [-o M.yaml]``: profile a table (CSV, xlsx, REDCap export,
 CDISC ODM XML) or derive from a REDCap dictionary; guesses are marked ``review:``, unknown codes ``TODO``.
-``import-table FILE (--mapping M.yaml | --preset lung1|redcap|odm [--dictionary DD.csv]) (--fhir URL [--plan]
-[--workers N] | --out bundle.json) [--empty-cells keep|retract] [--patient-conflicts keep|replace|fail]
-[--skip-invalid-rows] [--report R.json] [--rejected-csv R.csv]``. The whole file is validated first; invalid cells reject it (exit 1, report lists
-row/column/value/rule) unless --skip-invalid-rows; a mapping with TODO/review left is refused. See
+``import-table (FILE | --redcap-url URL [--redcap-token-conn CONN_ID] [--project NAME]) (--mapping M.yaml |
+--preset lung1|redcap|odm [--dictionary DD.csv]) (--fhir URL [--plan] [--workers N|auto] | --out bundle.json)
+[--empty-cells keep|retract] [--patient-conflicts keep|replace|fail] [--skip-invalid-rows] [--report R.json]
+[--rejected-csv R.csv]``. The whole file is validated first; invalid cells reject it (exit 1, report lists
+row/column/value/rule) unless --skip-invalid-rows; a mapping with TODO/review left is refused. With --redcap-url
+the records, data dictionary and project info are pulled through the REDCap API (PyCap; token from an Airflow
+Connection or KAAPANA_FHIR_REDCAP_TOKEN, see :mod:`kaapana_fhir.flows.tables.redcap_api`). See
 docs/tutorial-tables.md and docs/mapping-reference.md.
 """
 
@@ -35,11 +38,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_mapping)
 
     q = sub.add_parser("import-table", help="import a clinical table (CSV, xlsx, REDCap) into FHIR")
-    q.add_argument("file")
-    src = q.add_mutually_exclusive_group(required=True)
+    q.add_argument("file", nargs="?", help="the table file (not with --redcap-url)")
+    src = q.add_mutually_exclusive_group()
     src.add_argument("--mapping", help="mapping YAML")
     src.add_argument("--preset", help="shipped preset: lung1, redcap (needs --dictionary) or odm (from the file)")
     q.add_argument("--dictionary", help="REDCap data dictionary CSV (with --preset redcap)")
+    q.add_argument("--redcap-url", help="pull records, data dictionary and project info from this REDCap API "
+                   "(https://HOST/api/) instead of a file; preset redcap unless --mapping is given")
+    q.add_argument("--redcap-token-conn", metavar="CONN_ID", help="Airflow Connection holding the REDCap API token "
+                   "as its password (and the API URL as its host); default: the environment variable "
+                   "KAAPANA_FHIR_REDCAP_TOKEN")
+    q.add_argument("--project", help="with --redcap-url: project name for identifier/code systems (default: the "
+                   "project title in CamelCase, as on REDCap's export file names)")
     dst = q.add_mutually_exclusive_group(required=True)
     dst.add_argument("--fhir", help="FHIR base URL to write to")
     dst.add_argument("--out", help="write one transaction Bundle JSON instead")
@@ -101,9 +111,20 @@ def run_import(args: argparse.Namespace) -> int:
     from kaapana_fhir.core.tables import TableRejected, load_mapping, open_table
     from kaapana_fhir.flows.tables.flow import import_table, resolve_mapping
 
+    if bool(args.file) == bool(args.redcap_url or args.redcap_token_conn):
+        raise ConfigError("import-table needs a FILE or --redcap-url/--redcap-token-conn, not both (rule: one source)")
+    if not (args.mapping or args.preset or args.redcap_url or args.redcap_token_conn):
+        raise ConfigError("no mapping: give --mapping M.yaml or --preset (rule: mapping or preset required)")
     check_output_paths({"--out": args.out, "--report": args.report, "--rejected-csv": args.rejected_csv},
                        {"table": args.file, "--mapping": args.mapping, "--dictionary": args.dictionary})
-    data = _read(args.file)
+    file_name = Path(args.file).name if args.file else ""
+    if args.file:
+        data = _read(args.file)
+        dictionary = _read(args.dictionary).decode("utf-8-sig", errors="replace") if args.dictionary else None
+    else:
+        data, dictionary, file_name, project = _pull_redcap(args)
+        if not args.mapping:
+            args.preset = args.preset or "redcap"
     mapping_text = None
     src: dict[str, Any] = {}
     if args.mapping:
@@ -111,14 +132,14 @@ def run_import(args: argparse.Namespace) -> int:
         base = Path(args.mapping).parent
         src = load_mapping(mapping_text, source=args.mapping,
                            read_file=lambda rel: read_beside(base, rel, what="map_file")).get("source", {})
-    dictionary = _read(args.dictionary).decode("utf-8-sig", errors="replace") if args.dictionary else None
-    table = open_table(data, name=Path(args.file).name, fmt=src.get("format", "auto"), delimiter=src.get("delimiter"),
-                       encoding=src.get("encoding"), sheet=src.get("sheet"))
+    table = open_table(data, name=file_name, fmt=src.get("format", "auto") if args.file else "json",
+                       delimiter=src.get("delimiter"), encoding=src.get("encoding"), sheet=src.get("sheet"))
     base = Path(args.mapping).parent if args.mapping else Path(".")
     mapping = resolve_mapping(header=table.header, mapping_text=mapping_text, mapping_name=args.mapping or "",
                               preset=args.preset, dictionary_text=dictionary,
                               read_file=lambda rel: read_beside(base, rel, what="map_file"),
-                              table_name=Path(args.file).name, data=data)
+                              table_name=file_name, data=data,
+                              project=None if args.file else project)
     client = FhirClient(args.fhir) if args.fhir else None
     if args.empty_cells:
         mapping["empty_cells"] = args.empty_cells
@@ -141,9 +162,25 @@ def run_import(args: argparse.Namespace) -> int:
         _outputs(args, exc.report)
         raise
     _outputs(args, rep)
-    log.info("%s: %d rows read, %d rejected, written %s", args.file, rep["rows_read"], rep["rows_rejected"],
+    log.info("%s: %d rows read, %d rejected, written %s", file_name, rep["rows_read"], rep["rows_rejected"],
              rep["resources_written"])
     return 0
+
+
+def _pull_redcap(args: argparse.Namespace) -> tuple[bytes, str, str, str]:
+    """Records JSON, dictionary (metadata JSON), table name and project name pulled through the REDCap API."""
+    from kaapana_fhir.flows.tables import redcap_api
+
+    url = args.redcap_url
+    if args.redcap_token_conn:
+        token, conn_url = redcap_api.connection_token(args.redcap_token_conn)
+        url = url or conn_url
+    else:
+        token = redcap_api.token_from_env()
+    if not url:
+        raise ConfigError("no REDCap API URL: --redcap-url or a host in the Connection (rule: the API address)")
+    export = redcap_api.fetch_export(url, token, project=args.project)
+    return export.records_json(), export.dictionary_text(), export.table_name, export.project
 
 
 def _outputs(args: argparse.Namespace, rep: dict[str, Any]) -> None:

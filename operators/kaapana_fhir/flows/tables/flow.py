@@ -54,10 +54,11 @@ log = logging.getLogger(__name__)
 
 def resolve_mapping(*, header: list[str], mapping_text: str | None = None, mapping_name: str = "mapping",
                     preset: str | None = None, dictionary_text: str | None = None,
-                    read_file: Any = None, table_name: str = "", data: Any = None) -> dict[str, Any]:
+                    read_file: Any = None, table_name: str = "", data: Any = None,
+                    project: str | None = None) -> dict[str, Any]:
     """The mapping for a table with ``header``: YAML text, preset ``lung1``, ``redcap`` + dictionary (project
     name from ``table_name``, e.g. ``LungImaging_DATA_2026-05-04_1200.csv`` → ``LungImaging``), or ``odm``
-    (derived from the ODM file ``data`` itself)."""
+    (derived from the ODM file ``data`` itself). ``project`` overrides the REDCap project name (API pulls)."""
     if mapping_text is not None:
         return load_mapping(mapping_text, source=mapping_name, read_file=read_file)
     if not preset:
@@ -69,7 +70,7 @@ def resolve_mapping(*, header: list[str], mapping_text: str | None = None, mappi
                               "<name>.dictionary.csv beside the export)")
         from kaapana_fhir.core.tables.redcap import project_name_of
 
-        project = project_name_of(table_name) if table_name else "redcap"
+        project = project or (project_name_of(table_name) if table_name else "redcap")
         derived = derive_mapping(dictionary_text, header=header, name=project, project=project)
         errors = validate_mapping(derived, source="preset:redcap")
         if errors:
