@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -61,21 +63,28 @@ log = logging.getLogger(__name__)
 
 MAX_ISSUES_IN_RESULT = 200
 DEFAULT_WORKERS = 4
-#: Studies per FHIR transaction in :func:`sync_studies` (a conflict re-writes the chunk study by study).
+#: Studies per FHIR transaction in :func:`sync_studies` (a conflict re-reads and merges the chunk again).
 WRITE_CHUNK = 10
+#: Series per request of a backfill's series listing (:func:`list_series`).
+SERIES_PAGE = 1000
+#: Most series records a backfill holds for studies whose series are not all listed yet (bounded memory).
+MAX_BUFFERED_SERIES = 50_000
 
 #: Series attributes the mapping reads (QIDO-RS ``includefield``), core and MII.
 SERIES_FIELDS = (
     "00080021", "00080031", "00080201", "00180015", "00200060", "00200062", "00082218", "00080070",
     "00081090", "00181000", "00081010", "00181020", "0008103E", "00200011", "00201209", "00080060",
     "00100010", "00100020", "00100021", "00100030", "00100040", "00080020", "00080030",
-    "00080050", "00081030", "00080090", "00081032", "00401002", "00080005", *mii.SERIES_TAGS,
+    "00080050", "00081030", "00080090", "00081032", "00401002", "00080005", "00080016", *mii.SERIES_TAGS,
 )
-#: Study-level QIDO keys of a backfill listing.
-STUDY_FIELDS = ("00080061", "00080062", "00100020")
+#: Study-level QIDO keys of a backfill listing (NumberOfStudyRelatedSeries (0020,1206) tells when the series
+#: listing has brought every series of a study).
+STUDY_FIELDS = ("00080061", "00080062", "00100020", "00201206")
 #: Keys a series-level QIDO answer never holds unless the PACS honours ``includefield``.
 _INCLUDEFIELD_PROBES = ("00100020", "00080070", "00181000", "00081090", "00180015", "00080021")
-_DOSE_HINT = re.compile(r"dose", re.IGNORECASE)
+_DOSE_CONTENT = "dose report content"
+#: SOP Class UIDs of the Structured Report storage classes start with this
+_SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 
 
 class _Timer:
@@ -162,9 +171,23 @@ def _honours_includefield(records: list[dict[str, Any]]) -> bool:
     return any(k in rec for rec in records for k in _INCLUDEFIELD_PROBES)
 
 
+def _sop_class(rec: dict[str, Any], study_sop_classes: Sequence[str]) -> str | None:
+    """SOP Class UID (0008,0016) of a series: from its QIDO record (a series-level ``includefield`` that the PACS
+    answers from one instance, as Orthanc does), else the study's only SR class among SOPClassesInStudy
+    (0008,0062) when that settles it; None when unknown."""
+    own = dv.first_str(rec, "00080016")
+    if own:
+        return own
+    sr_classes = {c for c in study_sop_classes if c.startswith(_SR_CLASS_PREFIX)}
+    return next(iter(sr_classes)) if len(sr_classes) == 1 else None
+
+
 def _needs_metadata(rec: dict[str, Any], options: MappingOptions, wado: str, honoured: bool,
-                    study_sop_classes: Sequence[str]) -> str | None:
-    """Why one instance's WADO-RS metadata is needed for this series (None: QIDO suffices)."""
+                    sop_class: str | None) -> str | None:
+    """Why one instance's WADO-RS metadata is needed for this series (None: QIDO suffices).
+
+    A dose report is recognised by its SOP Class UID, X-Ray Radiation Dose SR (never by the series
+    description): ``sop_class`` from QIDO, or read from the instance level by :func:`series_inputs` first."""
     if wado == "always":
         return "wado=always"
     if wado == "never":
@@ -172,10 +195,8 @@ def _needs_metadata(rec: dict[str, Any], options: MappingOptions, wado: str, hon
     if not honoured:
         return "the PACS ignored includefield"
     modality = (dv.first_str(rec, "00080060") or "").upper()
-    if options.dose_reports and modality == "SR":
-        desc = dv.first_str(rec, "0008103E") or ""
-        if dd.XRAY_DOSE_SR in study_sop_classes or _DOSE_HINT.search(desc):
-            return "dose report content"
+    if options.dose_reports and modality == "SR" and sop_class == dd.XRAY_DOSE_SR:
+        return _DOSE_CONTENT
     if options.profile is Profile.MII:
         needed = mii.NEEDED_BY_MODALITY.get(modality, ())
         if needed and not any(k in rec for k in needed):
@@ -190,12 +211,14 @@ def _merge_metadata(rec: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]
 
 
 def read_study(dicomweb: DicomWebApi, study_uid: str, *, wado: str = "auto", include_instances: bool = False,
-               options: MappingOptions | None = None, study_sop_classes: Sequence[str] = ()) -> list[SeriesInput]:
-    """All series of one study as :class:`SeriesInput`: one QIDO-RS series search (``includefield``), plus
-    WADO-RS metadata only for the series that need it (see the module docstring)."""
+               options: MappingOptions | None = None, study_sop_classes: Sequence[str] = (),
+               records: list[dict[str, Any]] | None = None) -> list[SeriesInput]:
+    """All series of one study as :class:`SeriesInput`: one QIDO-RS series search (``includefield``) — or the
+    study's ``records`` from a backfill's series listing, then no search — plus WADO-RS metadata only for the
+    series that need it (see the module docstring)."""
     options = options or MappingOptions()
     pacs = dicomweb if isinstance(dicomweb, _Pacs) else _Pacs(dicomweb)
-    series = pacs.call("search_series", study_uid, fields=SERIES_FIELDS)
+    series = records if records is not None else pacs.call("search_series", study_uid, fields=SERIES_FIELDS)
     honoured = _honours_includefield(series)
     if series and not honoured and wado == "auto":
         log.warning("study %s: the PACS at %s ignored QIDO-RS includefield; reading one instance's metadata per "
@@ -205,13 +228,21 @@ def read_study(dicomweb: DicomWebApi, study_uid: str, *, wado: str = "auto", inc
         series_uid = dv.first_str(rec, "0020000E")
         attrs = dict(rec)
         attrs.setdefault("0020000D", {"vr": "UI", "Value": [study_uid]})
-        why = _needs_metadata(rec, options, wado, honoured, study_sop_classes)
         instances: list[dict[str, Any]] = []
+        sop_class = _sop_class(rec, study_sop_classes)
+        modality = (dv.first_str(rec, "00080060") or "").upper()
+        if (series_uid and sop_class is None and modality == "SR" and options.dose_reports
+                and wado == "auto" and honoured):
+            # the PACS gave no SOP Class UID at series level: the instance level always has it (PS3.18 return key)
+            instances = pacs.call("search_instances", study_uid, series_uid) or []
+            sop_class = dv.first_str(instances[0], "00080016") if instances else None
+        why = _needs_metadata(rec, options, wado, honoured, sop_class)
         metas: list[dict[str, Any]] = []
-        if series_uid and why == "dose report content":
+        if series_uid and why == _DOSE_CONTENT:
             metas = pacs.call("series_metadata", study_uid, series_uid) or []
         elif series_uid and (why or include_instances):
-            instances = pacs.call("search_instances", study_uid, series_uid) or []
+            if not instances:
+                instances = pacs.call("search_instances", study_uid, series_uid) or []
             if why and instances:
                 sop = dv.first_str(instances[0], "00080018")
                 meta = pacs.call("instance_metadata", study_uid, series_uid, sop) if sop else None
@@ -221,7 +252,8 @@ def read_study(dicomweb: DicomWebApi, study_uid: str, *, wado: str = "auto", inc
         if metas:
             attrs = _merge_metadata(rec, metas[0])
         count = len(instances) if instances else None
-        keep = metas if why == "dose report content" else (instances if include_instances else [])
+        dose_meta = bool(metas) and options.dose_reports and dv.first_str(metas[0], "00080016") == dd.XRAY_DOSE_SR
+        keep = metas if why == _DOSE_CONTENT or dose_meta else (instances if include_instances else [])
         out.append(SeriesInput(attrs, keep, count, f"{pacs.url}#{series_uid}"))
     return out
 
@@ -401,7 +433,8 @@ def sync_studies(dicomweb: DicomWebApi, fhir: FhirApi | None, *, study_uids: Ite
                  missing: str = "fail", workers: int = DEFAULT_WORKERS,
                  study_sop_classes: Mapping[str, Sequence[str]] | None = None,
                  known_patients: Sequence[StudyMapping] = (),
-                 collect: list[StudyMapping] | None = None, defer_write: bool = False) -> dict[str, Any]:
+                 collect: list[StudyMapping] | None = None, defer_write: bool = False,
+                 series_records: Mapping[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
     """Bring the studies touched by ``study_uids`` / ``series_uids`` from the PACS into FHIR.
 
     ``fhir=None`` maps without writing and returns the transaction Bundle under ``"bundle"``.
@@ -410,7 +443,8 @@ def sync_studies(dicomweb: DicomWebApi, fhir: FhirApi | None, *, study_uids: Ite
     listing) tells which studies hold a dose report. ``known_patients``: studies mapped earlier in the same run
     (a backfill's earlier batches) whose demographics complete or conflict with these; ``collect`` receives the
     mapped studies. ``defer_write``: return after mapping, with the writes left to :func:`_finish` (a backfill's
-    pipeline). Returns the result dict (studies, series, ids, resources
+    pipeline). ``series_records`` (study UID → its series' QIDO records, from a backfill's series listing): these
+    studies are not searched again. Returns the result dict (studies, series, ids, resources
     created/updated/unchanged, failed studies, issues, timings, ``pacs_requests``).
     """
     options = options or MappingOptions()
@@ -425,12 +459,13 @@ def sync_studies(dicomweb: DicomWebApi, fhir: FhirApi | None, *, study_uids: Ite
     t0 = time.perf_counter()
     uids = resolve_study_uids(pacs, study_uids, series_uids, missing=missing)
     sop_classes = study_sop_classes or {}
+    given = series_records or {}
 
     def read_and_map(uid: str) -> tuple[str, StudyMapping | None, str | None]:
         """One study: its QIDO read (+ WADO where needed), then its mapping and validation in the same worker,
         so our code runs while other workers wait for the PACS."""
         series = read_study(pacs, uid, wado=wado, include_instances=options.include_instances, options=options,
-                            study_sop_classes=sop_classes.get(uid, ()))
+                            study_sop_classes=sop_classes.get(uid, ()), records=given.get(uid))
         if not series:
             return uid, None, f"study {uid} has no series in the PACS at {pacs.url}"
         t_map = time.perf_counter()
@@ -665,19 +700,149 @@ def _eta(done: int, total: int, elapsed: float) -> str:
     return f"{secs // 60}m{secs % 60:02d}s"
 
 
+def list_series(dicomweb: DicomWebApi, *, since: str | date | None = None, until: str | date | None = None,
+                page_size: int = SERIES_PAGE) -> Iterator[list[dict[str, Any]]]:
+    """Pages of series-level QIDO-RS records of a StudyDate window, without a study UID
+    (``/series?StudyDate=a-b&limit=&offset=&includefield=...``): one request per page of series instead of one per
+    study. Orthanc and dcm4chee both answer it. Paging ends at an empty page (a short page is not the end)."""
+    if page_size < 1:
+        raise ConfigError(f"page size {page_size} must be positive")
+    filters = study_filters(since=since, until=until)
+    offset = 0
+    while True:
+        page = dicomweb.search_series(None, {**filters, "limit": page_size, "offset": offset}, fields=SERIES_FIELDS)
+        if not page:
+            return
+        yield page
+        offset += len(page)
+
+
+def _ahead(pages: Iterator[list[dict[str, Any]]], depth: int = 2) -> Generator[list[dict[str, Any]], None, None]:
+    """``pages`` read by a background thread, at most ``depth`` pages ahead (the next page is read from the PACS
+    while this one is mapped and written); its errors are raised here; stopping early stops the thread."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for page in pages:
+                if not put(page):
+                    return
+            put(end)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            put(exc)
+
+    thread = threading.Thread(target=run, name="qido-series-listing", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _count(rec: dict[str, Any], tag: str) -> int | None:
+    raw = dv.first_str(rec, tag)
+    try:
+        return int(str(raw).strip()) if raw is not None else None
+    except ValueError:
+        return None
+
+
+class _SeriesGroups:
+    """A series listing grouped by study. A study is complete when as many series as its
+    NumberOfStudyRelatedSeries (0020,1206) (from the study listing) are listed, or when the listing has ended.
+    At most ``max_buffered`` series records are held: past that, the studies waiting longest are read per study
+    instead (their records are dropped), so memory stays bounded whatever the PACS's listing order."""
+
+    def __init__(self, expected: Mapping[str, int | None], max_buffered: int) -> None:
+        self.expected = expected
+        self.max_buffered = max_buffered
+        self.groups: dict[str, dict[str, dict[str, Any]]] = {}
+        self.closed: set[str] = set()  # handed out as complete
+        self.spilled: list[str] = []  # to be read per study
+        self.buffered = 0
+
+    def add(self, page: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+        ready: list[str] = []
+        for rec in page:
+            study, series = dv.first_str(rec, "0020000D"), dv.first_str(rec, "0020000E")
+            if not study or not series or study not in self.expected or study in self.closed:
+                continue
+            group = self.groups.setdefault(study, {})
+            if series not in group:
+                group[series] = rec
+                self.buffered += 1
+            n = self.expected[study]
+            if n is not None and len(group) >= n and study not in ready:
+                ready.append(study)
+        out = [(u, self._close(u)) for u in ready]
+        while self.buffered > self.max_buffered and self.groups:
+            oldest = next(iter(self.groups))
+            self._close(oldest)
+            self.spilled.append(oldest)
+        return out
+
+    def _close(self, study: str) -> list[dict[str, Any]]:
+        self.closed.add(study)
+        recs = list(self.groups.pop(study).values())
+        self.buffered -= len(recs)
+        return recs
+
+    def finish(self) -> tuple[list[tuple[str, list[dict[str, Any]]]], list[str]]:
+        """At the end of the listing: (studies complete from the listing, studies to read per study: spilled,
+        listed with fewer series than their count, or not listed at all)."""
+        complete, per_study = [], list(self.spilled)
+        for study in list(self.groups):
+            n = self.expected[study]
+            recs = self._close(study)
+            if n is not None and len(recs) < n:
+                per_study.append(study)
+            else:
+                complete.append((study, recs))
+        per_study += [u for u in self.expected if u not in self.closed]
+        return complete, per_study
+
+
 def backfill(dicomweb: DicomWebApi, fhir: FhirApi | None, *, since: str | date | None = None,
              until: str | date | None = None,
              modalities: Sequence[str] = (), cursor: str | Path | None = None, options: MappingOptions | None = None,
              wado: str = "auto", workers: int = DEFAULT_WORKERS, batch_size: int = 200, page_size: int = 500,
-             progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+             progress: Callable[[dict[str, Any]], None] | None = None, series_listing: bool = True,
+             series_page_size: int = SERIES_PAGE, max_buffered_series: int = MAX_BUFFERED_SERIES) -> dict[str, Any]:
     """Backfill every study of the PACS (or of a StudyDate window and modalities) into FHIR.
 
-    The study list is read first (QIDO-RS paging), then studies go through :func:`sync_studies` in batches of
-    ``batch_size``, pipelined: a batch is written while the next one is read from the PACS and mapped. With a
-    ``cursor`` file, studies already written by an earlier run with the same query are
-    skipped and every written batch is recorded, so a re-started backfill continues where it stopped and writes
-    nothing twice; failed studies are not recorded (the next run retries them). Progress (done/total, rate,
-    ETA) is logged after every batch and passed to ``progress``.
+    1. The study list is read (QIDO-RS study level, ``limit``/``offset`` paging): what to do, the modality
+       filter, each study's NumberOfStudyRelatedSeries and SOPClassesInStudy.
+    2. With ``series_listing`` (default), the series of the whole window are listed with paged series-level
+       QIDO-RS (:func:`list_series`, ``series_page_size`` series per request, read one page ahead) and grouped by
+       study: a study goes to mapping and writing as soon as all its series are listed, so PACS requests per
+       study fall well under one. Studies the listing does not complete (a PACS that refuses a series search
+       without a study, answers it empty, or lists fewer series than the study has) are read per study
+       (:func:`read_study`), as without ``series_listing``.
+    3. Studies go through :func:`sync_studies` in batches of ``batch_size``, pipelined: a batch is written
+       (one writer thread) while the next one is listed/read and mapped.
+
+    With a ``cursor`` file, studies already written by an earlier run with the same query are skipped and every
+    written batch is recorded, so a re-started backfill continues where it stopped and writes nothing twice;
+    failed studies are not recorded (the next run retries them). Progress (done/total, rate, ETA) is logged after
+    every batch and passed to ``progress``.
     """
     query = {"since": _da(since, "--since"), "until": _da(until, "--until"),
              "modalities": sorted({m.strip().upper() for m in modalities if m.strip()})}
@@ -691,9 +856,11 @@ def backfill(dicomweb: DicomWebApi, fhir: FhirApi | None, *, since: str | date |
     log.info("backfill %s: %d studies in the PACS, %d already done, %d to do (listing %.1fs, %d requests)", query,
              len(records), len(records) - total, total, time.perf_counter() - t_list, pacs.requests)
     result = _empty_result()
-    result.update({"listed": len(records), "already_done": len(records) - total, "batches": 0})
-    result["pacs_requests"] = pacs.requests
-    timings = {"dicomweb_s": 0.0, "mapping_s": 0.0, "fhir_s": 0.0}
+    result.update({"listed": len(records), "already_done": len(records) - total, "batches": 0,
+                   "read_per_study": 0})
+    timings = {"dicomweb_s": 0.0, "mapping_s": 0.0, "fhir_s": 0.0, "listing_s": time.perf_counter() - t_list}
+    classes = {dv.first_str(r, "0020000D") or "": dv.strings(r, "00080062") for r in todo}
+    expected = {dv.first_str(r, "0020000D") or "": _count(r, "00201206") for r in todo}
     known: dict[str, StudyMapping] = {}
     t0 = time.perf_counter()
     done = 0
@@ -719,29 +886,84 @@ def backfill(dicomweb: DicomWebApi, fhir: FhirApi | None, *, since: str | date |
         info = {"done": done, "total": total, "rate": done / elapsed if elapsed else 0.0,
                 "eta": _eta(done, total, elapsed), "failed": len(result["failed"])}
         log.info("backfill: %d/%d studies (%.0f%%), %.1f studies/s, ETA %s, %d failed", done, total,
-                 100.0 * done / total, info["rate"], info["eta"], info["failed"])
+                 100.0 * done / max(1, total), info["rate"], info["eta"], info["failed"])
         if progress:
             progress(info)
 
-    # pipeline: batch k is written (one writer thread) while batch k+1 is read and mapped
+    # pipeline: batch k is written (one writer thread) while batch k+1 is listed/read and mapped
     with ThreadPoolExecutor(max_workers=1) as writer:
-        pending: tuple[Any, list[str]] | None = None
-        for start in range(0, total, max(1, batch_size)):
-            batch = todo[start:start + batch_size]
-            uids = [dv.first_str(r, "0020000D") or "" for r in batch]
-            classes = {u: dv.strings(r, "00080062") for u, r in zip(uids, batch, strict=True)}
+        pending: list[tuple[Any, list[str]]] = []
+
+        def run_batch(uids: list[str], recs: dict[str, list[dict[str, Any]]] | None) -> None:
             mapped: list[StudyMapping] = []
             res = sync_studies(dicomweb, fhir, study_uids=uids, options=options, wado=wado, workers=workers,
                                study_sop_classes=classes, missing="skip", known_patients=list(known.values()),
-                               collect=mapped, defer_write=True)
+                               collect=mapped, defer_write=True, series_records=recs)
             known.update((m.patient["id"], m) for m in mapped)
-            if pending is not None:
-                settle(pending[0].result(), pending[1])
-            pending = (writer.submit(_finish, fhir, res["_prepared"]), uids)
-        if pending is not None:
-            settle(pending[0].result(), pending[1])
+            if pending:
+                settle(pending[0][0].result(), pending.pop(0)[1])
+            pending.append((writer.submit(_finish, fhir, res["_prepared"]), uids))
+
+        per_study = [dv.first_str(r, "0020000D") or "" for r in todo]
+        if series_listing and todo:
+            per_study = _backfill_from_series_listing(pacs, since, until, expected, modalities, batch_size,
+                                                      series_page_size, max_buffered_series, run_batch, timings)
+            result["read_per_study"] = len(per_study)
+        for start in range(0, len(per_study), max(1, batch_size)):
+            run_batch(per_study[start:start + batch_size], None)
+        while pending:
+            settle(pending[0][0].result(), pending.pop(0)[1])
+    result["pacs_requests"] += pacs.requests
     result["timings"] = {k: round(v, 4) for k, v in timings.items()}
     return result
+
+
+def _backfill_from_series_listing(pacs: _Pacs, since: str | date | None, until: str | date | None,
+                                  expected: Mapping[str, int | None], modalities: Sequence[str], batch_size: int,
+                                  page_size: int, max_buffered: int,
+                                  run_batch: Callable[[list[str], dict[str, list[dict[str, Any]]] | None], None],
+                                  timings: dict[str, float]) -> list[str]:
+    """Step 2 of :func:`backfill`: complete studies from the series listing go to ``run_batch`` in batches; returns
+    the studies to read per study."""
+    wanted = {m.strip().upper() for m in modalities if m.strip()}
+    groups = _SeriesGroups(expected, max_buffered)
+    batch: dict[str, list[dict[str, Any]]] = {}
+
+    def flush() -> None:
+        run_batch(list(batch), dict(batch))
+        batch.clear()
+
+    def take(complete: list[tuple[str, list[dict[str, Any]]]], *, last: bool = False) -> None:
+        for uid, recs in complete:
+            if wanted and not wanted & {(dv.first_str(r, "00080060") or "").upper() for r in recs}:
+                continue  # listed without ModalitiesInStudy; its series show it is not wanted
+            batch[uid] = recs
+            if len(batch) >= max(1, batch_size):
+                flush()
+        if batch and last:
+            flush()
+
+    pages = 0
+    t = time.perf_counter()
+    try:
+        with closing(_ahead(list_series(pacs, since=since, until=until, page_size=page_size))) as listing:
+            for page in listing:
+                pages += 1
+                timings["listing_s"] += time.perf_counter() - t
+                take(groups.add(page))
+                t = time.perf_counter()
+    except DicomWebError as exc:
+        if pages:
+            raise
+        log.warning("backfill: the PACS at %s refused a series search without a study (%s); reading study by study",
+                    pacs.url, exc)
+    timings["listing_s"] += time.perf_counter() - t
+    complete, per_study = groups.finish()
+    take(complete, last=True)
+    if per_study:
+        log.info("backfill: %d studies not complete in the series listing (%d pages); reading them per study",
+                 len(per_study), pages)
+    return per_study
 
 
 # --------------------------------------------------------------------------- files

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from kaapana_fhir.core.dicom.mapping import MappingOptions
-from kaapana_fhir.exceptions import ConfigError
+from kaapana_fhir.exceptions import ConfigError, DicomWebError
 from kaapana_fhir.flows.dicom_to_fhir import flow
 from tests.support.dicom_json import file_dataset, series_json
 from tests.unit.flows.dicom_to_fhir.test_flow import FakeFhir
@@ -22,12 +22,16 @@ DEFAULT_KEYS = ("00080005", "00080060", "0008103E", "0020000E", "00200011", "002
 
 
 class PagingPacs:
-    """Fake PACS: studies of ``n`` patients, each a CT + an RTSTRUCT with empty sex (listed first)."""
+    """Fake PACS: studies of ``n`` patients, each a CT + an RTSTRUCT with empty sex (listed first).
 
-    def __init__(self, n: int, *, cap: int | None = None, ignore_includefield: bool = False) -> None:
+    The series listing without a study (``search_series(None, {...})``) lists every RTSTRUCT first, then every
+    CT, as a PACS does that indexed them in that order: no study is complete before the second half."""
+
+    def __init__(self, n: int, *, cap: int | None = None, ignore_includefield: bool = False,
+                 listing: str = "ok", counts: bool = True) -> None:
         self.url = "http://pacs.example/dicom-web"
         self.wado_rs_base = self.url
-        self.cap, self.ignore = cap, ignore_includefield
+        self.cap, self.ignore, self.listing, self.counts = cap, ignore_includefield, listing, counts
         self.calls: list[str] = []
         self.series: dict[str, list[dict[str, Any]]] = {}
         for i in range(n):
@@ -39,27 +43,49 @@ class PagingPacs:
                              PatientSex="F" if i % 2 else "M", StudyDate=date, KVP="120")
             self.series[study] = [rt, ct]
 
+    @staticmethod
+    def _in_window(filters: dict[str, Any], day: str) -> bool:
+        lo, _, hi = str(filters.get("StudyDate", "-")).partition("-")
+        return not ((lo and day < lo) or (hi and day > hi))
+
+    def _page(self, recs: list[dict[str, Any]], filters: dict[str, Any]) -> list[dict[str, Any]]:
+        limit, offset = int(filters["limit"]), int(filters["offset"])
+        return recs[offset: offset + min(limit, self.cap or limit)]
+
     def search_studies(self, filters: dict[str, Any], *, fields: Any = ()) -> list[dict[str, Any]]:
         self.calls.append("studies")
-        limit, offset = int(filters["limit"]), int(filters["offset"])
-        lo, _, hi = str(filters.get("StudyDate", "-")).partition("-")
         recs = []
         for study, series in self.series.items():
-            d = series[0]["00080020"]["Value"][0]
-            if (lo and d < lo) or (hi and d > hi):
+            if not self._in_window(filters, series[0]["00080020"]["Value"][0]):
                 continue
             mods = sorted({s["00080060"]["Value"][0] for s in series})
             if filters.get("ModalitiesInStudy") and filters["ModalitiesInStudy"] not in mods:
                 continue
-            recs.append({"0020000D": {"vr": "UI", "Value": [study]}, "00080061": {"vr": "CS", "Value": mods}})
-        return recs[offset: offset + min(limit, self.cap or limit)]
+            rec = {"0020000D": {"vr": "UI", "Value": [study]}, "00080061": {"vr": "CS", "Value": mods}}
+            if self.counts:
+                rec["00201206"] = {"vr": "IS", "Value": [len(series)]}
+            recs.append(rec)
+        return self._page(recs, filters)
 
-    def search_series(self, study: str, **_kw: Any) -> list[dict[str, Any]]:
-        self.calls.append("series")
-        out = self.series.get(study, [])
+    def _maybe_ignore(self, recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self.ignore:
-            return [{k: v for k, v in s.items() if k in DEFAULT_KEYS} for s in out]
-        return out
+            return [{k: v for k, v in s.items() if k in DEFAULT_KEYS} for s in recs]
+        return recs
+
+    def search_series(self, study: str | None, filters: dict[str, Any] | None = None,
+                      **_kw: Any) -> list[dict[str, Any]]:
+        if study is None:
+            self.calls.append("series-listing")
+            if self.listing == "refuse":
+                raise DicomWebError(f"DICOMweb QIDO-RS series at {self.url} failed with HTTP 400")
+            if self.listing == "empty":
+                return []
+            in_window = [s for s in self.series.values()
+                         if self._in_window(filters or {}, s[0]["00080020"]["Value"][0])]
+            ordered = [s[0] for s in in_window] + [s[1] for s in in_window]
+            return self._page(self._maybe_ignore(ordered), filters or {})
+        self.calls.append("series")
+        return self._maybe_ignore(self.series.get(study, []))
 
     def search_instances(self, study: str, series: str, **_kw: Any) -> list[dict[str, Any]]:
         self.calls.append("instances")
@@ -121,7 +147,7 @@ def test_backfill_resumes_from_the_cursor_and_writes_nothing_twice(tmp_path: Pat
         flow.backfill(pacs, fhir, cursor=cursor, batch_size=4, progress=stop_after_first_batch, workers=1)
     assert seen[0]["done"] == 4 and seen[0]["total"] == 9 and seen[0]["eta"] != "?"
     pacs.calls.clear()
-    res = flow.backfill(pacs, fhir, cursor=cursor, batch_size=4, workers=1)
+    res = flow.backfill(pacs, fhir, cursor=cursor, batch_size=4, workers=1, series_listing=False)
     assert res["already_done"] == 4 and res["studies"] == 5
     assert pacs.calls.count("series") == 5  # the 4 written studies are not read again
     again = flow.backfill(pacs, fhir, cursor=cursor, batch_size=4)
@@ -129,6 +155,106 @@ def test_backfill_resumes_from_the_cursor_and_writes_nothing_twice(tmp_path: Pat
     assert len(cursor.read_text().splitlines()) == 1 + 9
     with pytest.raises(ConfigError, match="another backfill"):
         flow.backfill(pacs, fhir, cursor=cursor, since="2020-01-01")
+
+
+def _genders(fhir: FakeFhir, res: dict[str, Any]) -> dict[str, str | None]:
+    return {pid: fhir.current("Patient", pid).get("gender") for pid in res["patient_ids"]}
+
+
+def test_backfill_lists_series_in_pages_instead_of_one_search_per_study() -> None:
+    """9 studies, 18 series, 4 series per page (a short last page, then the empty page that ends it); every
+    RTSTRUCT (no sex) is listed before every CT, so studies complete only in later pages."""
+    pacs, fhir = PagingPacs(9), FakeFhir()
+    res = flow.backfill(pacs, fhir, batch_size=3, series_page_size=4, workers=1)
+    assert res["studies"] == 9 and not res["failed"] and res["read_per_study"] == 0
+    assert pacs.calls.count("series-listing") == 6 and "series" not in pacs.calls  # 4+4+4+4+2, then empty
+    assert res["pacs_requests"] == 2 + 6  # study listing (9, then empty) + series listing: < 1 per study
+    assert set(_genders(fhir, res).values()) == {"male", "female"}  # from the CT listed after the RTSTRUCT
+    assert all(len(fhir.current("ImagingStudy", i)["series"]) == 2 for i in res["imaging_study_ids"])
+
+
+def test_a_study_is_written_as_soon_as_all_its_series_are_listed() -> None:
+    """20 studies, 2 series per page: 20 RTSTRUCT pages... the first studies are complete in page 11 and written
+    while the listing goes on (the count from NumberOfStudyRelatedSeries), not after its last page (21)."""
+    pacs = PagingPacs(20)
+    at_first_progress: list[int] = []
+    res = flow.backfill(pacs, FakeFhir(), batch_size=2, series_page_size=2, workers=1,
+                        progress=lambda info: at_first_progress.append(pacs.calls.count("series-listing")))
+    assert res["studies"] == 20 and pacs.calls.count("series-listing") == 21
+    assert at_first_progress[0] < 18  # at most a few pages read ahead
+
+
+def test_series_listing_gives_the_same_resources_as_per_study_reads() -> None:
+    listed, per_study = FakeFhir(), FakeFhir()
+    flow.backfill(PagingPacs(5), listed, series_page_size=3)
+    flow.backfill(PagingPacs(5), per_study, series_listing=False)
+    assert {k: v[-1] for k, v in listed.store.items()} == {k: v[-1] for k, v in per_study.store.items()}
+
+
+def test_series_listing_survives_pages_capped_below_the_limit() -> None:
+    pacs = PagingPacs(7, cap=3)
+    res = flow.backfill(pacs, FakeFhir(), series_page_size=100)
+    assert res["studies"] == 7 and res["read_per_study"] == 0
+    assert pacs.calls.count("series-listing") == 6  # 14 series in pages of 3 (capped), then empty
+
+
+@pytest.mark.parametrize("listing", ["refuse", "empty"])
+def test_a_pacs_without_series_listing_is_read_study_by_study(listing: str) -> None:
+    pacs, fhir = PagingPacs(4, listing=listing), FakeFhir()
+    res = flow.backfill(pacs, fhir, workers=1)
+    assert res["studies"] == 4 and not res["failed"] and res["read_per_study"] == 4
+    assert pacs.calls.count("series-listing") == 1 and pacs.calls.count("series") == 4
+
+
+def test_series_listing_that_ignores_includefield_reads_metadata_per_series() -> None:
+    pacs, fhir = PagingPacs(2, ignore_includefield=True), FakeFhir()
+    res = flow.backfill(pacs, fhir, workers=1)
+    assert res["studies"] == 2 and res["read_per_study"] == 0 and pacs.calls.count("metadata") == 4
+    assert set(_genders(fhir, res).values()) == {"male", "female"}
+
+
+def test_without_series_counts_studies_complete_at_the_end_of_the_listing() -> None:
+    pacs = PagingPacs(4, counts=False)
+    res = flow.backfill(pacs, FakeFhir(), series_page_size=3)
+    assert res["studies"] == 4 and res["read_per_study"] == 0 and res["batches"] == 1
+
+
+def test_a_study_listed_with_fewer_series_than_its_count_is_read_per_study() -> None:
+    pacs = PagingPacs(3)
+    late = pacs.series[f"{BASE}.2"]
+    late.append(series_json(study=f"{BASE}.2", series=f"{BASE}.2.3", SeriesNumber="3", Modality="SR",
+                            PatientID="P1", StudyDate=late[0]["00080020"]["Value"][0]))
+    listing = PagingPacs.search_series
+
+    def without_the_sr(self: PagingPacs, study: str | None, filters: dict[str, Any] | None = None,
+                       **kw: Any) -> list[dict[str, Any]]:
+        out = listing(self, study, filters, **kw)
+        return [r for r in out if r["0020000E"]["Value"][0] != f"{BASE}.2.3"] if study is None else out
+
+    pacs.search_series = without_the_sr.__get__(pacs)  # type: ignore[method-assign]
+    fhir = FakeFhir()
+    res = flow.backfill(pacs, fhir)
+    assert res["studies"] == 3 and res["read_per_study"] == 1 and pacs.calls.count("series") == 1
+    study = next(i for i in res["imaging_study_ids"] if len(fhir.current("ImagingStudy", i)["series"]) == 3)
+    assert study
+
+
+def test_buffered_series_are_bounded_and_spilled_studies_are_read_per_study() -> None:
+    """RTSTRUCTs of all 6 studies come first; holding at most 2 series, the oldest waiting studies are dropped
+    from the buffer and read per study later; nothing is written twice, nothing lost."""
+    pacs, fhir = PagingPacs(6), FakeFhir()
+    res = flow.backfill(pacs, fhir, series_page_size=2, max_buffered_series=2, workers=1)
+    assert res["studies"] == 6 and not res["failed"] and len(set(res["study_uids"])) == 6
+    assert 0 < res["read_per_study"] < 6 and pacs.calls.count("series") == res["read_per_study"]
+    assert set(_genders(fhir, res).values()) == {"male", "female"}
+
+
+def test_modality_filter_applies_to_the_series_listing() -> None:
+    pacs = PagingPacs(6)
+    for i in (1, 3, 5):  # these studies become MR + RTSTRUCT
+        pacs.series[f"{BASE}.{i}"][1]["00080060"]["Value"] = ["MR"]
+    res = flow.backfill(pacs, FakeFhir(), modalities=["MR"])
+    assert sorted(res["study_uids"]) == [f"{BASE}.{i}" for i in (1, 3, 5)] and res["read_per_study"] == 0
 
 
 def _cli(argv: list[str]) -> argparse.Namespace:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kaapana_fhir.core.dicom.mapping import MappingOptions
+from kaapana_fhir.core.dicom.mapping import MappingOptions, Profile
 from kaapana_fhir.core.dicom.merge import same_content
 from kaapana_fhir.exceptions import DicomWebError, FhirServerError, ResourceNotFound
 from kaapana_fhir.flows.dicom_to_fhir import flow as flow
@@ -303,3 +303,49 @@ def test_resolve_batches_large_backfills_for_task_mapping() -> None:
     batches = batch_for_mapping(big, 256)
     assert len(batches) <= 256 and all(len(b) <= 12 for b in batches)
     assert [u for b in batches for u in _as_list(b)] == big
+
+
+class SrPacs(FakePacs):
+    """FakePacs that records its WADO-RS series metadata reads (dose report content)."""
+
+    def __init__(self, *records: dict[str, Any], instance_class: str | None = None) -> None:
+        super().__init__(*records)
+        self.metadata_reads: list[str] = []
+        self.instance_searches: list[str] = []
+        self.instance_class = instance_class
+
+    def search_instances(self, study: str, series: str, **_kw: Any) -> list[dict[str, Any]]:
+        self.instance_searches.append(series)
+        out = super().search_instances(study, series)
+        if self.instance_class:
+            out[0]["00080016"] = {"vr": "UI", "Value": [self.instance_class]}
+        return out
+
+    def series_metadata(self, study: str, series: str) -> list[dict[str, Any]]:
+        self.metadata_reads.append(series)
+        return []
+
+
+DOSE_SR, COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.67", "1.2.840.10008.5.1.4.1.1.88.33"
+
+
+def test_dose_report_is_found_by_sop_class_not_by_series_description() -> None:
+    """A dose SR described "Patient Protocol" (as some CT scanners name it) is read; a measurement report
+    described "Dose Report" is not."""
+    protocol = series_json(series=STUDY + ".7", SeriesNumber="7", Modality="SR", SeriesDescription="Patient Protocol",
+                           SOPClassUID=DOSE_SR)
+    measurements = series_json(series=STUDY + ".8", SeriesNumber="8", Modality="SR",
+                               SeriesDescription="Dose Report", SOPClassUID=COMPREHENSIVE_SR)
+    pacs = SrPacs(S1, protocol, measurements)
+    flow.sync_studies(pacs, None, study_uids=[STUDY], options=MappingOptions(profile=Profile.CORE))
+    assert pacs.metadata_reads == [STUDY + ".7"] and pacs.instance_searches == []
+
+
+@pytest.mark.parametrize(("instance_class", "reads"), [(DOSE_SR, [STUDY + ".7"]), (COMPREHENSIVE_SR, [])])
+def test_without_sop_class_at_series_level_the_instance_level_tells(instance_class: str,
+                                                                    reads: list[str]) -> None:
+    """A PACS that gives no (0008,0016) at series level: one instance-level QIDO per SR series decides."""
+    sr = series_json(series=STUDY + ".7", SeriesNumber="7", Modality="SR", SeriesDescription="Dose Report")
+    pacs = SrPacs(S1, sr, instance_class=instance_class)
+    flow.sync_studies(pacs, None, study_uids=[STUDY], options=MappingOptions(profile=Profile.CORE))
+    assert pacs.instance_searches == [STUDY + ".7"] and pacs.metadata_reads == reads
