@@ -91,3 +91,19 @@ def test_wrong_token_and_redirect_fail_without_leaking_the_token(tmp_path: Path,
         assert _cli("import-table", "--redcap-url", api.url, "--fhir", fhir_url) == 1
     assert api.requests == [] and "not 32 hexadecimal characters" in caplog.text
     assert "secret-but-short" not in caplog.text
+
+
+def test_token_from_an_airflow_connection(fhir_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.delenv("KAAPANA_FHIR_REDCAP_TOKEN", raising=False)
+    out = tmp_path / "bundle.json"
+    with RedcapReplay(RECORDINGS, TOKEN) as api:
+        monkeypatch.setenv("AIRFLOW_CONN_REDCAP_REPLAY", json.dumps({"conn_type": "http", "host": api.url,
+                                                                     "password": TOKEN}))
+        assert _cli("import-table", "--redcap-token-conn", "redcap_replay", "--out", str(out)) == 0
+    assert [r["token"] for r in api.requests] == [TOKEN] * 3
+    bundle = json.loads(out.read_text())
+    assert sum(1 for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient") == 3
+    assert TOKEN not in caplog.text
+

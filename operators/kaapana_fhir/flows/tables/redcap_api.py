@@ -127,10 +127,8 @@ def connection_token(conn_id: str) -> tuple[str, str | None]:
     conn = BaseHook.get_connection(conn_id)
     url = None
     if conn.host:
-        host = conn.host if "://" in conn.host else f"https://{conn.host}"
-        url = host.rstrip("/") + (f":{conn.port}" if conn.port and "://" not in conn.host else "")
-        url = url if url.endswith("/api") else url + "/api"
-        url += "/"
+        # the host is the API URL (https://redcap.example.org/redcap/api/) or a bare host name (→ https://HOST/api/)
+        url = conn.host if "://" in conn.host else f"https://{conn.host}{f':{conn.port}' if conn.port else ''}/api/"
     return check_token(conn.password, f"Connection {conn_id!r} (password)"), url
 
 
