@@ -35,6 +35,14 @@ def test_plugin_loads_and_api_answers(tmp_path: Path) -> None:
         anon_page = requests.get(f"{web.url}/kaapana-fhir/", allow_redirects=False, timeout=30)
         assert anon_page.status_code in (302, 307) and "login" in anon_page.headers["location"]
         assert s.get(f"{web.url}/kaapana-fhir/", timeout=30).status_code == 200
+        # the mapping editor: page, nav entry, Airflow's auth, its API beside the retrieval API
+        assert any(v.get("href") == "/kaapana-fhir/mapping/" for v in ours["external_views"])
+        assert requests.get(f"{web.url}/kaapana-fhir/api/mapping/catalogue", timeout=30).status_code == 401
+        assert s.get(f"{web.url}/kaapana-fhir/mapping/", timeout=30).status_code == 200
+        assert s.get(f"{web.url}/kaapana-fhir/mapping/mapping.js", timeout=30).status_code == 200
+        assert s.get(f"{web.url}/kaapana-fhir/api/mapping/catalogue", timeout=30).json()["entries"]
+        assert s.post(f"{web.url}/kaapana-fhir/api/mapping/preview", params={"key": "fhir-import/x.csv"},
+                      json={"yaml": "version: 1"}, timeout=30).status_code == 403  # no X-Requested-By
         projects = s.get(f"{web.url}/kaapana-fhir/api/projects", timeout=30).json()["projects"]
         assert [p["name"] for p in projects] == ["admin", "proj-b"]
         assert {c["id"] for c in s.get(f"{web.url}/kaapana-fhir/api/cohorts", timeout=30).json()["cohorts"]} >= {"none"}
