@@ -364,3 +364,18 @@ def test_cohort_report_refuses_a_hostile_cohort_meta(tmp_path: Path) -> None:
             data_from_table(tmp_path / "cohort.csv")
         assert str(meta) in str(exc.value)
         outcomes.record("clear_error")
+
+
+@pytest.mark.xfail(strict=True, reason="core/tables/reader.py read_json_records parses a REDCap JSON export with "
+                   "json.loads (RecursionError traceback); fix: core.limits.loads_json (tables helper's file)")
+def test_cli_import_of_a_deeply_nested_redcap_json_export_exits_1(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    p = tmp_path / "export.json"
+    p.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    res = subprocess.run([sys.executable, "-m", "kaapana_fhir.cli.main", "import-table", str(p), "--preset", "lung1",
+                          "--out", str(tmp_path / "b.json")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-1500:]
+    assert "export.json" in res.stderr and "nesting" in res.stderr, res.stderr[-1500:]
+    outcomes.record("clear_error")
