@@ -46,7 +46,7 @@ def run(ctx):  # noqa: ANN001, ANN201
     t = time.perf_counter()
     out = flow.run_for_series(dicomweb, fhir, [entry["seg_series_uid"]])
     t_whole = time.perf_counter() - t
-    tm = out["timings"]
+    tm = out.timings
     rows = [
         Row("radiomics", f"{what}: pyradiomics execute alone", t_exec, "s"),
         Row("radiomics", f"{what}: whole step (fetch+decode+extract+map+write)", t_whole, "s", t_whole / t_exec,
@@ -63,7 +63,7 @@ def run(ctx):  # noqa: ANN001, ANN201
     t_whole2 = time.perf_counter() - t
     rows.append(Row("radiomics", f"{what}: whole step, layout=components", t_whole2, "s", t_whole2 / t_exec,
                     "execute alone", f"overhead {100 * (t_whole2 - t_exec) / t_exec:.0f}%; "
-                    f"write {out2['timings'].get('write_s', 0):.2f}s, {out2['resources']} resources"))
+                    f"write {out2.timings.get('write_s', 0):.2f}s, {out2.resources} resources"))
 
     # all image types: features, Bundle size, write time
     all_settings = flow.resolve_settings(preset="all_image_types")

@@ -55,7 +55,7 @@ def _emit(args: argparse.Namespace, run: RadiomicsRun, layout: str, extra: dict[
     from kaapana_fhir.flows.radiomics.flow import entries_for, write_run
 
     if args.fhir:
-        summary = write_run(FhirClient(args.fhir), run, layout=layout)
+        summary = write_run(FhirClient(args.fhir), run, layout=layout).as_dict()
     else:
         entries, mapped = entries_for(run, layout=layout)
         Path(args.out).write_text(json.dumps(transaction(entries, sort=False), indent=1, allow_nan=False))

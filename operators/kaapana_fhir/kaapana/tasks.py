@@ -293,9 +293,7 @@ def radiomics(k: KaapanaRun) -> dict[str, Any]:
         layout=params.layout,
         patient_system=params.patient_system,
     )
-    result["issues"] = result.get("issues", [])[:50]
-    result["params"] = params.changed()
-    return result
+    return {**result.as_dict(max_issues=50), "params": params.changed()}
 
 
 #: written by the cohort task into ``$WORKFLOW_DIR/$OPERATOR_OUT_DIR`` when a downstream workflow is named

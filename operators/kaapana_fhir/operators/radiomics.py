@@ -59,7 +59,7 @@ class RadiomicsToFhirOperator(BaseOperator):
         self.max_issues = max_issues
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from kaapana_fhir.flows.radiomics.flow import run_for_series
+        from kaapana_fhir.flows.radiomics.flow import RadiomicsSummary, run_for_series
         from kaapana_fhir.hooks.fhir import DicomWebHook, FhirHook, run_project
 
         dr = context.get("dag_run") if hasattr(context, "get") else None
@@ -72,15 +72,14 @@ class RadiomicsToFhirOperator(BaseOperator):
         uids = _as_list(self.seg_series_uids) or seg_series_from_conf(conf)
         if not uids:
             self.log.info("no SEG series UIDs given; nothing to do")
-            return {"segs": 0, "groups": 0, "features": 0, "issues": []}
+            return RadiomicsSummary().as_dict()
         fhir = FhirHook(self.fhir_conn_id, project=run_project(conf)).get_conn()  # the run's project partition, if any
-        result = run_for_series(
+        summary = run_for_series(
             DicomWebHook(self.dicomweb_conn_id).get_conn(), fhir, uids,
             settings_path=self.settings_path, preset=params.settings_preset if from_form else None,
             settings_override=params.settings or (None if override is not None else self.settings_override),
             layout=params.layout, patient_system=params.patient_system)
-        result["issues"] = result["issues"][: self.max_issues]
         self.log.info("radiomics: %d SEG(s), %d groups, %d features (%d absent), image types %s, skipped %s",
-                      result["segs"], result["groups"], result["features"], result["absent"],
-                      result["computed_image_types"], result["skipped_image_types"])
-        return result
+                      summary.segs, summary.groups, summary.features, summary.absent,
+                      summary.computed_image_types, summary.skipped_image_types)
+        return summary.as_dict(max_issues=self.max_issues)

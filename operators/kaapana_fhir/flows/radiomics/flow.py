@@ -18,6 +18,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from kaapana_fhir.clients.fhir import WriteResult
 from kaapana_fhir.clients.protocols import DicomWebApi, FhirApi
 from kaapana_fhir.core import bundle, limits
 from kaapana_fhir.core.radiomics.mapping import (
@@ -58,6 +59,68 @@ class ComputeResult:
     feature_count: int
     issues: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class WrittenRun:
+    """What :func:`write_run` wrote for one SEG: counts of the mapping, the server's confirmation of the
+    radiomics resources (``written``) and of the Patient/ImagingStudy stubs (``referenced``: status per resource,
+    create-only), issues, and the seconds spent mapping and writing."""
+
+    seg_sop_uid: str
+    groups: int
+    features: int
+    absent: int
+    resources: int
+    written: WriteResult
+    referenced: dict[str, int]
+    issues: list[dict[str, Any]]
+    map_s: float
+    write_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form (CLI output, XCom)."""
+        return {"seg_sop_uid": self.seg_sop_uid, "groups": self.groups, "features": self.features,
+                "absent": self.absent, "resources": self.resources, "status_counts": dict(self.written.statuses),
+                "referenced": dict(self.referenced), "issues": list(self.issues), "map_s": self.map_s,
+                "write_s": self.write_s}
+
+
+@dataclass
+class RadiomicsSummary:
+    """Totals of one radiomics step over several SEG series (:func:`run_for_series`)."""
+
+    segs: int = 0
+    groups: int = 0
+    features: int = 0
+    absent: int = 0
+    resources: int = 0
+    computed_image_types: list[str] = field(default_factory=list)
+    skipped_image_types: list[str] = field(default_factory=list)
+    issues: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def add(self, computed: ComputeResult, written: WrittenRun) -> None:
+        """Count one SEG: what was computed and what was written."""
+        self.segs += 1
+        self.groups += written.groups
+        self.features += written.features
+        self.absent += written.absent
+        self.resources += written.resources
+        self.computed_image_types = sorted(set(self.computed_image_types) | set(computed.computed_image_types))
+        self.skipped_image_types = sorted(set(self.skipped_image_types) | set(computed.skipped_image_types))
+        seg = computed.run.seg_sop_uid
+        self.issues += [dict(i, seg=seg) for i in computed.issues + written.issues]
+        for k, v in {**computed.timings, "map_s": written.map_s, "write_s": written.write_s}.items():
+            self.timings[k] = self.timings.get(k, 0.0) + v
+
+    def as_dict(self, max_issues: int | None = None) -> dict[str, Any]:
+        """JSON-able form (XCom, CLI output); at most ``max_issues`` issues (``issue_count`` has them all)."""
+        return {"segs": self.segs, "groups": self.groups, "features": self.features, "absent": self.absent,
+                "resources": self.resources, "computed_image_types": list(self.computed_image_types),
+                "skipped_image_types": list(self.skipped_image_types),
+                "issues": self.issues[:max_issues] if max_issues is not None else list(self.issues),
+                "issue_count": len(self.issues), "timings": {k: round(v, 4) for k, v in self.timings.items()}}
 
 
 def load_settings(path: str | Path | None = None, override: dict[str, Any] | str | None = None) -> dict[str, Any]:
@@ -272,8 +335,8 @@ def entries_for(run: RadiomicsRun, *, layout: str = "members", fhir: FhirApi | N
     return entries, mapped
 
 
-def write_run(fhir: FhirApi, run: RadiomicsRun, *, layout: str = "members", chunk_size: int = 500) -> dict[str, Any]:
-    """Map and write one run; returns a small summary (counts, ids, issues).
+def write_run(fhir: FhirApi, run: RadiomicsRun, *, layout: str = "members", chunk_size: int = 500) -> WrittenRun:
+    """Map and write one run; returns what was written (counts, the server's confirmation, issues).
 
     Patient and ImagingStudy stubs go through the shared strategy (:func:`kaapana_fhir.flows.write.write_merged`)
     as create-only resources: written only when absent, and a concurrent DICOM write is never replaced (a stub
@@ -289,10 +352,10 @@ def write_run(fhir: FhirApi, run: RadiomicsRun, *, layout: str = "members", chun
     t_map = time.perf_counter() - t0
     t = time.perf_counter()
     shared = write_merged(fhir, [Shared(stub) for stub in stubs], label=f"radiomics SEG {run.seg_sop_uid}")
-    counts = fhir.write_entries(entries, chunk_size=chunk_size)
-    return {"seg_sop_uid": run.seg_sop_uid, "groups": mapped.groups, "features": mapped.features,
-            "absent": mapped.absent, "resources": len(entries), "status_counts": counts.statuses,
-            "referenced": shared, "issues": mapped.issues, "map_s": t_map, "write_s": time.perf_counter() - t}
+    written = fhir.write_entries(entries, chunk_size=chunk_size)
+    return WrittenRun(seg_sop_uid=run.seg_sop_uid, groups=mapped.groups, features=mapped.features,
+                      absent=mapped.absent, resources=len(entries), written=written, referenced=shared,
+                      issues=mapped.issues, map_s=t_map, write_s=time.perf_counter() - t)
 
 
 def resolve_settings(settings_path: str | Path | None = None, preset: str | None = None,
@@ -309,27 +372,15 @@ def resolve_settings(settings_path: str | Path | None = None, preset: str | None
 def run_for_series(dicomweb: DicomWebApi, fhir: FhirApi, seg_series_uids: list[str], *,
                    settings_path: str | Path | None = None,
                    preset: str | None = None, settings_override: Any = None, layout: str = "members",
-                   patient_system: str | None = None) -> dict[str, Any]:
-    """The whole step for SEG series on a PACS: fetch, decode, extract, map, write. Returns a JSON-able summary."""
+                   patient_system: str | None = None) -> RadiomicsSummary:
+    """The whole step for SEG series on a PACS: fetch, decode, extract, map, write; the totals."""
     t0 = time.perf_counter()
     settings = resolve_settings(settings_path, preset, settings_override)
-    out: dict[str, Any] = {"segs": 0, "groups": 0, "features": 0, "absent": 0, "resources": 0,
-                           "computed_image_types": [], "skipped_image_types": [], "issues": [],
-                           "group_ids": [], "timings": {}}
-    timings: dict[str, float] = {}
+    out = RadiomicsSummary()
     for uid in seg_series_uids:
         for res in compute_from_dicomweb(dicomweb, uid, settings, patient_system=patient_system):
-            summary = write_run(fhir, res.run, layout=layout)
-            out["segs"] += 1
-            for k in ("groups", "features", "absent", "resources"):
-                out[k] += summary[k]
-            out["computed_image_types"] = sorted(set(out["computed_image_types"]) | set(res.computed_image_types))
-            out["skipped_image_types"] = sorted(set(out["skipped_image_types"]) | set(res.skipped_image_types))
-            out["issues"] += [dict(i, seg=res.run.seg_sop_uid) for i in res.issues + summary["issues"]]
-            for k, v in {**res.timings, "map_s": summary["map_s"], "write_s": summary["write_s"]}.items():
-                timings[k] = timings.get(k, 0.0) + v
-    timings["total_s"] = time.perf_counter() - t0
-    out["timings"] = {k: round(v, 4) for k, v in timings.items()}
+            out.add(res, write_run(fhir, res.run, layout=layout))
+    out.timings["total_s"] = time.perf_counter() - t0
     return out
 
 
