@@ -206,3 +206,35 @@ def test_bounded_loaders(text: str) -> None:
     _typed(limits.loads_yaml, text, source="x.yaml")
     _typed(limits.parse_xml, text, source="x.xml")
     _typed(limits.finite_number, text, where="x.csv row 2")
+
+
+# ------------------------------------------------------------------------------------ state and resource files
+LINES = st.one_of(JSONISH.map(_json_text), st.binary(max_size=80).map(lambda b: b.decode("latin-1")),
+                  st.sampled_from(['{"resourceType": "Patient", "id": "p"}', '{"resourceType": "Bundle", "entry": '
+                                   '[{"resource": {"resourceType": "Patient"}}, 1, null]}', "[" * 100, "1e309",
+                                   '{"resourceType": 1}', "1.2.3", "", "\x00"]))
+
+
+@FUZZ
+@given(lines=st.lists(LINES, max_size=5), name=st.sampled_from(["r.ndjson", "r.json", "r.jsonl"]),
+       raw=st.binary(max_size=60))
+@example(lines=['{"resourceType": "Bundle", "entry": [{"resource": 1}]}'], name="r.json", raw=b"")
+@example(lines=['{"resourceType": "Bundle", "entry": 5}'], name="r.ndjson", raw=b"")  # was a TypeError
+def test_ndjson_and_json_resource_files(lines: list[str], name: str, raw: bytes,
+                                        tmp_path_factory: pytest.TempPathFactory) -> None:
+    from kaapana_fhir.core.sof.io import iter_resources
+
+    p = tmp_path_factory.mktemp("res") / name
+    p.write_bytes("\n".join(lines).encode("utf-8", "surrogatepass") + raw)
+    _typed(lambda: list(iter_resources([p], max_line_bytes=500)))
+
+
+@FUZZ
+@given(lines=st.lists(LINES, max_size=6), raw=st.binary(max_size=60))
+def test_backfill_cursor_files(lines: list[str], raw: bytes, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from kaapana_fhir.flows.dicom_to_fhir.flow import Cursor
+
+    p = tmp_path_factory.mktemp("cur") / "bf.cursor"
+    head = ['{"query": {"since": null}}'] if lines[:1] == [""] else []
+    p.write_bytes("\n".join(head + lines).encode("utf-8", "surrogatepass") + raw)
+    _typed(lambda: Cursor(p, {"since": None}).done)

@@ -79,7 +79,10 @@ def _from_json(obj: Any, where: str) -> Iterator[dict[str, Any]]:
     if not isinstance(obj, dict) or not isinstance(obj.get("resourceType"), str):
         raise MappingError(f"{where}: not a FHIR resource (no resourceType)")
     if obj["resourceType"] == "Bundle":
-        for i, entry in enumerate(obj.get("entry") or []):
+        entries = obj.get("entry") or []
+        if not isinstance(entries, list):
+            raise MappingError(f"{where}: Bundle.entry is a {type(entries).__name__}, not a list (rule: R4 Bundle)")
+        for i, entry in enumerate(entries):
             res = entry.get("resource") if isinstance(entry, dict) else None
             if res is not None:
                 yield from _from_json(res, f"{where} entry[{i}]")
