@@ -29,7 +29,8 @@ Settings (environment): ``KAAPANA_FHIR_EDITOR_BUCKET`` (bucket of a project, ``{
 ``project-{project}``, Kaapana's project bucket), ``KAAPANA_FHIR_IMPORT_PREFIX`` (else the site setting
 ``import_watcher_prefix``, else ``fhir-import/``: the watcher's), ``KAAPANA_FHIR_EDITOR_MAX_BYTES`` (largest table,
 default :data:`kaapana_fhir.core.limits.MAX_DOCUMENT_BYTES`), ``KAAPANA_FHIR_EDITOR_S3_CONN`` (Airflow connection
-of the object store, default ``s3_default``, the watcher's).
+of the object store, default ``s3_default``, the watcher's), ``KAAPANA_FHIR_EDITOR_CHECK_ROWS`` (rows the draft and
+every preview validate, default 2000, so an edit answers in seconds; **save always validates the whole file**).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import posixpath
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,7 @@ class EditorSettings:
     prefix: str = DEFAULT_PREFIX
     max_bytes: int = 16 * 1024 * 1024
     s3_conn_id: str = "s3_default"
+    check_rows: int = 2000
 
     def bucket(self, project: str) -> str:
         """The project's bucket (never a bucket named by the request)."""
@@ -109,9 +112,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> EditorSettings:
         max_bytes = int(env.get("KAAPANA_FHIR_EDITOR_MAX_BYTES", str(MAX_DOCUMENT_BYTES)))
     except ValueError:
         raise S.SettingsError("KAAPANA_FHIR_EDITOR_MAX_BYTES must be a number of bytes") from None
+    try:
+        check_rows = int(env.get("KAAPANA_FHIR_EDITOR_CHECK_ROWS", "2000"))
+    except ValueError:
+        raise S.SettingsError("KAAPANA_FHIR_EDITOR_CHECK_ROWS must be a number of rows") from None
     return EditorSettings(env.get("KAAPANA_FHIR_EDITOR_BUCKET") or DEFAULT_BUCKET, prefix,
                           max(1, min(max_bytes, MAX_DOCUMENT_BYTES)), env.get("KAAPANA_FHIR_EDITOR_S3_CONN")
-                          or "s3_default")
+                          or "s3_default", max(1, min(check_rows, 10**7)))
 
 
 def _default_store(es: EditorSettings) -> Any:
@@ -290,25 +297,26 @@ def _json_safe(v: Any) -> Any:
     return json.loads(json.dumps(v, default=str))
 
 
-def check(text: str, data: bytes, key: str, *, mapping_key: str = "mapping", rows: int = PREVIEW_ROWS
-          ) -> dict[str, Any]:
+def check(text: str, data: bytes, key: str, *, mapping_key: str = "mapping", rows: int = PREVIEW_ROWS,
+          max_rows: int | None = None) -> dict[str, Any]:
     """What the import would say about ``text`` on ``data`` (nothing written) and the resources of the first rows.
 
     ``schema_errors``: the mapping's schema and rules (units are UCUM, maps exist...); ``pending``: ``TODO`` and
     ``review`` items; ``fatal``: a structural problem (a mapped column missing from the header, no data rows);
     ``issues``: invalid cells (row, column, value, rule; dates outside ``checks``' window) from a scan of the whole
-    file; ``ready``: the import would accept it.
+    file (``max_rows``: of the first rows only, ``complete`` says whether that was the whole file); ``ready``:
+    nothing found (the import would accept it when ``complete``).
     """
     from kaapana_fhir.core.limits import LimitError, loads_yaml
     from kaapana_fhir.core.tables.build import TableMapper, is_empty_row
     from kaapana_fhir.core.tables.engine import check_ready, scan
     from kaapana_fhir.core.tables.mapping import load_mapping, validate_mapping
-    from kaapana_fhir.core.tables.reader import open_table
+    from kaapana_fhir.core.tables.reader import Table, open_table
     from kaapana_fhir.exceptions import ConfigError, MappingError
 
     out: dict[str, Any] = {"yaml": text, "mapping": None, "schema_errors": [], "pending": [], "fatal": None,
                            "issues": [], "issue_count": 0, "rows_read": 0, "resources": {}, "preview": [],
-                           "ready": False}
+                           "complete": False, "ready": False}
     try:
         parsed = loads_yaml(text, source=mapping_key)
     except LimitError as exc:
@@ -328,12 +336,17 @@ def check(text: str, data: bytes, key: str, *, mapping_key: str = "mapping", row
         table = open_table(data, name=key, fmt=src.get("format", "auto"), delimiter=src.get("delimiter"),
                            encoding=src.get("encoding"), sheet=src.get("sheet"))
         mapper = TableMapper(m, table_name=key)
-        scanned = scan(table, mapper, require_ready=False)
+        sample = table
+        if max_rows is not None:
+            sample = Table(table.name, table.header, lambda: islice(table.rows(), max_rows), table.encoding,
+                           table.delimiter)
+        scanned = scan(sample, mapper, require_ready=False)
     except (MappingError, ConfigError) as exc:
         out["fatal"] = str(exc)
         return out
     try:
         out["rows_read"] = scanned.rows_read
+        out["complete"] = max_rows is None or scanned.rows_read + scanned.empty_rows < max_rows
         out["issue_count"] = scanned.issue_count
         out["issues"] = [i.as_dict() for i in scanned.issues[:MAX_ISSUES]]
         out["resources"] = dict(scanned.resources)
@@ -355,16 +368,23 @@ def check(text: str, data: bytes, key: str, *, mapping_key: str = "mapping", row
 
 
 def profile(data: bytes, key: str) -> dict[str, Any]:
-    """The column profile of ``mapping init`` and the generated mapping's YAML."""
+    """The column profile and the generated mapping of ``mapping init`` (tables are profiled once; ODM files take
+    init's ODM route)."""
     from kaapana_fhir.core.tables import suggest
     from kaapana_fhir.core.tables.init import init_mapping
-    from kaapana_fhir.core.tables.reader import open_table
+    from kaapana_fhir.core.tables.reader import guess_format, open_table
 
     table = open_table(data, name=key)
     profiles, nrows = suggest.profile_table(table)
-    init = init_mapping(data, name=key)
-    return {"rows": nrows, "columns": [p.as_dict() for p in profiles], "report": init.report,
-            "notes": init.notes, "generated_yaml": init.yaml}
+    if guess_format(key, data[:512]) == "odm":
+        init = init_mapping(data, name=key)
+        text, report, notes = init.yaml, init.report, init.notes
+    else:  # init_mapping's table route on the profiles just made
+        report = suggest.profile_report(profiles, nrows)
+        text = suggest.to_yaml(suggest.suggest_mapping(table, profiles=profiles, nrows=nrows), report=report)
+        notes = []
+    return {"rows": nrows, "columns": [p.as_dict() for p in profiles], "report": report, "notes": notes,
+            "generated_yaml": text}
 
 
 # ---------------------------------------------------------------------- endpoints
@@ -485,7 +505,7 @@ def ep_draft(ctx: Ctx) -> ApiResponse:
         source = "saved"
     else:
         text, source = prof["generated_yaml"], "generated"
-    res = check(text, data, key, mapping_key=mkey)
+    res = check(text, data, key, mapping_key=mkey, max_rows=ctx.es.check_rows)
     return _resp({"project": ctx.project, "bucket": ctx.bucket, "key": key, "mapping_key": mkey,
                   "mapping_etag": etag, "source": source, "profile": {k: v for k, v in prof.items()
                                                                       if k != "generated_yaml"}, **res})
@@ -497,7 +517,7 @@ def ep_preview(ctx: Ctx, body: bytes, *, save: bool = False) -> ApiResponse:
     text = apply_edits(req["yaml"], req["edits"])
     data = _read_object(ctx, key, ctx.es.max_bytes, "table")
     mkey, etag = mapping_key_of(ctx.store, ctx.bucket, key)
-    res = check(text, data, key, mapping_key=mkey)
+    res = check(text, data, key, mapping_key=mkey, max_rows=None if save else ctx.es.check_rows)
     out: dict[str, Any] = {"project": ctx.project, "bucket": ctx.bucket, "key": key, "mapping_key": mkey,
                            "mapping_etag": etag, **res}
     if not save:

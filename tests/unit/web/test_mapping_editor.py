@@ -232,6 +232,28 @@ def test_upload_draft_preview_save_then_the_watcher_picks_it_up(store: MemorySto
     assert status == 409 and "changed since it was loaded" in stale["error"]
 
 
+def test_previews_check_the_first_rows_and_save_checks_the_whole_file(store: MemoryStore) -> None:
+    es = ME.EditorSettings(max_bytes=64 * 1024, check_rows=2)
+    bad = _csv([HEADER, ["P1", "50", "70", "m", "alive", "a"], ["P2", "60", "80", "w", "dead", "b"],
+                ["P3", "70", "ninety", "m", "alive", "c"]])
+    store.put_bytes(BUCKET, "fhir-import/t.csv", bad)
+
+    def go(method: str, path: str, body: Any = b"") -> tuple[int, Any]:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        r = ME.handle(method, path, {"key": "fhir-import/t.csv"}, raw, headers=HDR, st=ST, es=es, store=store)
+        return r.status, r.json()
+
+    _, draft = go("GET", "mapping/draft")
+    assert draft["rows_read"] == 2 and not draft["complete"]
+    edits = [*accept_all(draft["mapping"]), {"op": "delete", "path": ["observations", 2]}]
+    _, prev = go("POST", "mapping/preview", {"yaml": draft["yaml"], "edits": edits})
+    assert prev["ready"] and not prev["complete"] and prev["issue_count"] == 0  # row 4 is beyond the sample
+    status, refused = go("POST", "mapping/save", {"yaml": prev["yaml"], "base_etag": ""})
+    assert status == 409 and refused["complete"] and refused["issue_count"] == 1 and "invalid cell" in refused["error"]
+    assert refused["issues"][0]["row"] == 4 and refused["issues"][0]["column"] == "Gewicht [kg]"
+    assert (BUCKET, "fhir-import/t.mapping.yaml") not in store.objects
+
+
 def test_keys_names_sizes_projects_and_the_post_header_are_checked(store: MemoryStore) -> None:
     store.put_bytes(BUCKET, "fhir-import/t.csv", CSV)
     for key in ("fhir-import/../secret.csv", "fhir-import/./t.csv", "other/t.csv", "/fhir-import/t.csv",
@@ -289,8 +311,9 @@ def test_import_report_catalogue_and_store_errors(store: MemoryStore) -> None:
 
 def test_settings_follow_the_watcher_prefix_and_bound_the_size() -> None:
     es = ME.load_settings({"KAAPANA_FHIR_IMPORT_PREFIX": "imports", "KAAPANA_FHIR_EDITOR_BUCKET": "kf-{project}",
-                           "KAAPANA_FHIR_EDITOR_MAX_BYTES": str(10**12)})
+                           "KAAPANA_FHIR_EDITOR_MAX_BYTES": str(10**12), "KAAPANA_FHIR_EDITOR_CHECK_ROWS": "5"})
     assert es.prefix == "imports/" and es.bucket("Admin") == "kf-admin" and es.max_bytes == 16 * 1024 * 1024
+    assert es.check_rows == 5 and ME.load_settings({}).check_rows == 2000
     with pytest.raises(Exception, match="segments"):
         ME.load_settings({"KAAPANA_FHIR_IMPORT_PREFIX": "../x/"})
 

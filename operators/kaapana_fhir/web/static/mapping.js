@@ -297,8 +297,9 @@
   function drawValidation(r) {
     const v = $("verdict");
     const n = (r.schema_errors || []).length + (r.pending || []).length + (r.fatal ? 1 : 0) + (r.issue_count || 0);
-    v.textContent = r.ready ? "Ready to save: the import would accept this mapping (" + r.rows_read + " rows)."
-      : n + " item(s) to fix before the import accepts it";
+    v.textContent = !r.ready ? n + " item(s) to fix before the import accepts it"
+      : r.complete ? "Ready to save: the import would accept this mapping (" + r.rows_read + " rows)."
+        : "Ready to save: no problem in the first " + r.rows_read + " rows (saving checks the whole file).";
     v.className = "verdict " + (r.ready ? "ok" : "bad");
     const ul = $("pending");
     clear(ul);
