@@ -59,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--chunk-size", type=int, default=500, help="entries per transaction (default 500)")
     q.add_argument("--plan", action="store_true", help="with --fhir: print what would be created, updated, left "
                                                        "unchanged or retracted per resource type; write nothing")
-    q.add_argument("--workers", default="auto", help="parallel transaction chunks (default auto: 4 with --fhir)")
+    q.add_argument("--workers", default="auto", help="parallel transaction chunks, 1-32 (default auto: the first "
+                   "chunks probe 1, 2, 4, 8 streams and the fastest is kept; logged and in the report)")
     q.add_argument("--empty-cells", choices=["keep", "retract"], help="cells that became empty: keep the old "
                    "Observation or retract it (status entered-in-error); overrides the mapping's empty_cells")
     q.add_argument("--patient-conflicts", choices=["keep", "replace", "fail"], help="a Patient value another source "
@@ -109,7 +110,7 @@ def run_import(args: argparse.Namespace) -> int:
     from kaapana_fhir.clients.fhir import FhirClient
     from kaapana_fhir.core.limits import check_output_paths, read_beside
     from kaapana_fhir.core.tables import TableRejected, load_mapping, open_table
-    from kaapana_fhir.flows.tables.flow import import_table, resolve_mapping
+    from kaapana_fhir.flows.tables.flow import AutoWorkers, import_table, resolve_mapping
 
     if bool(args.file) == bool(args.redcap_url or args.redcap_token_conn):
         raise ConfigError("import-table needs a FILE or --redcap-url/--redcap-token-conn, not both (rule: one source)")
@@ -145,7 +146,8 @@ def run_import(args: argparse.Namespace) -> int:
         mapping["empty_cells"] = args.empty_cells
     if args.patient_conflicts:
         mapping["patient_conflicts"] = args.patient_conflicts
-    workers = (4 if client else 1) if args.workers == "auto" else int(args.workers)
+    workers: int | AutoWorkers = (AutoWorkers() if client else 1) if args.workers == "auto" else \
+        _workers(args.workers)
     try:
         if args.plan:
             from kaapana_fhir.flows.tables.plan import format_plan, plan_table
@@ -165,6 +167,20 @@ def run_import(args: argparse.Namespace) -> int:
     log.info("%s: %d rows read, %d rejected, written %s", file_name, rep["rows_read"], rep["rows_rejected"],
              rep["resources_written"])
     return 0
+
+
+#: most parallel transaction chunks accepted from --workers
+MAX_WORKERS = 32
+
+
+def _workers(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_WORKERS:
+        raise ConfigError(f"--workers {text!r}: not a number from 1 to {MAX_WORKERS} or 'auto' (rule: --workers)")
+    return n
 
 
 def _pull_redcap(args: argparse.Namespace) -> tuple[bytes, str, str, str]:

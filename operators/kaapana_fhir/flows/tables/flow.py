@@ -17,12 +17,13 @@ deleted from the FHIR server; delete such resources explicitly if needed.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,10 +218,74 @@ def _write_chunk(client: FhirApi, chunk: list[dict[str, Any]], merge_patients: b
 PROGRESS_EVERY_S = 10.0
 
 
+@dataclass
+class AutoWorkers:
+    """``--workers auto``: the number of parallel transaction streams chosen from the server's own answers.
+
+    The first chunks are written as a probe: ``chunks_per_step × n`` chunks at each stream count ``n`` of
+    ``steps`` (1, 2, 4, 8), each step drained before the next so its rate (entries per second, wall clock) is its
+    own. The probe stops at the first step that is not ``gain`` (10 %) faster than the best so far, which covers a
+    server that answers 429/503 (our client waits and retries, so the rate drops) or whose latency grows with
+    load; the fewest streams within 10 % of the fastest rate measured are used for the rest. A file too small to
+    finish the probe keeps what was measured. ``chosen`` and ``rates`` go into the import report and the log.
+    """
+
+    steps: tuple[int, ...] = (1, 2, 4, 8)
+    chunks_per_step: int = 2
+    gain: float = 1.1
+    rates: dict[int, float] = field(default_factory=dict)
+    chosen: int | None = None
+
+    @property
+    def best(self) -> int:
+        """The fewest streams within ``gain`` of the fastest rate measured (as fast, kinder to a shared server)."""
+        if not self.rates:
+            return self.steps[0]
+        top = max(self.rates.values())
+        return min(n for n, r in self.rates.items() if r * self.gain >= top)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"chosen": self.chosen or self.best, "rates": {str(n): round(r, 1) for n, r in self.rates.items()},
+                "steps": list(self.steps)}
+
+
+def _probe_workers(auto: AutoWorkers, chunks: Iterator[list[dict[str, Any]]],
+                   write: Callable[[list[dict[str, Any]]], WriteResult],
+                   add: Callable[[WriteResult], None]) -> int:
+    """Write the probe chunks of :class:`AutoWorkers` from ``chunks``; the stream count to go on with."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if auto.chosen is not None:
+        return auto.chosen
+    for n in auto.steps:
+        batch = list(itertools.islice(chunks, n * auto.chunks_per_step))
+        if not batch:
+            return auto.best  # a small file: what was measured decides (the next call goes on probing)
+        t = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="fhir-probe") as pool:
+            results = list(pool.map(write, batch))
+        elapsed = max(time.perf_counter() - t, 1e-6)
+        for r in results:
+            add(r)
+        rate = sum(len(c) for c in batch) / elapsed
+        best = max(auto.rates.values(), default=0.0)
+        auto.rates[n] = rate
+        log.info("--workers auto: %d stream(s): %.0f entries/s", n, rate)
+        if len(batch) < n * auto.chunks_per_step:
+            return auto.best
+        if best and rate < best * auto.gain:
+            break
+    auto.chosen = auto.best
+    log.info("--workers auto: chose %d stream(s) (entries/s by streams: %s)", auto.chosen,
+             {k: round(v) for k, v in auto.rates.items()})
+    return auto.chosen
+
+
 def write_chunks(client: FhirApi, entries: Iterable[dict[str, Any]], *, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 merge_patients: bool = True, workers: int = 1,
+                 merge_patients: bool = True, workers: int | AutoWorkers = 1,
                  conflicts: PatientConflicts | None = None) -> WriteResult:
-    """Write entries as transaction chunks, ``workers`` at a time; returns what the server confirmed.
+    """Write entries as transaction chunks, ``workers`` at a time (or chosen by :class:`AutoWorkers`); returns
+    what the server confirmed.
 
     With several workers at most ``2 * workers`` chunks are in memory; each chunk is one atomic transaction.
     """
@@ -228,27 +293,35 @@ def write_chunks(client: FhirApi, entries: Iterable[dict[str, Any]], *, chunk_si
 
     total = WriteResult()
     t0 = last = time.monotonic()
+    lock = threading.Lock()
 
     def add(result: WriteResult) -> None:
         nonlocal last, total
-        total += result
-        now = time.monotonic()
-        if now - last >= PROGRESS_EVERY_S:
-            last = now
-            log.info("progress: %d chunks written in %.0f s (%s)", total.chunks, now - t0, total.types)
+        with lock:
+            total += result
+            now = time.monotonic()
+            if now - last >= PROGRESS_EVERY_S:
+                last = now
+                log.info("progress: %d chunks written in %.0f s (%s)", total.chunks, now - t0, total.types)
 
+    def write(chunk: list[dict[str, Any]]) -> WriteResult:
+        return _write_chunk(client, chunk, merge_patients, conflicts)
+
+    chunks = iter(chunked(entries, chunk_size))
+    if isinstance(workers, AutoWorkers):
+        workers = _probe_workers(workers, chunks, write, add)
     if workers <= 1:
-        for chunk in chunked(entries, chunk_size):
-            add(_write_chunk(client, chunk, merge_patients, conflicts))
+        for chunk in chunks:
+            add(write(chunk))
         return total
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir-write") as pool:
         pending: set[Future[WriteResult]] = set()
-        for chunk in chunked(entries, chunk_size):
+        for chunk in chunks:
             if len(pending) >= 2 * workers:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in done:
                     add(f.result())
-            pending.add(pool.submit(_write_chunk, client, chunk, merge_patients, conflicts))
+            pending.add(pool.submit(write, chunk))
         for f in pending:
             add(f.result())
     return total
@@ -256,8 +329,11 @@ def write_chunks(client: FhirApi, entries: Iterable[dict[str, Any]], *, chunk_si
 
 def import_table(table: Table, mapping: dict[str, Any], *, client: FhirApi | None = None,
                  out_path: str | Path | None = None, skip_invalid_rows: bool = False,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE, workers: int = 1) -> dict[str, Any]:
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, workers: int | AutoWorkers = 1) -> dict[str, Any]:
     """Validate the whole table, then write it to ``client`` (or a Bundle file ``out_path``); the report.
+
+    ``workers``: parallel transaction chunks, or an :class:`AutoWorkers` that chooses them from the server (the
+    Patients are written with the probe's best count so far, the probe itself runs on the other resources).
 
     Raises :class:`TableRejected` (report attached) when cells are invalid and ``skip_invalid_rows`` is
     off, :class:`MappingError` for structural problems (missing key column, empty file).
@@ -287,10 +363,15 @@ def import_table(table: Table, mapping: dict[str, Any], *, client: FhirApi | Non
     elif client is not None:
         # all Patients first (merged with existing ones, one search per chunk), then the other resources without
         # any read: parallel chunks never reference a missing Patient and the write path has no searches
+        # with auto, each phase probes on its own (a Patient chunk also searches, so its rate is not comparable)
+        pat_workers = AutoWorkers(workers.steps, workers.chunks_per_step, workers.gain) \
+            if isinstance(workers, AutoWorkers) else workers
         written = write_chunks(client, iter_patient_entries(mapper, scanned), chunk_size=chunk_size,
-                               workers=workers, conflicts=conflicts)
+                               workers=pat_workers, conflicts=conflicts)
         written += write_chunks(client, iter_entries(table, mapper, scanned, skip_invalid_rows=True, patients=False),
                                 chunk_size=chunk_size, workers=workers, merge_patients=False)
+        if isinstance(workers, AutoWorkers) and not workers.rates and isinstance(pat_workers, AutoWorkers):
+            workers = pat_workers  # a table of Patients only: their probe decided
     else:
         raise ConfigError("import_table needs a FHIR client or an output path (rule: --fhir or --out)")
     status = "imported" if not scanned.issue_count else "imported-with-rejections"
@@ -298,7 +379,11 @@ def import_table(table: Table, mapping: dict[str, Any], *, client: FhirApi | Non
                     duration_s=time.perf_counter() - t0, skip_invalid_rows=skip_invalid_rows)
     rep["chunks"] = written.chunks
     rep["retracted"] = written.retracted
-    rep["workers"] = workers
+    if isinstance(workers, AutoWorkers):
+        rep["workers"] = workers.chosen or workers.best
+        rep["workers_auto"] = workers.as_dict()
+    else:
+        rep["workers"] = workers
     rep["patient_conflicts_policy"] = conflicts.policy.value
     rep["patient_corrections"] = conflicts.corrected
     if conflicts.found:
