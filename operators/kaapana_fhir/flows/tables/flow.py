@@ -7,7 +7,11 @@
   streams ``PUT`` entries in transaction chunks (each chunk atomic; a failure mid-file leaves complete
   chunks only, and a retry finishes the file without duplicates because ids are deterministic).
   Patients that already exist (e.g. written by the DICOM flow) are merged, not replaced: the table sets
-  identifier, gender, birthDate and deceased and keeps the other elements.
+  identifier, gender, birthDate and deceased and keeps the other elements. Each demographic value records the
+  file it came from; a value another source set differently is a conflict, handled by the mapping's
+  ``patient_conflicts`` (``keep`` by default, ``replace``, ``fail``: refused before any write) and reported with
+  both values and sources; a value the same file set earlier is a correction (:mod:`kaapana_fhir.core.patient`).
+  ``workers`` may be an :class:`AutoWorkers`, which chooses the parallel streams from the server's rate.
 * :func:`import_object` does the same for an S3 object and writes ``<name>.import-report.json`` beside it
   and the watcher state (see :mod:`kaapana_fhir.flows.tables.watch`).
 
