@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from kaapana_fhir.core.ids import DEFAULT_PATIENT_SYSTEM, patient_id
 from tests.browser.airflow_web import PASSWORD, USER, AirflowWeb, airflow_web
@@ -104,6 +105,12 @@ def test_edit_preview_save_and_the_watcher_imports_it(web: AirflowWeb, import_da
     s3.ensure_bucket(BUCKET)
     table = tmp_path / "clinical.csv"
     table.write_bytes(_table())
+    # Airflow's login guards the page and the API
+    anon = requests.get(f"{web.url}/kaapana-fhir/mapping/", allow_redirects=False, timeout=60)
+    assert anon.status_code in (302, 303) and "login" in anon.headers["location"]
+    assert requests.get(f"{web.url}/kaapana-fhir/api/mapping/tables", timeout=60).status_code == 401
+    assert requests.post(f"{web.url}/kaapana-fhir/api/mapping/upload", params={"name": "x.csv"}, data=b"a\n1\n",
+                         headers={"X-Requested-By": "kaapana-fhir"}, timeout=60).status_code == 401
     with browser.chromium() as d:
         d.get(f"{web.url}/login/")
         d.find_element("id", "username").send_keys(USER)
