@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import pytest
 
@@ -38,6 +39,28 @@ def _require() -> bool:
     return os.environ.get("KAAPANA_FHIR_REQUIRE_STACK", "") == "1" or os.environ.get("CI", "") == "true"
 
 
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+_S = TypeVar("_S", bound=_Stoppable)
+
+
+def _servers(what: str, start: Callable[[], _S]) -> Iterator[_S]:
+    """Servers started for the session and stopped after it; a start that fails fails the run in CI
+    (``_require``) and skips the tests elsewhere, with the reason."""
+    try:
+        st = start()
+    except devstack.StackError as exc:
+        if _require():
+            pytest.fail(f"{what} could not start: {exc}")
+        pytest.skip(f"{what} not available: {exc}")
+    try:
+        yield st
+    finally:
+        st.stop()
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devstack.Stack]:
     """The running stack; started here unless all three URLs come from the environment."""
@@ -46,16 +69,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devstack.Stack]:
         yield external
         return
     state = tmp_path_factory.mktemp("stack")
-    try:
-        st = devstack.up(state)
-    except devstack.StackError as exc:
-        if _require():
-            pytest.fail(f"local stack could not start: {exc}")
-        pytest.skip(f"local stack not available: {exc}")
-    try:
-        yield st
-    finally:
-        st.stop()
+    yield from _servers("local stack", lambda: devstack.up(state))
 
 
 @pytest.fixture(scope="session")
@@ -89,16 +103,7 @@ def sso_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sso.SsoStack
     """Keycloak (realm ``kaapana``) + a MinIO using it as OpenID provider: Kaapana's STS credentials for real.
     Started only for the tests that ask for it (Keycloak takes tens of seconds)."""
     state = tmp_path_factory.mktemp("sso")
-    try:
-        st = sso.up(state)
-    except devstack.StackError as exc:
-        if _require():
-            pytest.fail(f"Keycloak/MinIO could not start: {exc}")
-        pytest.skip(f"Keycloak/MinIO not available: {exc}")
-    try:
-        yield st
-    finally:
-        st.stop()
+    yield from _servers("Keycloak/MinIO", lambda: sso.up(state))
 
 
 @pytest.fixture(scope="session")
