@@ -229,6 +229,32 @@ def test_cache_is_reused_and_rebuilt_after_a_write(api: str, fhir_url: str, data
     assert s3["built_at"] > s1["built_at"] and s3["patients"] == N + 1
 
 
+def test_cache_is_kept_for_other_patients_and_rebuilt_for_a_members_observation(
+        api: str, fhir_url: str, data: dict[str, Any]) -> None:
+    client = FhirClient(fhir_url)
+
+    def summary() -> dict[str, Any]:
+        return dict(requests.get(f"{api}/cohorts/web/summary", auth=AUTH, timeout=300).json())
+
+    kept = False
+    for attempt in range(3):  # a burst of > 1,000 writes by others on the shared server rebuilds: retry
+        s1 = summary()
+        other = patient_resources(f"urn:test:web-other:{uuid.uuid4().hex[:8]}", f"X{attempt}", n_clinical=2,
+                                  n_features=2)
+        client.write_entries([bundle.put_entry(r) for r in other])
+        time.sleep(10.5)  # the state TTL: the next request sees the server changed
+        if summary()["built_at"] == s1["built_at"]:
+            kept = True
+            break
+    assert kept, "writes of patients outside the cohort keep the cached cohort"
+    s1 = summary()
+    obs = next(r for r in data["resources"] if r["resourceType"] == "Observation" and "valueQuantity" in r
+               and r["subject"]["reference"].endswith(data["resources"][0]["id"]))
+    client.write_entries([bundle.put_entry({**obs, "note": [{"text": f"touched {time.time()}"}]})])
+    time.sleep(10.5)
+    assert summary()["built_at"] > s1["built_at"], "a changed Observation of a member rebuilds the cohort"
+
+
 def test_views_list_and_rows(api: str, data: dict[str, Any]) -> None:
     views = requests.get(f"{api}/views", auth=AUTH, timeout=300).json()["views"]
     assert {"patient", "segment", "radiomics_feature"} <= {v["name"] for v in views}

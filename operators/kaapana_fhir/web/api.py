@@ -14,6 +14,7 @@ paging and formats work on the cached table.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -207,6 +208,20 @@ def _default_client(base: str) -> Any:
 STATE_TYPES = ("Patient", "Observation", "Condition", "ImagingStudy", "BodyStructure")
 
 
+CHANGES_CHECKED = 1000  # more changes of one type since a build (one page): rebuild without looking at them
+
+
+def _state_parts(state: str) -> dict[str, tuple[str, str, str]]:
+    """:func:`server_state` token → type → (id, versionId, lastUpdated)."""
+    out: dict[str, tuple[str, str, str]] = {}
+    for part in state.split("|"):
+        rtype, _, rest = part.partition(":")
+        rid, _, rest = rest.partition(":")
+        version, _, updated = rest.partition(":")
+        out[rtype] = (rid, version, updated)
+    return out
+
+
 def server_state(client: Any) -> str:
     """Token that changes when the cohort's resources change: per type the newest resource (id, version,
     lastUpdated). One cheap search per type (index on lastUpdated, no total), bypassing HAPI's search cache.
@@ -223,6 +238,14 @@ def server_state(client: Any) -> str:
     return "|".join(parts)
 
 
+@functools.lru_cache(maxsize=1)
+def compiled_views() -> dict[str, Any]:
+    """The shipped ViewDefinitions, compiled once per process (compiling them costs seconds, every build used to)."""
+    from kaapana_fhir.flows.cohort.flow import load_views
+
+    return load_views()
+
+
 @dataclass
 class Entry:
     cohort: Any
@@ -233,6 +256,14 @@ class Entry:
     build_seconds: float
     views: Mapping[str, Sequence[dict[str, Any]]]
     selections: OrderedDict[tuple[Any, ...], Any] = field(default_factory=OrderedDict)
+
+    @functools.cached_property
+    def patient_ids(self) -> set[str]:
+        """Patient resource ids of the cohort (``patient_key``)."""
+        pts = getattr(self.cohort, "patients", None)
+        if pts is None or "patient_key" not in pts:
+            return set()
+        return {str(k) for k in pts["patient_key"].dropna()}
 
 
 class CohortService:
@@ -268,6 +299,8 @@ class CohortService:
         with lock:
             state = self.state(base, ttl)
             e = self._entries.get(key)
+            if e is not None and e.state != state and not self._affected(base, d, e, state):
+                e.state = state  # the writes since the build are outside this cohort: keep it
             if e is not None and e.state == state:
                 self._entries.move_to_end(key)
                 return e
@@ -279,13 +312,64 @@ class CohortService:
                     self._entries.popitem(last=False)
             return e
 
+    def _affected(self, base: str, d: CohortDefinition, e: Entry, state: str) -> bool:
+        """Whether the writes between ``e.state`` and ``state`` can change this cohort (then it is rebuilt):
+        per changed type, the resources updated since the build's newest one (ids and patient references only).
+        A resource of one of the cohort's patients, or a new/changed Patient the cohort's patient search matches,
+        counts; so do more than :data:`CHANGES_CHECKED` changes of a type and cohorts defined by ``searches``
+        (rebuilt on any write, as before). On a shared, busy server this keeps a cohort cached while other
+        projects' data is written."""
+        if d.searches:
+            return True
+        old, new = _state_parts(e.state), _state_parts(state)
+        client = self.client_factory(base)
+        members = e.patient_ids
+        changed_patients: set[str] = set()
+        for rtype in STATE_TYPES:
+            if old.get(rtype) == new.get(rtype):
+                continue
+            rid, version, since = old.get(rtype, ("", "", ""))
+            if not since or since == "None":
+                return True
+            b = client.request("GET", rtype, params={"_lastUpdated": f"ge{since}", "_count": str(CHANGES_CHECKED),
+                                                     "_total": "none", "_elements": "id,subject,patient"},
+                               headers={"Cache-Control": "no-cache"}).json()
+            if any(link.get("relation") == "next" for link in b.get("link") or []):
+                return True  # more changes than one page: rebuild
+            for ent in b.get("entry") or []:
+                r = ent.get("resource") or {}
+                if r.get("id") == rid and str((r.get("meta") or {}).get("versionId")) == version:
+                    continue  # the build's newest resource itself
+                if rtype == "Patient":
+                    changed_patients.add(str(r.get("id")))
+                    continue
+                ref = ((r.get("subject") or r.get("patient") or {}).get("reference") or "")
+                if ref.startswith("Patient/") and ref.split("/", 1)[1] in members:
+                    return True
+        if changed_patients & members:
+            return True
+        if changed_patients:
+            from kaapana_fhir.flows.cohort.flow import parse_search
+
+            ps = parse_search(d.patient_search or "Patient")
+            ids = sorted(changed_patients)
+            for i in range(0, len(ids), 100):
+                params = [*ps.params, ("_id", ",".join(ids[i:i + 100])), ("_elements", "id"), ("_count", "100"),
+                          ("_total", "none")]
+                if client.request("GET", "Patient", params=params,
+                                  headers={"Cache-Control": "no-cache"}).json().get("entry"):
+                    return True
+        log.info("cohort %s: %s changed on the server, none of it in this cohort; cache kept", d.id,
+                 ", ".join(t for t in STATE_TYPES if old.get(t) != new.get(t)))
+        return False
+
     def _build(self, base: str, d: CohortDefinition, state: str) -> Entry:
         from kaapana_fhir.core.cohort import tables as C
-        from kaapana_fhir.flows.cohort.flow import fetch_and_flatten, load_views
+        from kaapana_fhir.flows.cohort.flow import fetch_and_flatten
 
         t0 = time.perf_counter()
         client = self.client_factory(base)
-        _, rows = fetch_and_flatten(client, load_views(), searches=list(d.searches),
+        _, rows = fetch_and_flatten(client, compiled_views(), searches=list(d.searches),
                                     patient_search=d.patient_search or None)
         cohort = C.build_cohort(rows)
         table = cohort.table
