@@ -56,8 +56,7 @@ def _web() -> dict[str, list[Any]]:
         return {"fastapi_apps": fastapi_app.fastapi_apps(), "external_views": fastapi_app.external_views()}
     from kaapana_fhir.web import flask_app
 
-    return {"appbuilder_views": flask_app.appbuilder_views(),
-            "appbuilder_menu_items": flask_app.appbuilder_menu_items()}
+    return {"appbuilder_views": flask_app.appbuilder_views()}
 
 
 _WEB = _web()
@@ -68,6 +67,5 @@ class KaapanaFhirPlugin(AirflowPlugin):
     macros = [fhir_base_url]
     operator_extra_links = [_FhirResources(), _CohortReport(), _ImportReport()]
     appbuilder_views = _WEB.get("appbuilder_views", [])
-    appbuilder_menu_items = _WEB.get("appbuilder_menu_items", [])
     fastapi_apps = _WEB.get("fastapi_apps", [])
     external_views = _WEB.get("external_views", [])

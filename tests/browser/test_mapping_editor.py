@@ -117,6 +117,8 @@ def test_edit_preview_save_and_the_watcher_imports_it(web: AirflowWeb, import_da
         d.find_element("id", "password").send_keys(PASSWORD)
         d.find_element("css selector", "input[type=submit], button[type=submit]").click()
         _wait(d, lambda: "/login" not in d.current_url, "login")
+        # Airflow's menu links the editor (built by Flask under Airflow's base URL)
+        assert d.find_elements("css selector", "a[href$='/kaapana-fhir/mapping/']")
         d.get_log("browser")  # Airflow's own home page logs a jQuery error after login; only our page is judged
         d.get_log("performance")
         d.get(f"{web.url}/kaapana-fhir/mapping/")

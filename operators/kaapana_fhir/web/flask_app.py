@@ -117,8 +117,9 @@ class KaapanaFhirView(BaseView):
 
 
 def appbuilder_views() -> list[dict[str, Any]]:
-    return [{"name": "Cohort explorer", "category": "Kaapana FHIR", "view": KaapanaFhirView()}]
-
-
-def appbuilder_menu_items() -> list[dict[str, Any]]:
-    return [{"name": "Mapping editor", "href": f"{ROUTE}/mapping/", "category": "Kaapana FHIR"}]
+    """One view, two menu entries; the editor's link is an endpoint name, so Flask builds it under Airflow's base URL
+    (Kaapana serves Airflow below ``/flow``)."""
+    view = KaapanaFhirView()
+    return [{"name": "Cohort explorer", "category": "Kaapana FHIR", "view": view},
+            {"name": "Mapping editor", "category": "Kaapana FHIR", "view": view,
+             "href": "KaapanaFhirView.mapping_page"}]
