@@ -215,6 +215,16 @@ def _utf8(text: str, what: str) -> None:
         raise ApiError(400, f"{what}: not valid Unicode text (lone surrogate) (rule: UTF-8 text)") from None
 
 
+def _str(text: str) -> Any:
+    """``text`` as a YAML string for the import's reader too: the import reads YAML 1.1 (PyYAML), the round trip
+    writes 1.2, so text that 1.1 reads as another type (``yes``, ``off``, ``0x1F``, ``2020-01-01``) is quoted."""
+    import yaml
+    from ruamel.yaml.scalarstring import SingleQuotedScalarString
+
+    tag = yaml.resolver.Resolver().resolve(yaml.ScalarNode, text, (True, False))
+    return text if tag == "tag:yaml.org,2002:str" else SingleQuotedScalarString(text)
+
+
 def _plain(v: Any, depth: int = 0) -> Any:
     """A JSON edit value as YAML data (bounded depth; strings, numbers, booleans, null, lists, objects)."""
     if depth > MAX_PATH_DEPTH:
@@ -224,11 +234,12 @@ def _plain(v: Any, depth: int = 0) -> Any:
             raise ApiError(400, "edit value NaN is not allowed")
         if isinstance(v, str):
             _utf8(v, "edit value")
+            return _str(v)
         return v
     if isinstance(v, list):
         return [_plain(x, depth + 1) for x in v]
     if isinstance(v, dict):
-        return {str(k): _plain(x, depth + 1) for k, x in v.items()}
+        return {_str(str(k)): _plain(x, depth + 1) for k, x in v.items()}
     raise ApiError(400, f"edit value of type {type(v).__name__} is not allowed")
 
 
@@ -279,6 +290,8 @@ def apply_edits(text: str, edits: Sequence[Any]) -> str:
         if node is None:
             continue
         last = _child_key(node, path[-1], where)
+        if isinstance(node, dict) and isinstance(last, str) and last not in node:
+            last = _str(last)
         if e["op"] == "delete":
             if isinstance(node, list) or last in node:
                 del node[last]

@@ -151,6 +151,14 @@ def test_edits_set_nested_values_delete_list_items_and_refuse_bad_paths() -> Non
         with pytest.raises(ApiError) as exc:
             ME.apply_edits(text, bad)
         assert exc.value.status == 400
+    # strings stay strings for the import's YAML 1.1 reader (keys too)
+    typed = loads_yaml(ME.apply_edits(text, [
+        {"op": "set", "path": ["patient", "gender", "map", "yes"], "value": "no"},
+        {"op": "set", "path": ["observations", 0, "code", "code"], "value": "0x1F"},
+        {"op": "set", "path": ["observations", 1, "value", "map"], "value": {"on": "2020-01-01", "n": "1_000"}}]))
+    assert typed["patient"]["gender"]["map"]["yes"] == "no"
+    assert typed["observations"][0]["code"]["code"] == "0x1F"
+    assert typed["observations"][1]["value"]["map"] == {"on": "2020-01-01", "n": "1_000"}
     with pytest.raises(ApiError, match="does not parse|YAML"):
         ME.apply_edits("a: [1,\n", [{"op": "set", "path": ["a"], "value": 1}])
 
