@@ -33,6 +33,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, overload
+from xml.etree.ElementTree import ParseError
+
+from defusedxml import DefusedXmlException
 
 from kaapana_fhir.exceptions import MappingError
 
@@ -282,7 +285,7 @@ def _streaming_reader(source: Any, strings: SharedStrings | None, name: str) -> 
     return _Reader(fh, read_only=True, data_only=False)
 
 
-def _sheet_rows(wb: Any, ws: Any) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+def _sheet_rows(wb: Any, ws: Any, name: str) -> Iterator[tuple[int, list[dict[str, Any]]]]:
     """``(row number, cells)`` of a read-only worksheet, each ``<row>`` dropped from the XML tree once parsed.
 
     The cells come from openpyxl's ``WorkSheetParser.parse_row`` (shared strings, inline strings, booleans,
@@ -297,17 +300,22 @@ def _sheet_rows(wb: Any, ws: Any) -> Iterator[tuple[int, list[dict[str, Any]]]]:
         parser = WorkSheetParser(src, ws._shared_strings, data_only=False, epoch=wb.epoch,
                                  date_formats=wb._date_formats, timedelta_formats=wb._timedelta_formats)
         parent = None
-        for event, el in iterparse(src, events=("start", "end")):
-            if event == "start":
-                if el.tag == sheet_data:
-                    parent = el
-                continue
-            if el.tag == ROW_TAG:
-                idx, cells = parser.parse_row(el)
-                parser.row_dimensions.clear()
-                if parent is not None:
-                    parent.clear()
-                yield idx, cells
+        idx = 0
+        try:
+            for event, el in iterparse(src, events=("start", "end")):
+                if event == "start":
+                    if el.tag == sheet_data:
+                        parent = el
+                    continue
+                if el.tag == ROW_TAG:
+                    idx, cells = parser.parse_row(el)
+                    parser.row_dimensions.clear()
+                    if parent is not None:
+                        parent.clear()
+                    yield idx, cells
+        except (ParseError, DefusedXmlException, ValueError, IndexError, KeyError) as exc:
+            raise MappingError(f"{name}: row {idx + 1}: unreadable worksheet XML ({type(exc).__name__}: "
+                               f"{str(exc)[:200]}) (rule: Excel 2007+ format; no DTDs or entities)") from None
 
 
 def read_xlsx(source: Any, *, name: str = "table", sheet: str | None = None) -> Table:
@@ -328,7 +336,11 @@ def read_xlsx(source: Any, *, name: str = "table", sheet: str | None = None) -> 
         try:
             reader = _streaming_reader(source, strings[0], name)
             reader.read()
-        except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError, ValueError) as exc:
+        except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError, ValueError, ParseError) as exc:
+            xml = exc if isinstance(exc, (ParseError, DefusedXmlException)) else exc.__cause__
+            if isinstance(xml, (ParseError, DefusedXmlException)):  # openpyxl wraps them in a ValueError
+                raise MappingError(f"{name}: unreadable XML in the workbook ({type(xml).__name__}: {xml}) "
+                                   "(rule: Excel 2007+ format; no DTDs or entities)") from None
             raise MappingError(f"{name}: not a readable .xlsx workbook ({type(exc).__name__}) "
                                "(rule: Excel 2007+ format)") from None
         if isinstance(reader.shared_strings, SharedStrings):
@@ -340,7 +352,7 @@ def read_xlsx(source: Any, *, name: str = "table", sheet: str | None = None) -> 
 
     wb, ws = _open()
     try:
-        first = next(_sheet_rows(wb, ws), None)
+        first = next(_sheet_rows(wb, ws, name), None)
     finally:
         wb.close()
     if not first or first[0] != 1 or not first[1]:
@@ -353,7 +365,7 @@ def read_xlsx(source: Any, *, name: str = "table", sheet: str | None = None) -> 
         wb2, ws2 = _open()
         try:
             last = 1
-            for idx, row in _sheet_rows(wb2, ws2):
+            for idx, row in _sheet_rows(wb2, ws2, name):
                 if idx <= last:
                     continue
                 for gap in range(last + 1, idx):  # rows missing from the XML are empty rows

@@ -62,3 +62,31 @@ def test_xlsx_rows_equal_openpyxl_with_and_without_spill(tmp_path: Path, monkeyp
         assert row["formula"] == "=D2*2"
     assert ("temporary SQLite" in caplog.text) is (in_memory < 80)
     assert got[0][0] == 2 and got[-1][1]["text"] == "Bemerkung 39 äöü"
+
+
+def _rewrite(path: Path, member: str, text: str) -> Path:
+    import zipfile
+
+    out = path.with_name("bad.xlsx")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, text if info.filename == member else src.read(info))
+    return out
+
+
+@pytest.mark.parametrize(("member", "text", "rule"), [
+    ("xl/sharedStrings.xml", '<?xml version="1.0"?><!DOCTYPE sst [<!ENTITY e "x">]><sst xmlns="http://schemas.'
+     'openxmlformats.org/spreadsheetml/2006/main"><si><t>&e;</t></si></sst>', "no DTDs or entities"),
+    ("xl/sharedStrings.xml", "<sst><si><t>unclosed", "unreadable XML"),
+    ("xl/worksheets/sheet1.xml", '<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
+     '<sheetData><row r="1"><c r="A1" t="s"><v>0</v></c></row><row r="2"><c r="A2" t="s"><v>999</v></c></row>'
+     "</sheetData></worksheet>", "row 2: unreadable worksheet"),
+])
+def test_broken_workbook_xml_is_a_mapping_error(tmp_path: Path, member: str, text: str, rule: str) -> None:
+    from kaapana_fhir.exceptions import MappingError
+
+    path = tmp_path / "t.xlsx"
+    _workbook(path, 3)
+    with pytest.raises(MappingError, match=rule):
+        table = open_table(str(_rewrite(path, member, text)), name="t.xlsx")
+        list(table.rows())
