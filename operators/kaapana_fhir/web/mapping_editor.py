@@ -310,6 +310,22 @@ def _json_safe(v: Any) -> Any:
     return json.loads(json.dumps(v, default=str))
 
 
+def reviews(mapping: Any, path: list[Any] | None = None) -> list[dict[str, Any]]:
+    """Every ``review`` marker with its key path (what "Accept" deletes), in document order."""
+    path = path or []
+    out: list[dict[str, Any]] = []
+    if isinstance(mapping, dict):
+        for k, v in mapping.items():
+            if k == "review":
+                out.append({"path": [*path, k], "text": " ".join(str(v).split())[:500]})
+            else:
+                out.extend(reviews(v, [*path, k]))
+    elif isinstance(mapping, list):
+        for i, v in enumerate(mapping):
+            out.extend(reviews(v, [*path, i]))
+    return out
+
+
 def check(text: str, data: bytes, key: str, *, mapping_key: str = "mapping", rows: int = PREVIEW_ROWS,
           max_rows: int | None = None) -> dict[str, Any]:
     """What the import would say about ``text`` on ``data`` (nothing written) and the resources of the first rows.
@@ -329,13 +345,14 @@ def check(text: str, data: bytes, key: str, *, mapping_key: str = "mapping", row
 
     out: dict[str, Any] = {"yaml": text, "mapping": None, "schema_errors": [], "pending": [], "fatal": None,
                            "issues": [], "issue_count": 0, "rows_read": 0, "resources": {}, "preview": [],
-                           "complete": False, "ready": False}
+                           "reviews": [], "complete": False, "ready": False}
     try:
         parsed = loads_yaml(text, source=mapping_key)
     except LimitError as exc:
         out["schema_errors"] = [str(exc)]
         return out
     out["mapping"] = _json_safe(parsed) if isinstance(parsed, dict) else None
+    out["reviews"] = reviews(out["mapping"]) if out["mapping"] else []
     out["schema_errors"] = validate_mapping(parsed, source=mapping_key)
     if out["schema_errors"]:
         return out

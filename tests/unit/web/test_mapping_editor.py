@@ -171,7 +171,12 @@ def test_check_reports_todo_review_ucum_date_window_and_missing_columns() -> Non
     assert r["schema_errors"] == [] and r["fatal"] is None and not r["ready"]
     assert any("observations[0].review" in p for p in r["pending"])
     assert any("placeholder 'TODO'" in p for p in r["pending"])  # the XSS-named column has no catalogue code
+    # every review marker with the path "Accept" deletes: the same set the import refuses
+    assert len(r["reviews"]) == sum("check, then delete this line" in p for p in r["pending"])
+    assert {"path": ["observations", 0, "review"], "text": "catalogue suggestion 'age' (matched by column name)"} \
+        in r["reviews"]
     assert r["resources"] == {"Observation": 9, "Patient": 3} and len(r["preview"]) == 3
+    assert [e["path"] for e in accept_all(r["mapping"])] == [rv["path"] for rv in r["reviews"]]
     ready = ME.apply_edits(text, [*accept_all(r["mapping"]),
                                   {"op": "delete", "path": ["observations", 2]}])
     ok = ME.check(ready, CSV, key)

@@ -305,7 +305,14 @@
     clear(ul);
     for (const e of r.schema_errors || []) ul.appendChild(el("li", e, "schema"));
     if (r.fatal) ul.appendChild(el("li", r.fatal, "fatal"));
-    for (const p of r.pending || []) ul.appendChild(el("li", p, "pending"));
+    // review markers with an Accept button each (also those the form does not show, e.g. in conditions)
+    for (const rv of r.reviews || []) {
+      const li = el("li", null, "pending");
+      li.appendChild(el("code", rv.path.join(".")));
+      li.appendChild(reviewBox(rv.text, rv.path));
+      ul.appendChild(li);
+    }
+    for (const p of r.pending || []) if (p.indexOf("check, then delete this line") < 0) ul.appendChild(el("li", p, "pending"));
     const tb = $("issues").tBodies[0];
     clear(tb);
     for (const i of r.issues || []) {
