@@ -9,10 +9,14 @@ Rows:
 * pure mapping of S studies (DICOM JSON headers of every series) → studies/s, and with R4B validation;
 * dicom2fhir 0.1.25 (PyPI) on the same headers, installed by this bench into its own venv (cached under
   ``~/.cache/kaapana-fhir/bench``), in the same run → ratio ours/dicom2fhir;
-* end to end for N studies Orthanc → HAPI as a backfill (QIDO paging, batches written while the next is read):
-  studies/s against the target 5 × 7.8 = 39 studies/s, PACS requests per
-  study (goal ≤ 2), and our own code's share of wall time (goal ≤ 10 %): the time in which no HTTP request of the
-  run is in flight (no server is working for us), over the wall time; plus the process CPU time as a note;
+* end to end for N studies Orthanc → HAPI as a backfill (study listing, then paged series-level QIDO over the
+  date window grouped by study; batches written while the listing goes on): studies/s against the target
+  5 × 7.8 = 39 studies/s, PACS requests per study (goal ≤ 2), and our own code's share of wall time (goal ≤ 10 %):
+  the time in which no HTTP request of the run is in flight (no server is working for us), over the wall time;
+* CPU milliseconds per study of Orthanc, HAPI and our process (from /proc, load-independent) and the 2-core
+  capacity they imply: on this shared machine the wall rate depends on what else runs;
+* HAPI alone: the write transactions of the run posted again raw (fresh ids, no reads, no If-Match), the
+  server's limit, and ours end to end as a ratio of it;
 * the same flow for an explicit ``--study`` list (all reads before the first write) and a re-run (no changes);
 * the previous way (WADO-RS metadata for every series, one study at a time) on fresh studies of the same shape in
   the same run, so the speed-up is measured under the same machine load.
@@ -41,6 +45,8 @@ from kaapana_fhir.flows.dicom_to_fhir import flow
 from kaapana_fhir.flows.dicom_to_fhir.flow import sync_studies
 
 BASELINE_STUDIES_PER_S = 7.8
+#: studies per mapped batch of the backfill (each written in transactions of flow.WRITE_CHUNK studies)
+BACKFILL_BATCH = 50
 TARGET_FACTOR = 5
 D2F_VERSION = "0.1.25"
 #: dicom2fhir 0.1.25 builds Extensions without ``url`` first; fhir.resources 8.3 rejects that, 8.2.0 accepts it
@@ -78,6 +84,100 @@ def _union(intervals: list[tuple[float, float]]) -> float:
             total += b - end
             end = b
     return total
+
+
+def _pid_of_port(url: str) -> int | None:
+    """PID of the local process listening on ``url``'s port (Linux /proc), to read its CPU time; None if unknown."""
+    from urllib.parse import urlsplit
+
+    port = urlsplit(url).port
+    if not port:
+        return None
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                inodes.add(f"socket:[{f[9]}]")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
+def _cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of ``pid`` (0.0 when unknown)."""
+    if not pid:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _Recording(FhirClient):
+    """FhirClient that keeps every write transaction it sends (the Bundles a raw replay posts again)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bundles: list[dict[str, Any]] = []
+
+    def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        if bundle.get("type") == "transaction":
+            self.bundles.append(bundle)
+        return super().transaction(bundle)
+
+
+def _renamed(bundles: list[dict[str, Any]]) -> list[str]:
+    """The recorded Bundles as JSON with every resource id replaced by a fresh one (same length) and no
+    ``If-Match``: the same creates on the server, without our reads and merges. A resource written by several
+    Bundles (the shared Endpoint and Devices, written before each batch) is kept in the first only, and Bundles
+    holding such shared resources come first (``_raw_post`` posts the first one before the others: HAPI checks
+    that references resolve)."""
+    ids = {e["resource"]["id"] for b in bundles for e in b["entry"]}
+    seen: set[str] = set()
+    ordered = sorted(bundles, key=lambda b: not any(e["resource"]["resourceType"] in ("Endpoint", "Device")
+                                                    for e in b["entry"]))
+    out = []
+    for b in ordered:
+        entries = [{"resource": e["resource"], "request": {k: v for k, v in e["request"].items() if k != "ifMatch"}}
+                   for e in b["entry"] if e["request"]["url"] not in seen]
+        seen.update(e["request"]["url"] for e in b["entry"])
+        if not entries:
+            continue
+        text = json.dumps({**b, "entry": entries})
+        for rid in ids:
+            if rid in text:
+                text = text.replace(f"/{rid}\"", f"/x{rid[1:]}\"").replace(f'"{rid}"', f'"x{rid[1:]}"')
+        out.append(text)
+    return out
+
+
+def _raw_post(url: str, bodies: list[str], workers: int) -> float:
+    """POST ``bodies`` (transaction Bundles) to HAPI with ``workers`` threads, nothing else; seconds taken."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    session = requests.Session()
+
+    def post(body: str) -> None:
+        r = session.post(url, data=body.encode(), headers={"Content-Type": "application/fhir+json"}, timeout=600)
+        r.raise_for_status()
+
+    t0 = time.perf_counter()
+    post(bodies[0])  # the shared Endpoint/Devices first
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(post, bodies[1:]))
+    return time.perf_counter() - t0
 
 
 def _template() -> list[Any]:
@@ -234,13 +334,17 @@ def run(ctx):  # noqa: ANN001, ANN201
                     "studies/s"))
     dw_session, fhir_session = _TimedSession(), _TimedSession()
     dicomweb = DicomWeb(st.dicomweb_url, session=dw_session)
-    fhir = FhirClient(st.fhir_url, session=fhir_session)
+    fhir = _Recording(st.fhir_url, session=fhir_session)
+    pids = {"Orthanc": _pid_of_port(st.dicomweb_url), "HAPI": _pid_of_port(st.fhir_url)}
+    servers0 = {k: _cpu_s(p) for k, p in pids.items()}
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     result = flow.backfill(dicomweb, fhir, since=day, until=day, options=MappingOptions(timezone="Europe/Berlin"),
-                           batch_size=100, page_size=200)
+                           batch_size=BACKFILL_BATCH)
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
+    server_cpu = {k: _cpu_s(p) - servers0[k] for k, p in pids.items()}
+    load = os.getloadavg()[0]
     busy = _union(dw_session.intervals + fhir_session.intervals)
     own = wall - busy
     rate = n_e2e / wall
@@ -253,7 +357,10 @@ def run(ctx):  # noqa: ANN001, ANN201
                     "req/study", note=f"{result['pacs_requests']} QIDO/WADO requests, goal <= 2"))
     rows.append(Row("dicom", "  FHIR requests per study", len(fhir_session.intervals) / n_e2e, "req/study"))
     tm = result["timings"]
-    rows.append(Row("dicom", "  PACS read + mapping (concurrent workers)", tm["dicomweb_s"], "s",
+    rows.append(Row("dicom", "  PACS listing (studies, then series pages read ahead)", tm.get("listing_s", 0.0), "s",
+                    ratio=tm.get("listing_s", 0.0) / wall, ratio_of="share of wall",
+                    note=f"{result.get('read_per_study', 0)} studies read per study"))
+    rows.append(Row("dicom", "  per-batch reads (WADO where needed) + mapping", tm["dicomweb_s"], "s",
                     ratio=tm["dicomweb_s"] / wall, ratio_of="share of wall"))
     rows.append(Row("dicom", "  mapping + validation, summed over workers", tm["mapping_s"], "s",
                     ratio=tm["mapping_s"] / wall, ratio_of="vs wall (overlaps PACS waits)"))
@@ -262,6 +369,42 @@ def run(ctx):  # noqa: ANN001, ANN201
     rows.append(Row("dicom", "  our code (no HTTP request in flight)", own, "s", ratio=own / wall,
                     ratio_of="share of wall (goal <= 0.10)",
                     note=f"process CPU {cpu:.1f}s = {cpu / wall:.0%} of wall (incl. HTTP client, JSON)"))
+    # CPU per study of each process (load-independent): what a quiet 2-core machine could do at most
+    per_study = {"ours": 1000 * cpu / n_e2e, **{k: 1000 * v / n_e2e for k, v in server_cpu.items() if pids[k]}}
+    if len(per_study) == 3:
+        capacity = 2000.0 / sum(per_study.values())
+        rows.append(Row("dicom", "  CPU per study: " + ", ".join(f"{k} {v:.1f} ms" for k, v in per_study.items()),
+                        capacity, "studies/s", ratio=capacity / target,
+                        ratio_of="2-core capacity (2 CPU-s / CPU-s per study) / target",
+                        note=f"wall rate above measured at load {load:.1f} (loaded)"))
+
+    # ---- HAPI alone: the same write transactions (fresh ids, no If-Match), posted raw, same writer threads
+    bodies = _renamed(fhir.bundles)
+    raw_s = _raw_post(st.fhir_url, bodies, flow.DEFAULT_WORKERS)
+    raw_rate = n_e2e / raw_s
+    rows.append(Row("dicom", f"  HAPI alone: raw POST of the same {len(bodies)} transactions (server limit)",
+                    raw_rate, "studies/s", ratio=rate / raw_rate, ratio_of="ours end to end / raw HAPI writes",
+                    note=f"{raw_s:.1f}s, {flow.DEFAULT_WORKERS} threads"))
+
+    # ---- A/B in the same run: the same backfill reading every study with its own series search (before #18's
+    # series listing), on fresh studies of the same shape
+    ab_day = _unique_date()
+    while ab_day == day:
+        ab_day = _unique_date()
+    _store(setup, _studies(template, n_e2e, f"ab{int(time.time())}", ab_day))
+    ab0 = {k: _cpu_s(p) for k, p in pids.items()}
+    ab_cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    ab = flow.backfill(DicomWeb(st.dicomweb_url), FhirClient(st.fhir_url), since=ab_day, until=ab_day,
+                       options=MappingOptions(timezone="Europe/Berlin"), batch_size=BACKFILL_BATCH,
+                       series_listing=False)
+    ab_wall = time.perf_counter() - t0
+    ab_ms = {"ours": 1000 * (time.process_time() - ab_cpu0) / n_e2e,
+             **{k: 1000 * (_cpu_s(p) - ab0[k]) / n_e2e for k, p in pids.items() if p}}
+    rows.append(Row("dicom", f"  same run, per-study series searches instead ({n_e2e} studies)", n_e2e / ab_wall,
+                    "studies/s", ratio=rate / (n_e2e / ab_wall), ratio_of="series listing / per-study searches",
+                    note=f"{ab['pacs_requests'] / n_e2e:.2f} PACS req/study; CPU ms/study "
+                         + ", ".join(f"{k} {v:.1f}" for k, v in ab_ms.items())))
 
     # ---- the same flow for an explicit study list (--study ...): all reads, then all writes
     n_list = max(20, n_e2e // 4)

@@ -367,3 +367,40 @@ def test_backfill_dag_fans_out_by_date_window(airflow_home: Path, stack_env: dic
     again = dag.test(run_conf=conf)  # re-triggered: every window continues from its cursor, nothing twice
     value = next(ti for ti in again.get_task_instances() if ti.task_id == "summary").xcom_pull(task_ids="summary")
     assert value["studies"] == 0 and value["listed"] == 3
+
+
+def test_backfill_series_listing_equals_per_study_reads_and_finds_dose_by_sop_class(
+        dicomweb: DicomWeb, fhir: FhirClient) -> None:
+    """Orthanc answers a series-level QIDO without a study (StudyDate window, includefield, limit/offset): the
+    backfill lists 4 studies' 9 series in pages of 4 (a short last page) with no per-study search, writes what
+    per-study reads give, and finds a dose SR described "Patient Protocol" by its SOP Class UID (0008,0016)."""
+    from kaapana_fhir.core.dicom.mapping import Profile
+    from kaapana_fhir.core.dicom.merge import comparable
+    from kaapana_fhir.flows.dicom_to_fhir.flow import backfill
+    from tests.unit.core.dicom.dose_sr import dose_sr
+
+    year = 1650 + uuid.uuid4().int % 100
+    day = f"{year}0707"
+    uids = []
+    for i in range(4):
+        study, pid = generate_uid(), f"KF-SL-{uuid.uuid4().hex[:8]}"
+        uids.append(study)
+        ct = ct_series(study, generate_uid(), pid, n=1, study_date=day)
+        more = ct_series(study, generate_uid(), pid, n=1, series_number=2, study_date=day)
+        extra = []
+        if i == 0:
+            sr = dose_sr(ct, [{"uid": generate_uid(), "ctdivol": 5.5, "dlp": 120.0}], dlp_total=120.0)
+            sr.SeriesDescription, sr.StudyDate = "Patient Protocol", day
+            extra = [sr]
+        dicomweb.store(ct + more + extra)
+    core = MappingOptions(profile=Profile.CORE)  # MII would read WADO metadata for CT series lacking KVP etc.
+    res = backfill(dicomweb, fhir, since=day, until=day, series_page_size=4, listing_concurrency=1, options=core)
+    assert res["studies"] == 4 and not res["failed"] and res["read_per_study"] == 0, res
+    assert res["observations"] == 2  # the dose report: total + one irradiation event
+    # study listing (1 page + the empty one) + series listing (4 + 4 + 1 + the empty one) + the dose SR's content
+    assert res["pacs_requests"] == 2 + 4 + 1, res["pacs_requests"]
+    per_study = sync_studies(dicomweb, None, study_uids=uids, options=core)["bundle"]
+    for e in per_study["entry"]:
+        r = e["resource"]
+        if r["resourceType"] in ("ImagingStudy", "Patient", "Observation"):
+            assert comparable(fhir.read(r["resourceType"], r["id"])) == comparable(r), r["resourceType"]

@@ -66,7 +66,9 @@ DEFAULT_WORKERS = 4
 #: Studies per FHIR transaction in :func:`sync_studies` (a conflict re-reads and merges the chunk again).
 WRITE_CHUNK = 10
 #: Series per request of a backfill's series listing (:func:`list_series`).
-SERIES_PAGE = 1000
+SERIES_PAGE = 250
+#: Pages of a backfill's series listing asked for at once.
+LISTING_CONCURRENCY = 3
 #: Most series records a backfill holds for studies whose series are not all listed yet (bounded memory).
 MAX_BUFFERED_SERIES = 50_000
 
@@ -701,20 +703,39 @@ def _eta(done: int, total: int, elapsed: float) -> str:
 
 
 def list_series(dicomweb: DicomWebApi, *, since: str | date | None = None, until: str | date | None = None,
-                page_size: int = SERIES_PAGE) -> Iterator[list[dict[str, Any]]]:
+                page_size: int = SERIES_PAGE, concurrency: int = 1) -> Iterator[list[dict[str, Any]]]:
     """Pages of series-level QIDO-RS records of a StudyDate window, without a study UID
     (``/series?StudyDate=a-b&limit=&offset=&includefield=...``): one request per page of series instead of one per
-    study. Orthanc and dcm4chee both answer it. Paging ends at an empty page (a short page is not the end)."""
+    study. Orthanc and dcm4chee both answer it. Paging ends at an empty page (a short page is not the end).
+
+    ``concurrency`` > 1 asks for that many consecutive pages at once (a PACS answers each request on one thread);
+    pages are yielded in order. A short page means the PACS caps pages below ``page_size`` (or the end): the pages
+    asked for after it started at the wrong offsets, so they are dropped, and paging goes on from the right offset
+    with the PACS's page size."""
     if page_size < 1:
         raise ConfigError(f"page size {page_size} must be positive")
     filters = study_filters(since=since, until=until)
-    offset = 0
-    while True:
-        page = dicomweb.search_series(None, {**filters, "limit": page_size, "offset": offset}, fields=SERIES_FIELDS)
-        if not page:
-            return
-        yield page
-        offset += len(page)
+
+    def page_at(offset: int, size: int) -> list[dict[str, Any]]:
+        return dicomweb.search_series(None, {**filters, "limit": size, "offset": offset}, fields=SERIES_FIELDS)
+
+    offset, size = 0, page_size
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        while True:
+            asked = [pool.submit(page_at, offset + k * size, size) for k in range(max(1, concurrency))]
+            try:
+                for fut in asked:
+                    page = fut.result()
+                    if not page:
+                        return
+                    yield page
+                    offset += len(page)
+                    if len(page) < size:  # capped by the PACS (or the end): later offsets were wrong
+                        size = len(page)
+                        break
+            finally:
+                for fut in asked:
+                    fut.cancel()
 
 
 def _ahead(pages: Iterator[list[dict[str, Any]]], depth: int = 2) -> Generator[list[dict[str, Any]], None, None]:
@@ -825,13 +846,15 @@ def backfill(dicomweb: DicomWebApi, fhir: FhirApi | None, *, since: str | date |
              modalities: Sequence[str] = (), cursor: str | Path | None = None, options: MappingOptions | None = None,
              wado: str = "auto", workers: int = DEFAULT_WORKERS, batch_size: int = 200, page_size: int = 500,
              progress: Callable[[dict[str, Any]], None] | None = None, series_listing: bool = True,
-             series_page_size: int = SERIES_PAGE, max_buffered_series: int = MAX_BUFFERED_SERIES) -> dict[str, Any]:
+             series_page_size: int = SERIES_PAGE, max_buffered_series: int = MAX_BUFFERED_SERIES,
+             listing_concurrency: int = LISTING_CONCURRENCY) -> dict[str, Any]:
     """Backfill every study of the PACS (or of a StudyDate window and modalities) into FHIR.
 
     1. The study list is read (QIDO-RS study level, ``limit``/``offset`` paging): what to do, the modality
        filter, each study's NumberOfStudyRelatedSeries and SOPClassesInStudy.
     2. With ``series_listing`` (default), the series of the whole window are listed with paged series-level
-       QIDO-RS (:func:`list_series`, ``series_page_size`` series per request, read one page ahead) and grouped by
+       QIDO-RS (:func:`list_series`, ``series_page_size`` series per request, ``listing_concurrency`` requests
+       at once, read ahead of the mapping) and grouped by
        study: a study goes to mapping and writing as soon as all its series are listed, so PACS requests per
        study fall well under one. Studies the listing does not complete (a PACS that refuses a series search
        without a study, answers it empty, or lists fewer series than the study has) are read per study
@@ -907,7 +930,8 @@ def backfill(dicomweb: DicomWebApi, fhir: FhirApi | None, *, since: str | date |
         per_study = [dv.first_str(r, "0020000D") or "" for r in todo]
         if series_listing and todo:
             per_study = _backfill_from_series_listing(pacs, since, until, expected, modalities, batch_size,
-                                                      series_page_size, max_buffered_series, run_batch, timings)
+                                                      (series_page_size, listing_concurrency), max_buffered_series,
+                                                      run_batch, timings)
             result["read_per_study"] = len(per_study)
         for start in range(0, len(per_study), max(1, batch_size)):
             run_batch(per_study[start:start + batch_size], None)
@@ -920,7 +944,7 @@ def backfill(dicomweb: DicomWebApi, fhir: FhirApi | None, *, since: str | date |
 
 def _backfill_from_series_listing(pacs: _Pacs, since: str | date | None, until: str | date | None,
                                   expected: Mapping[str, int | None], modalities: Sequence[str], batch_size: int,
-                                  page_size: int, max_buffered: int,
+                                  paging: tuple[int, int], max_buffered: int,
                                   run_batch: Callable[[list[str], dict[str, list[dict[str, Any]]] | None], None],
                                   timings: dict[str, float]) -> list[str]:
     """Step 2 of :func:`backfill`: complete studies from the series listing go to ``run_batch`` in batches; returns
@@ -946,7 +970,8 @@ def _backfill_from_series_listing(pacs: _Pacs, since: str | date | None, until: 
     pages = 0
     t = time.perf_counter()
     try:
-        with closing(_ahead(list_series(pacs, since=since, until=until, page_size=page_size))) as listing:
+        pages_in = list_series(pacs, since=since, until=until, page_size=paging[0], concurrency=paging[1])
+        with closing(_ahead(pages_in)) as listing:
             for page in listing:
                 pages += 1
                 timings["listing_s"] += time.perf_counter() - t

@@ -165,7 +165,7 @@ def test_backfill_lists_series_in_pages_instead_of_one_search_per_study() -> Non
     """9 studies, 18 series, 4 series per page (a short last page, then the empty page that ends it); every
     RTSTRUCT (no sex) is listed before every CT, so studies complete only in later pages."""
     pacs, fhir = PagingPacs(9), FakeFhir()
-    res = flow.backfill(pacs, fhir, batch_size=3, series_page_size=4, workers=1)
+    res = flow.backfill(pacs, fhir, batch_size=3, series_page_size=4, workers=1, listing_concurrency=1)
     assert res["studies"] == 9 and not res["failed"] and res["read_per_study"] == 0
     assert pacs.calls.count("series-listing") == 6 and "series" not in pacs.calls  # 4+4+4+4+2, then empty
     assert res["pacs_requests"] == 2 + 6  # study listing (9, then empty) + series listing: < 1 per study
@@ -178,7 +178,7 @@ def test_a_study_is_written_as_soon_as_all_its_series_are_listed() -> None:
     while the listing goes on (the count from NumberOfStudyRelatedSeries), not after its last page (21)."""
     pacs = PagingPacs(20)
     at_first_progress: list[int] = []
-    res = flow.backfill(pacs, FakeFhir(), batch_size=2, series_page_size=2, workers=1,
+    res = flow.backfill(pacs, FakeFhir(), batch_size=2, series_page_size=2, workers=1, listing_concurrency=1,
                         progress=lambda info: at_first_progress.append(pacs.calls.count("series-listing")))
     assert res["studies"] == 20 and pacs.calls.count("series-listing") == 21
     assert at_first_progress[0] < 18  # at most a few pages read ahead
@@ -193,15 +193,29 @@ def test_series_listing_gives_the_same_resources_as_per_study_reads() -> None:
 
 def test_series_listing_survives_pages_capped_below_the_limit() -> None:
     pacs = PagingPacs(7, cap=3)
-    res = flow.backfill(pacs, FakeFhir(), series_page_size=100)
+    res = flow.backfill(pacs, FakeFhir(), series_page_size=100, listing_concurrency=1)
     assert res["studies"] == 7 and res["read_per_study"] == 0
     assert pacs.calls.count("series-listing") == 6  # 14 series in pages of 3 (capped), then empty
+
+
+@pytest.mark.parametrize("cap", [None, 3, 4, 5])
+def test_concurrent_listing_pages_lose_and_repeat_nothing(cap: int | None) -> None:
+    """Pages asked for at once; a PACS that caps pages below the limit makes the later offsets wrong, so they
+    are dropped and asked again: every series listed exactly once, in order."""
+    pacs = PagingPacs(11, cap=cap)
+    pages = list(flow.list_series(pacs, page_size=4, concurrency=3))
+    listed = [r["0020000E"]["Value"][0] for page in pages for r in page]
+    expected = [s[0]["0020000E"]["Value"][0] for s in pacs.series.values()] + \
+        [s[1]["0020000E"]["Value"][0] for s in pacs.series.values()]
+    assert listed == expected
+    res = flow.backfill(pacs, FakeFhir(), series_page_size=4, listing_concurrency=3)
+    assert res["studies"] == 11 and res["read_per_study"] == 0
 
 
 @pytest.mark.parametrize("listing", ["refuse", "empty"])
 def test_a_pacs_without_series_listing_is_read_study_by_study(listing: str) -> None:
     pacs, fhir = PagingPacs(4, listing=listing), FakeFhir()
-    res = flow.backfill(pacs, fhir, workers=1)
+    res = flow.backfill(pacs, fhir, workers=1, listing_concurrency=1)
     assert res["studies"] == 4 and not res["failed"] and res["read_per_study"] == 4
     assert pacs.calls.count("series-listing") == 1 and pacs.calls.count("series") == 4
 
