@@ -86,6 +86,12 @@ def run(state_dir: Path, n_patients: int = 5, out: Any = sys.stdout) -> dict[str
     os.environ["AIRFLOW_WORKFLOW_DIR"] = str(state_dir / "workflows")
     for k, v in stack.env().items():
         os.environ[k] = v
+    # the web server starts meanwhile (its own process and SQLite DB; needs only the stack's URLs)
+    from concurrent.futures import ThreadPoolExecutor
+
+    web_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="demo-web")
+    web_started = web_pool.submit(web_server, state_dir, stack, dict(os.environ))
+    web_pool.shutdown(wait=False)
     with prog.step("prepare Airflow (SQLite under the demo dir)"):
         from kaapana_fhir.dev import airflow_runner as airflow_runner
 
@@ -173,8 +179,9 @@ def run(state_dir: Path, n_patients: int = 5, out: Any = sys.stdout) -> dict[str
         cols = [c for c in wanted if c in df.columns] or list(df.columns[:6])
         head = df[cols].head(8).to_string(index=False, float_format=lambda v: f"{v:.4g}")
     report_html = report_x.get("report") or (str(out_dir / "report.html") if out_dir else "")
-    with prog.step("Airflow web server: cohort explorer and retrieval API on the demo data"):
-        web, web_check = start_web(state_dir, stack)
+    with prog.step("Airflow web server (started with the stack): explorer and API answer on the demo data"):
+        web = web_started.result()
+        web_check = check_web(web)
     total = time.perf_counter() - prog.t0
     summary = {
         "resources": counts, "cohort_rows": rows, "cohort_file": str(cohort_file or ""),
@@ -202,25 +209,24 @@ def web_env(stack: devstack.Stack) -> dict[str, str]:
             "KAAPANA_FHIR_PUBLIC_DICOMWEB_URL": stack.dicomweb_url}
 
 
-def start_web(state_dir: Path, stack: devstack.Stack) -> tuple[Any, dict[str, Any]]:
-    """The Airflow web server of the demo (reused when it still runs with the same FHIR server, else started with a
-    new random password), then a check as a user would do it: log in, open the explorer, fetch the cohort's rows."""
+def web_server(state_dir: Path, stack: devstack.Stack, base_env: dict[str, str]) -> Any:
+    """The Airflow web server of the demo: reused when it still runs with the same FHIR server, else started with
+    a new random password (``base_env``: a snapshot of the environment, as this runs on its own thread)."""
     import secrets
 
     from kaapana_fhir.dev import demo_web
 
     home = state_dir / "web"
     web = demo_web.running(home)
-    env = web_env(stack)
     if web is not None and (home / "fhir-url").is_file() and (home / "fhir-url").read_text() == stack.fhir_url:
         log.info("    reusing the web server at %s (pid %d)", web.url, web.pid)
-    else:
-        demo_web.stop(home)
-        web = demo_web.start(Path(sys.executable).parent, home, env, user=WEB_USER,
-                             password=secrets.token_urlsafe(12))
-        (home / "fhir-url").write_text(stack.fhir_url)
-        log.info("    web server at %s (pid %d)", web.url, web.pid)
-    return web, check_web(web)
+        return web
+    demo_web.stop(home)
+    web = demo_web.start(Path(sys.executable).parent, home, web_env(stack), user=WEB_USER,
+                         password=secrets.token_urlsafe(12), base_env=base_env)
+    (home / "fhir-url").write_text(stack.fhir_url)
+    log.info("    web server up at %s (pid %d)", web.url, web.pid)
+    return web
 
 
 def check_web(web: Any) -> dict[str, Any]:

@@ -116,10 +116,11 @@ def _secret(home: Path, name: str) -> str:
     return p.read_text().strip()
 
 
-def airflow_env(home: Path, extra: Mapping[str, str], user: str) -> dict[str, str]:
-    """The web server's environment: no inherited AIRFLOW_* setting, the repo's plugins/, SQLite in ``home``,
-    basic auth for API clients, then ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+def airflow_env(home: Path, extra: Mapping[str, str], user: str,
+                base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The web server's environment: ``base`` (default this process's) without its AIRFLOW_* settings, the repo's
+    plugins/, SQLite in ``home``, basic auth for API clients, then ``extra``."""
+    env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("AIRFLOW")}
     env.update({
         "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
@@ -146,9 +147,11 @@ def _run(cmd: list[str], env: Mapping[str, str], what: str) -> None:
 
 
 def start(bin_dir: Path, home: Path, extra_env: Mapping[str, str], *, user: str, password: str,
-          port: int | None = None, deadline_s: float = 300.0) -> AirflowWeb:
+          port: int | None = None, deadline_s: float = 300.0, base_env: Mapping[str, str] | None = None
+          ) -> AirflowWeb:
     """Migrate the DB in ``home`` (once), create ``user`` (or reset its password), start the server detached and
-    wait until it answers; on failure it is stopped and :class:`WebError` names the log."""
+    wait until it answers; on failure it is stopped and :class:`WebError` names the log. ``base_env``: the
+    environment to start from (a snapshot, when another thread changes ``os.environ``)."""
     home = home.resolve()
     (home / "dags").mkdir(parents=True, exist_ok=True)
     major = airflow_version(bin_dir)
@@ -156,7 +159,7 @@ def start(bin_dir: Path, home: Path, extra_env: Mapping[str, str], *, user: str,
     pw_file = home / "passwords.json"
     pw_file.touch(mode=0o600)
     pw_file.write_text(json.dumps({user: password}))
-    env = airflow_env(home, extra_env, user)
+    env = airflow_env(home, extra_env, user, base_env)
     if not (home / ".migrated").is_file():
         _run([airflow, "db", "migrate"], env, "airflow db migrate")
         (home / ".migrated").write_text("ok")
