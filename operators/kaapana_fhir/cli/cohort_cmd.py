@@ -31,6 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bulk", default=None, metavar="FOLDER",
                    help="read all patients' data with FHIR Bulk Data $export into FOLDER (NDJSON; a re-run with the "
                         "same folder resumes) instead of paging searches; select with --where")
+    p.add_argument("--ndjson", default=None, metavar="FOLDER",
+                   help="read NDJSON files already on disk (an earlier export, '<Type>.ndjson') instead of a server")
+    p.add_argument("--engine", default="ours", choices=("ours", "pathling"),
+                   help="who runs the ViewDefinitions: our SQL-on-FHIR runner in this process (default) or Pathling "
+                        "on Spark (needs --bulk or --ndjson; installed by .ci/install-pathling.sh) for cohorts that "
+                        "outgrow one process")
     p.add_argument("--modality", default="CT", help="series modality of the dataset (default CT; '' = all)")
     p.add_argument("--dataset", default=None, metavar="dataset.json",
                    help="write the Kaapana dataset {data_form: {identifiers}} here")
@@ -77,9 +83,10 @@ def run_cohort_cmd(args: argparse.Namespace) -> int:
     inputs = {f"--view {v}": v for v in args.view}
     check_output_paths(outputs, inputs)  # before anything is fetched or written
     work = Path(tempfile.mkdtemp(prefix="kaapana-fhir-cohort-"))
-    summary = run_cohort(_client(args.fhir), work, searches=args.search, patient_search=args.patients,
+    client = None if args.ndjson and not args.fhir else _client(args.fhir)
+    summary = run_cohort(client, work, searches=args.search, patient_search=args.patients,
                          view_files=args.view, filters=args.where, modality=args.modality or None,
-                         formats=("parquet",), bulk_folder=args.bulk)
+                         formats=("parquet",), bulk_folder=args.bulk, ndjson_folder=args.ndjson, engine=args.engine)
     table = C.read_table(work / "cohort.parquet")
     outputs |= {f"{name} view table": out.with_name(f"{out.stem}.{name}{out.suffix}") for name in summary["rows"]
                 if name not in C.VIEW_NAMES and (work / f"{name}.parquet").is_file()}

@@ -4,6 +4,10 @@
 NDJSON / Bundle / JSON files, or ``--fhir URL [--search 'params']`` over a FHIR server (the view's resource
 type is searched, every page followed and flattened as it arrives). ``kaapana-fhir view validate VIEW.json``
 checks a view against the ViewDefinition structure and prints every problem with its JSON path.
+
+Columns written as parts ``name__1``, ``name__2``, ... (the shipped views' fallbacks, see
+:mod:`kaapana_fhir.core.cohort.views`) come out as one column ``name`` (the first non-empty part); ``--parts``
+keeps the parts as the view defines them.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--format", default=None, choices=("csv", "parquet", "json", "ndjson"),
                    help="output format (default: from --out suffix, else csv)")
     r.add_argument("--out", default=None, help="output file (default: stdout; required for parquet)")
+    r.add_argument("--parts", action="store_true", help="keep columns name__1, name__2, ... as they are (default: "
+                                                        "coalesce them into one column name)")
     r.set_defaults(func=run_view_cmd)
     v = vsub.add_parser("validate", help="check a ViewDefinition against the ViewDefinition structure")
     v.add_argument("view", metavar="VIEW.json")
@@ -75,6 +81,7 @@ def _server_resources(url: str, resource_type: str, search: str) -> Iterator[dic
 
 
 def run_view_cmd(args: argparse.Namespace) -> int:
+    from kaapana_fhir.core.cohort.views import coalesce_plan
     from kaapana_fhir.core.sof import compile_view
     from kaapana_fhir.core.sof.io import iter_resources, write_rows
 
@@ -88,16 +95,21 @@ def run_view_cmd(args: argparse.Namespace) -> int:
         raise ConfigError("--format parquet needs --out FILE.parquet")
     source = _server_resources(args.fhir, view.resource, args.search) if args.fhir else iter_resources(args.resources)
     counter = {"resources": 0}
+    plan = None if args.parts else coalesce_plan(view.columns, view.name)
+    columns = plan[0] if plan else view.columns
 
     def rows() -> Iterator[tuple[Any, ...]]:
         for res in source:
             counter["resources"] += 1
-            yield from view.tuples(res)
+            if plan:
+                yield from map(plan[1], view.tuples(res))
+            else:
+                yield from view.tuples(res)
 
     t = time.perf_counter()
     out: Any = args.out if args.out else sys.stdout
     try:
-        n = write_rows(view.columns, rows(), out, fmt)
+        n = write_rows(columns, rows(), out, fmt)
     except BrokenPipeError:  # stdout closed early (| head): not an error of the view
         return 0
     log.info("view %s: %d rows from %d resources in %.2fs%s", view.name, n, counter["resources"],

@@ -24,6 +24,11 @@ finished files). A re-run with the same folder continues the same job instead of
 
 Credentials stay in the client's session and go only to the FHIR server's origin: a status or file URL on
 another origin is refused (:class:`BulkExportCrossOrigin`).
+
+Bounds (:mod:`kaapana_fhir.core.limits`): the state file and the manifest are read as bounded JSON
+(:data:`MAX_STATE_BYTES`, nesting, number rules), a manifest lists at most :data:`MAX_EXPORT_FILES` files, and
+every NDJSON line is read with at most :data:`MAX_NDJSON_LINE_BYTES` bytes and parsed with the same JSON rules;
+a breach is a :class:`BulkExportError` naming the file (and line) and the rule.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from kaapana_fhir.clients.fhir import FhirClient, redact_url
+from kaapana_fhir.core import limits
 from kaapana_fhir.exceptions import FhirServerError, ResourceNotFound
 
 log = logging.getLogger(__name__)
@@ -48,6 +54,12 @@ log = logging.getLogger(__name__)
 NDJSON = "application/fhir+ndjson"
 STATE_FILE = "export-state.json"
 _LEVELS = ("system", "patient", "group")
+#: largest export-state file / manifest (bytes); a manifest of 10,000 files is about 2 MB
+MAX_STATE_BYTES = 8 * 1024 * 1024
+#: most output files a manifest may list
+MAX_EXPORT_FILES = 10_000
+#: longest NDJSON line (one resource) read from an export file (bytes)
+MAX_NDJSON_LINE_BYTES = limits.MAX_DOCUMENT_BYTES
 
 
 class BulkExportError(FhirServerError):
@@ -116,6 +128,10 @@ class ExportManifest:
         if not isinstance(body, dict) or not isinstance(body.get("output"), list):
             raise BulkExportError(f"bulk export status {url}: the completed answer is not a manifest (rule: a "
                                   "JSON object with an 'output' list)", url=url)
+        n = len(body["output"]) + len(body.get("error") or [])
+        if n > MAX_EXPORT_FILES:
+            raise BulkExportError(f"bulk export status {url}: the manifest lists {n} files (rule: at most "
+                                  f"{MAX_EXPORT_FILES}; export fewer types or use _since / a Group)", url=url)
 
         def files(key: str) -> tuple[ExportFile, ...]:
             out = []
@@ -196,20 +212,38 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def iter_ndjson(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Resources of a downloaded NDJSON file, one at a time (blank lines skipped)."""
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+def iter_ndjson(path: str | Path, *, max_line_bytes: int = MAX_NDJSON_LINE_BYTES) -> Iterator[dict[str, Any]]:
+    """Resources of a downloaded NDJSON file, one at a time (blank lines skipped). Each line is bounded
+    (``max_line_bytes``, read without holding more) and parsed with :mod:`kaapana_fhir.core.limits`' JSON rules
+    (nesting depth, integer digits, no NaN/Infinity)."""
+    decoder = limits.json_decoder(str(path))
+    with open(path, "rb") as fh:
+        lineno = 0
+        while True:
+            raw = fh.readline(max_line_bytes + 1)
+            if not raw:
+                return
+            lineno += 1
+            if len(raw) > max_line_bytes:
+                raise BulkExportError(f"{path}: line {lineno} is longer than {max_line_bytes} bytes (rule: one FHIR "
+                                      "resource per line, each within the size limit)", url=str(path))
+            if not raw.strip():
                 continue
+            where = f"{path}: line {lineno}"
             try:
-                res = json.loads(line)
+                text = raw.decode("utf-8")
+                limits.check_json_depth(text, where)
+                res = decoder.decode(text)
+            except UnicodeDecodeError as exc:
+                raise BulkExportError(f"{where} is not UTF-8 at byte {exc.start}", url=str(path)) from None
+            except limits.LimitError as exc:
+                detail = str(exc).removeprefix(f"{path}: ").removeprefix(f"{where}: ")
+                raise BulkExportError(f"{where}: {detail}", url=str(path)) from None
             except ValueError:
-                raise BulkExportError(f"{path}: line {lineno} is not JSON (rule: one FHIR resource per line)",
+                raise BulkExportError(f"{where} is not JSON (rule: one FHIR resource per line)",
                                       url=str(path)) from None
             if not isinstance(res, dict) or "resourceType" not in res:
-                raise BulkExportError(f"{path}: line {lineno} is not a FHIR resource (no resourceType)",
-                                      url=str(path))
+                raise BulkExportError(f"{where} is not a FHIR resource (no resourceType)", url=str(path))
             yield res
 
 
@@ -278,10 +312,11 @@ class BulkExporter:
         if resp.status_code == 202:
             return None, retry_after_seconds(resp.headers.get("Retry-After")), resp.headers.get("X-Progress", "")
         try:
-            body = resp.json()
-        except ValueError:
-            raise BulkExportError(f"bulk export status {redact_url(url)} answered 200 without JSON",
-                                  status_code=200, url=redact_url(url)) from None
+            body = limits.loads_json(resp.content, source=f"bulk export status {redact_url(url)}",
+                                     max_bytes=MAX_STATE_BYTES)
+        except limits.LimitError as exc:
+            raise BulkExportError(f"bulk export status {redact_url(url)} answered 200 without a readable JSON "
+                                  f"manifest: {exc}", status_code=200, url=redact_url(url)) from None
         return ExportManifest.from_json(body, redact_url(url)), None, ""
 
     def wait(self, job: ExportJob) -> ExportManifest:
@@ -392,10 +427,13 @@ class BulkExporter:
         state: dict[str, Any] = {}
         if resume and state_path.is_file():
             try:
-                state = json.loads(state_path.read_text(encoding="utf-8"))
-            except ValueError:
-                raise BulkExportError(f"{state_path}: unreadable export state; delete it to start a new export",
-                                      url=str(state_path)) from None
+                state = limits.load_json(state_path, max_bytes=MAX_STATE_BYTES)
+            except limits.LimitError as exc:
+                raise BulkExportError(f"{state_path}: unreadable export state ({exc}); delete it to start a new "
+                                      "export", url=str(state_path)) from None
+            if not isinstance(state, dict):
+                raise BulkExportError(f"{state_path}: unreadable export state (rule: a JSON object); delete it to "
+                                      "start a new export", url=str(state_path))
             if state.get("request") != request:
                 raise BulkExportError(f"{state_path}: belongs to another export ({state.get('request')}); use "
                                       "another folder or delete the file", url=str(state_path))

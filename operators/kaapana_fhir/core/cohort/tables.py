@@ -35,6 +35,7 @@ from typing import Any
 import pandas as pd
 
 from kaapana_fhir.core.cohort import variables as V
+from kaapana_fhir.core.cohort.views import coalesce_tables
 from kaapana_fhir.exceptions import ConfigError
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,9 @@ def _year_fraction(birth: Any, at: Any) -> float | None:
 
 
 def build_cohort(tables: dict[str, Any]) -> Cohort:
-    """Join the view tables (dict view name → rows) into a :class:`Cohort` (see module doc)."""
+    """Join the view tables (dict view name → rows) into a :class:`Cohort` (see module doc). Columns written
+    as parts (``variable__1``, ``variable__2``, ...) are coalesced first (:func:`..views.coalesce_tables`)."""
+    tables = coalesce_tables(tables)
     pat = _frame(tables.get("patient"), _PATIENT_COLS)
     clin = _frame(tables.get("clinical_observation"), ["patient_key", "variable", "value_number", "value_text",
                                                         "value_code", "data_absent_reason", "effective"])

@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl
 from kaapana_fhir.clients.fhir import FhirClient
 from kaapana_fhir.clients.protocols import FhirApi, ObjectStoreApi
 from kaapana_fhir.core.cohort import tables as C
-from kaapana_fhir.core.cohort.views import CompiledView, compile_view, load_view, shipped_views
+from kaapana_fhir.core.cohort.views import CompiledView, coalesce_tables, compile_view, load_view, shipped_views
 from kaapana_fhir.core.sof.table import ViewTable
 from kaapana_fhir.exceptions import ConfigError
 
@@ -70,6 +70,8 @@ class FetchResult:
     seconds: float = 0.0
     keep_resources: bool = False
     seen: dict[str, set[str]] = field(default_factory=dict)
+    #: resources per type counted without ids (an engine that reads the files itself: Pathling)
+    counted: dict[str, int] = field(default_factory=dict)
 
     def add(self, res: dict[str, Any]) -> bool:
         rtype, rid = res.get("resourceType"), res.get("id")
@@ -83,7 +85,10 @@ class FetchResult:
         return new
 
     def count(self) -> dict[str, int]:
-        return {k: len(v) for k, v in sorted(self.seen.items())}
+        out = {k: len(v) for k, v in self.seen.items()}
+        for k, n in self.counted.items():
+            out[k] = out.get(k, 0) + n
+        return dict(sorted(out.items()))
 
 
 def _with_count(params: Sequence[tuple[str, str]], count: int) -> list[tuple[str, str]]:
@@ -207,28 +212,88 @@ def fetch_and_flatten(client: FhirApi, views: dict[str, CompiledView], *, search
     result.requests = client.stats.requests - req0
     log.info("fetched %s in %.1fs (%d requests); flattening took %.1fs", result.count(), result.seconds,
              result.requests, flat.seconds)
-    return result, flat.rows
+    return result, coalesce_tables(flat.rows)
+
+
+ENGINES = ("ours", "pathling")
+#: polling of the cohort's ``$export``: HAPI always answers ``Retry-After: 120`` while most cohort exports finish
+#: in seconds, so poll at most every 5 s (fhir_bulk.ExportPolicy caps Retry-After at max_poll_interval)
+BULK_POLL_SECONDS = (1.0, 5.0)
+
+
+def _check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise ConfigError(f"engine {engine!r}: use one of {', '.join(ENGINES)}")
+
+
+def _count_lines(folder: Path) -> dict[str, int]:
+    """Resources per type in a folder of NDJSON files (``000-Patient.ndjson`` or ``Patient.ndjson``): lines."""
+    out: dict[str, int] = {}
+    for f in sorted(folder.glob("*.ndjson")):
+        rtype = f.name.split(".", 1)[0].rsplit("-", 1)[-1]
+        with f.open("rb") as fh:
+            n = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+        out[rtype] = out.get(rtype, 0) + n
+    return out
+
+
+def flatten_ndjson(folder: str | Path, views: dict[str, CompiledView], *, engine: str = "ours",
+                   view_json: dict[str, dict[str, Any]] | None = None) -> tuple[FetchResult, dict[str, ViewTable]]:
+    """Flatten a folder of NDJSON files (a Bulk Data export, or any ``<Type>.ndjson``) with our runner (line by
+    line) or with Pathling (``engine="pathling"``: Spark in its own venv, :mod:`.pathling_engine`; the views'
+    JSON in ``view_json``, default: the shipped/loaded views' source)."""
+    from kaapana_fhir.clients.fhir_bulk import iter_ndjson
+
+    _check_engine(engine)
+    src = Path(folder)
+    files = sorted(src.glob("*.ndjson"))
+    if not files:
+        raise ConfigError(f"{src}: no .ndjson files (rule: a folder of NDJSON files, e.g. a Bulk Data export)")
+    result = FetchResult()
+    t0 = time.perf_counter()
+    if engine == "pathling":
+        from kaapana_fhir.flows.cohort.pathling_engine import run_views
+
+        sources = view_json if view_json is not None else {n: dict(v.view) for n, v in views.items()}
+        rows = run_views(src, sources)
+        result.counted = _count_lines(src)
+        result.seconds = time.perf_counter() - t0
+        return result, coalesce_tables(rows)
+    flat = _Flattener(views)
+    for f in files:
+        flat.feed(r for r in iter_ndjson(f) if result.add(r))
+    result.seconds = time.perf_counter() - t0
+    log.info("flattened %s from %d NDJSON files in %.1fs", result.count(), len(files), flat.seconds)
+    return result, coalesce_tables(flat.rows)
 
 
 def fetch_bulk_and_flatten(client: FhirClient, views: dict[str, CompiledView], folder: str | Path, *,
-                           policy: Any = None) -> tuple[FetchResult, dict[str, ViewTable]]:
+                           policy: Any = None, engine: str = "ours") -> tuple[FetchResult, dict[str, ViewTable]]:
     """FHIR Bulk Data ``$export`` (system level, the view resource types) into ``folder`` (resumable: a re-run
-    with the same folder continues the job), then flatten the NDJSON files line by line."""
-    from kaapana_fhir.clients.fhir_bulk import BulkExporter, iter_ndjson
+    with the same folder continues the job), then flatten the NDJSON files line by line (or with Pathling)."""
+    from kaapana_fhir.clients.fhir_bulk import BulkExporter, ExportPolicy, iter_ndjson
 
+    _check_engine(engine)
+    if policy is None:
+        policy = ExportPolicy(min_poll_interval=BULK_POLL_SECONDS[0], max_poll_interval=BULK_POLL_SECONDS[1])
     types = sorted({str(v.resource) for v in views.values()})
-    result = FetchResult()
-    flat = _Flattener(views)
     t0 = time.perf_counter()
     req0 = client.stats.requests
     exported = BulkExporter(client, policy).export(folder, "system", types=types)
+    if engine == "pathling":
+        result, rows = flatten_ndjson(folder, views, engine=engine)
+        result.seconds = time.perf_counter() - t0
+        result.requests = client.stats.requests - req0
+        return result, rows
+    result = FetchResult()
+    flat = _Flattener(views)
     for f in exported.files:
         flat.feed(r for r in iter_ndjson(f.path) if result.add(r))
     result.seconds = time.perf_counter() - t0
     result.requests = client.stats.requests - req0
     log.info("bulk export: %s in %.1fs (waiting %.1fs, downloading %.1fs); flattening took %.1fs",
              result.count(), result.seconds, exported.seconds_waiting, exported.seconds_downloading, flat.seconds)
-    return result, flat.rows
+    return result, coalesce_tables(flat.rows)
 
 
 def write_outputs(cohort: C.Cohort, out_dir: str | Path, *, extra_tables: dict[str, Any] | None = None,
@@ -300,20 +365,31 @@ class CohortBuild:
         return self.cohort.dropped
 
 
-def build_cohort(client: FhirApi, *, searches: Sequence[str] = (), patient_search: str | None = None,
+def build_cohort(client: FhirApi | None, *, searches: Sequence[str] = (), patient_search: str | None = None,
                  view_files: Sequence[str | Path] = (), filters: Sequence[str] = (), count: int = 1000,
-                 views: dict[str, CompiledView] | None = None, bulk_folder: str | Path | None = None) -> CohortBuild:
+                 views: dict[str, CompiledView] | None = None, bulk_folder: str | Path | None = None,
+                 ndjson_folder: str | Path | None = None, engine: str = "ours",
+                 bulk_policy: Any = None) -> CohortBuild:
     """Fetch (searches or a patient search + their data; or, with ``bulk_folder``, a Bulk Data ``$export`` of
     all resources of the views' types into that folder), flatten with the views as pages/lines arrive, join
-    and filter (``filters``: conditions, ``;``-separated allowed). No files are written besides the export."""
+    and filter (``filters``: conditions, ``;``-separated allowed). No files are written besides the export.
+    ``ndjson_folder``: NDJSON files already on disk instead of a server. ``engine``: ``"ours"`` (the SQL-on-FHIR
+    runner in this process) or ``"pathling"`` (Spark; needs ``bulk_folder`` or ``ndjson_folder``)."""
+    _check_engine(engine)
     views = views if views is not None else load_views(view_files)
-    if bulk_folder is not None:
-        if searches or patient_search:
-            raise ConfigError("a bulk export takes all patients: use --where filters instead of searches")
+    if (bulk_folder is not None or ndjson_folder is not None) and (searches or patient_search):
+        raise ConfigError("a bulk export / NDJSON folder takes all patients: use --where filters instead of searches")
+    if engine == "pathling" and bulk_folder is None and ndjson_folder is None:
+        raise ConfigError("engine 'pathling' reads NDJSON: give --bulk FOLDER (export first) or --ndjson FOLDER")
+    if ndjson_folder is not None:
+        fetched, rows = flatten_ndjson(ndjson_folder, views, engine=engine)
+    elif bulk_folder is not None:
         if not isinstance(client, FhirClient):
             raise ConfigError("a Bulk Data export needs the HTTP FhirClient (kaapana_fhir.clients.fhir)")
-        fetched, rows = fetch_bulk_and_flatten(client, views, bulk_folder)
+        fetched, rows = fetch_bulk_and_flatten(client, views, bulk_folder, engine=engine, policy=bulk_policy)
     else:
+        if client is None:
+            raise ConfigError("a FHIR server (--fhir URL) or an NDJSON folder (--ndjson) is required")
         fetched, rows = fetch_and_flatten(client, views, searches=searches, patient_search=patient_search,
                                           count=count)
     t = time.perf_counter()
@@ -322,16 +398,18 @@ def build_cohort(client: FhirApi, *, searches: Sequence[str] = (), patient_searc
     return CohortBuild(cohort, selected, rows, fetched, time.perf_counter() - t)
 
 
-def run_cohort(client: FhirApi, out_dir: str | Path, *, searches: Sequence[str] = (),
+def run_cohort(client: FhirApi | None, out_dir: str | Path, *, searches: Sequence[str] = (),
                patient_search: str | None = None, view_files: Sequence[str | Path] = (),
                filters: Sequence[str] = (), modality: str | None = "CT", dataset_name: str = "fhir-cohort",
                store: ObjectStoreApi | None = None, bucket: str | None = None, prefix: str = "fhir-cohort",
                formats: Sequence[str] = ("parquet", "csv"), count: int = 1000,
-               bulk_folder: str | Path | None = None) -> dict[str, Any]:
+               bulk_folder: str | Path | None = None, ndjson_folder: str | Path | None = None,
+               engine: str = "ours") -> dict[str, Any]:
     """The whole job; returns a small JSON-able summary (counts, paths, object keys, timings, dropped).
     ``bulk_folder``: read the data with a Bulk Data ``$export`` (NDJSON kept in that folder) instead of searches."""
     built = build_cohort(client, searches=searches, patient_search=patient_search, view_files=view_files,
-                         filters=filters, count=count, bulk_folder=bulk_folder)
+                         filters=filters, count=count, bulk_folder=bulk_folder, ndjson_folder=ndjson_folder,
+                         engine=engine)
     t = time.perf_counter() - built.join_seconds
     fetched, rows, cohort, selected = built.fetched, built.rows, built.cohort, built.selected
     dataset = C.series_dataset(selected, modality=modality, dataset_name=dataset_name)
