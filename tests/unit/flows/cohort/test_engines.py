@@ -1,0 +1,119 @@
+"""Cohort engines without Spark: Pathling's installation check, its failure report and row normalisation
+(subprocess faked; the real Pathling run is tests/integration/test_pathling.py), NDJSON folders with our
+runner, the ``name__N`` coalescing of the shipped views, and engine/source validation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from kaapana_fhir.core.cohort.views import ViewError, coalesce_plan, load_view, run_view, shipped_views
+from kaapana_fhir.core.sof.table import ViewTable
+from kaapana_fhir.exceptions import ConfigError
+from kaapana_fhir.flows.cohort import flow
+from kaapana_fhir.flows.cohort import pathling_engine as pe
+from tests.support.cohort_data import cohort_resources
+
+
+def _home(tmp_path: Path) -> pe.PathlingHome:
+    for p in ("venv/bin/python", "java/bin/java", "jars/library-runtime-9.4.0.jar", ".complete"):
+        (tmp_path / p).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / p).write_text("")
+    return pe.PathlingHome.find(tmp_path)
+
+
+def test_missing_pathling_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAAPANA_FHIR_PATHLING_HOME", str(tmp_path / "nowhere"))
+    with pytest.raises(pe.PathlingUnavailable, match=r"not installed in .*nowhere.*install-pathling.sh"):
+        pe.PathlingHome.find()
+    home = _home(tmp_path)
+    assert home.python == tmp_path / "venv/bin/python" and home.jars[0].name == "library-runtime-9.4.0.jar"
+
+
+def test_a_view_pathling_cannot_run_is_named_with_pathlings_message(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    home = _home(tmp_path / "home")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "Patient.ndjson").write_text('{"resourceType": "Patient", "id": "p"}\n')
+    seen: dict[str, Any] = {}
+
+    def fake_run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        seen.update(cmd=cmd, env=kw["env"], request=json.loads(Path(cmd[-1]).read_text()))
+        out = {"views": {}, "errors": {"mine": "UnsupportedFhirPathFeatureError: Unsupported function: iif"}}
+        return subprocess.CompletedProcess(cmd, 2, json.dumps(out) + "\n", "")
+
+    monkeypatch.setattr(pe.subprocess, "run", fake_run)
+    view = {"resourceType": "ViewDefinition", "name": "mine", "resource": "Patient", "status": "active",
+            "select": [{"column": [{"name": "x", "path": "iif(active, 1, 0)"}]}]}
+    with pytest.raises(pe.PathlingFailed, match=r"view 'mine': .*Unsupported function: iif"):
+        pe.run_views(tmp_path / "in", {"mine": view}, home=home, work_dir=tmp_path / "work")
+    assert seen["env"]["JAVA_HOME"] == str(home.java_home) and seen["cmd"][0] == str(home.python)
+    assert seen["request"]["views"] == {"mine": view} and seen["request"]["jars"] == [str(home.jars[0])]
+
+    def crash(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(cmd, 1, "", "Error occurred during initialization of VM\n")
+
+    monkeypatch.setattr(pe.subprocess, "run", crash)
+    with pytest.raises(pe.PathlingFailed, match="initialization of VM"):
+        pe.run_views(tmp_path / "in", {"mine": view}, home=home, work_dir=tmp_path / "work")
+    with pytest.raises(ConfigError, match="no .ndjson files"):
+        pe.run_views(tmp_path / "work", {"mine": view}, home=home)
+
+
+def test_pathling_keys_and_decimals_read_like_ours(tmp_path: Path) -> None:
+    view = load_view("radiomics_feature")
+    kinds = pe.column_kinds(view)
+    assert kinds["feature_key"] == kinds["patient_key"] == "key" and kinds["value"] == "decimal"
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    pq.write_table(pa.table({"feature_key": ["Observation/o1", None], "patient_key": ["Patient/p", "Patient/q"],
+                             "value": ["81", "1.6265"], "unit": ["1", "Patient/x"]}), folder / "part-0.parquet")
+    t = pe.read_rows(folder, kinds)
+    assert t.tuples == [("o1", "p", 81, "1"), (None, "q", 1.6265, "Patient/x")]  # only key columns lose Type/
+
+
+def test_shipped_views_coalesce_their_parts(tmp_path: Path) -> None:
+    res = cohort_resources("urn:test:parts", 2, n_clinical=3, n_features=2)
+    pid = next(r["id"] for r in res if r["resourceType"] == "Patient")
+    res.append({"resourceType": "Observation", "id": "bp", "status": "final",
+                "subject": {"reference": f"Patient/{pid}"},
+                "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+                "component": [{"code": {"text": "Systolic"}, "valueQuantity": {"value": 107, "code": "mm[Hg]"}}]})
+    for name in shipped_views():
+        rows = run_view(load_view(name), res)
+        assert rows, name
+        assert not [c for c in rows[0] if "__" in c], f"{name}: parts left after coalescing"
+    cols, row = coalesce_plan(["a", "v__1", "b", "v__2", "v__3"]) or ([], None)
+    assert cols == ["a", "v", "b"] and row is not None
+    assert row((1, None, 2, "", "x")) == (1, "x", 2) and row((1, [], 2, 0, "x")) == (1, 0, 2)
+    assert coalesce_plan(["a", "b"]) is None
+    with pytest.raises(ViewError, match=r"'mine' at column v: parts v__1, v__3: numbered with a gap"):
+        coalesce_plan(["v__1", "v__3"], "mine")
+    with pytest.raises(ViewError, match=r"both 'v' and its parts"):
+        coalesce_plan(["v", "v__1"], "mine")
+
+
+def test_ndjson_folder_with_our_runner_and_engine_rules(tmp_path: Path) -> None:
+    res = cohort_resources("urn:test:ndjson", 3, n_clinical=3, n_features=2)
+    by_type: dict[str, list[str]] = {}
+    for r in res:
+        by_type.setdefault(r["resourceType"], []).append(json.dumps(r))
+    for rtype, lines in by_type.items():
+        (tmp_path / f"{rtype}.ndjson").write_text("\n".join(lines) + "\n")
+    built = flow.build_cohort(None, ndjson_folder=tmp_path, filters=["n_series>=1"])
+    assert len(built.cohort.patients) == 3 and sum(built.fetched.count().values()) == len(res)
+    assert isinstance(built.rows["patient"], ViewTable) and "deceased" in built.rows["patient"].columns
+    with pytest.raises(ConfigError, match="engine 'spark': use one of ours, pathling"):
+        flow.build_cohort(None, ndjson_folder=tmp_path, engine="spark")
+    with pytest.raises(ConfigError, match="engine 'pathling' reads NDJSON: give --bulk FOLDER"):
+        flow.build_cohort(None, engine="pathling")
+    with pytest.raises(ConfigError, match="use --where filters instead of searches"):
+        flow.build_cohort(None, ndjson_folder=tmp_path, patient_search="Patient?gender=female")
+    with pytest.raises(ConfigError, match="a FHIR server .* or an NDJSON folder"):
+        flow.build_cohort(None)
