@@ -369,11 +369,13 @@ def test_backfill_dag_fans_out_by_date_window(airflow_home: Path, stack_env: dic
     assert value["studies"] == 0 and value["listed"] == 3
 
 
+@pytest.mark.parametrize("mode", ["window", "groups"])
 def test_backfill_series_listing_equals_per_study_reads_and_finds_dose_by_sop_class(
-        dicomweb: DicomWeb, fhir: FhirClient) -> None:
-    """Orthanc answers a series-level QIDO without a study (StudyDate window, includefield, limit/offset): the
-    backfill lists 4 studies' 9 series in pages of 4 (a short last page) with no per-study search, writes what
-    per-study reads give, and finds a dose SR described "Patient Protocol" by its SOP Class UID (0008,0016)."""
+        dicomweb: DicomWeb, fhir: FhirClient, mode: str) -> None:
+    """Orthanc answers series-level QIDO without a study: over the StudyDate window (``window``: 4 studies' 9
+    series in pages of 4, a short last page) and with UID list matching (``groups``: StudyInstanceUID=a,b,c,d).
+    Neither searches per study; both write what per-study reads give, and find a dose SR described "Patient
+    Protocol" by its SOP Class UID (0008,0016)."""
     from kaapana_fhir.core.dicom.mapping import Profile
     from kaapana_fhir.core.dicom.merge import comparable
     from kaapana_fhir.flows.dicom_to_fhir.flow import backfill
@@ -394,11 +396,13 @@ def test_backfill_series_listing_equals_per_study_reads_and_finds_dose_by_sop_cl
             extra = [sr]
         dicomweb.store(ct + more + extra)
     core = MappingOptions(profile=Profile.CORE)  # MII would read WADO metadata for CT series lacking KVP etc.
-    res = backfill(dicomweb, fhir, since=day, until=day, series_page_size=4, listing_concurrency=1, options=core)
+    res = backfill(dicomweb, fhir, since=day, until=day, series_page_size=4, listing_concurrency=1, options=core,
+                   series_listing=mode == "window")
     assert res["studies"] == 4 and not res["failed"] and res["read_per_study"] == 0, res
     assert res["observations"] == 2  # the dose report: total + one irradiation event
-    # study listing (1 page + the empty one) + series listing (4 + 4 + 1 + the empty one) + the dose SR's content
-    assert res["pacs_requests"] == 2 + 4 + 1, res["pacs_requests"]
+    # study listing (1 page + the empty one) + the dose SR's content + series: window (4 + 4 + 1 + the empty one),
+    # groups (the 4 studies' 9 series + the empty page confirming the end)
+    assert res["pacs_requests"] == 2 + 1 + (4 if mode == "window" else 2), res["pacs_requests"]
     per_study = sync_studies(dicomweb, None, study_uids=uids, options=core)["bundle"]
     for e in per_study["entry"]:
         r = e["resource"]

@@ -69,6 +69,8 @@ WRITE_CHUNK = 10
 SERIES_PAGE = 250
 #: Pages of a backfill's series listing asked for at once.
 LISTING_CONCURRENCY = 3
+#: Studies whose series are read with one series-level QIDO (UID list matching) in :func:`sync_studies`.
+STUDY_GROUP = 20
 #: Most series records a backfill holds for studies whose series are not all listed yet (bounded memory).
 MAX_BUFFERED_SERIES = 50_000
 
@@ -260,6 +262,34 @@ def read_study(dicomweb: DicomWebApi, study_uid: str, *, wado: str = "auto", inc
     return out
 
 
+def read_study_group(dicomweb: DicomWebApi, study_uids: Sequence[str], *,
+                     page_size: int = SERIES_PAGE) -> dict[str, list[dict[str, Any]]]:
+    """The QIDO-RS series records of several studies with one series-level search using UID list matching
+    (``/series?StudyInstanceUID=a,b,c&includefield=...``, PS3.18 §8.3.4.1), paged (a short page is confirmed by
+    one more request: some PACS cap pages below ``limit``). Every series of a listed study matches, so each study
+    in the answer is complete. Studies absent from the answer are left out (the caller reads them one by one); an
+    answer holding a study that was not asked for means the PACS ignored the list: nothing is kept."""
+    wanted = set(study_uids)
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    offset = 0
+    while True:
+        page = dicomweb.search_series(None, {"StudyInstanceUID": ",".join(study_uids), "limit": page_size,
+                                             "offset": offset}, fields=SERIES_FIELDS)
+        if not page:
+            break
+        for rec in page:
+            study, series = dv.first_str(rec, "0020000D"), dv.first_str(rec, "0020000E")
+            if study not in wanted:
+                log.warning("the PACS at %s ignored UID list matching of StudyInstanceUID (answered study %s); "
+                            "reading these %d studies one by one", getattr(dicomweb, "url", "?"), study,
+                            len(study_uids))
+                return {}
+            if series:
+                found.setdefault(study, {})[series] = rec
+        offset += len(page)
+    return {u: list(v.values()) for u, v in found.items()}
+
+
 # --------------------------------------------------------------------------- FHIR side
 def _count_response(resp: dict[str, Any], counts: dict[str, int]) -> None:
     for e in resp.get("entry", []):
@@ -436,7 +466,8 @@ def sync_studies(dicomweb: DicomWebApi, fhir: FhirApi | None, *, study_uids: Ite
                  study_sop_classes: Mapping[str, Sequence[str]] | None = None,
                  known_patients: Sequence[StudyMapping] = (),
                  collect: list[StudyMapping] | None = None, defer_write: bool = False,
-                 series_records: Mapping[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+                 series_records: Mapping[str, list[dict[str, Any]]] | None = None,
+                 group_size: int = STUDY_GROUP) -> dict[str, Any]:
     """Bring the studies touched by ``study_uids`` / ``series_uids`` from the PACS into FHIR.
 
     ``fhir=None`` maps without writing and returns the transaction Bundle under ``"bundle"``.
@@ -446,7 +477,9 @@ def sync_studies(dicomweb: DicomWebApi, fhir: FhirApi | None, *, study_uids: Ite
     (a backfill's earlier batches) whose demographics complete or conflict with these; ``collect`` receives the
     mapped studies. ``defer_write``: return after mapping, with the writes left to :func:`_finish` (a backfill's
     pipeline). ``series_records`` (study UID → its series' QIDO records, from a backfill's series listing): these
-    studies are not searched again. Returns the result dict (studies, series, ids, resources
+    studies are not searched again. The other studies are read ``group_size`` at a time with one series-level
+    QIDO each (:func:`read_study_group`); a study that answer misses is searched on its own. Returns the result
+    dict (studies, series, ids, resources
     created/updated/unchanged, failed studies, issues, timings, ``pacs_requests``).
     """
     options = options or MappingOptions()
@@ -463,11 +496,13 @@ def sync_studies(dicomweb: DicomWebApi, fhir: FhirApi | None, *, study_uids: Ite
     sop_classes = study_sop_classes or {}
     given = series_records or {}
 
-    def read_and_map(uid: str) -> tuple[str, StudyMapping | None, str | None]:
+    def read_and_map(uid: str, records: list[dict[str, Any]] | None = None) -> tuple[str, StudyMapping | None,
+                                                                                   str | None]:
         """One study: its QIDO read (+ WADO where needed), then its mapping and validation in the same worker,
         so our code runs while other workers wait for the PACS."""
         series = read_study(pacs, uid, wado=wado, include_instances=options.include_instances, options=options,
-                            study_sop_classes=sop_classes.get(uid, ()), records=given.get(uid))
+                            study_sop_classes=sop_classes.get(uid, ()),
+                            records=records if records is not None else given.get(uid))
         if not series:
             return uid, None, f"study {uid} has no series in the PACS at {pacs.url}"
         t_map = time.perf_counter()
@@ -481,11 +516,28 @@ def sync_studies(dicomweb: DicomWebApi, fhir: FhirApi | None, *, study_uids: Ite
             timer.add("mapping_s", t_map)
         return uid, m, None
 
-    if workers > 1 and len(uids) > 1:
+    to_read = [u for u in uids if u not in given]
+    size = max(1, group_size)
+    groups = [to_read[i:i + size] for i in range(0, len(to_read), size)] if size > 1 and len(to_read) > 1 else []
+    groups += [[u] for u in uids if u in given or not groups]
+
+    def read_group(group: list[str]) -> list[tuple[str, StudyMapping | None, str | None]]:
+        listed: dict[str, list[dict[str, Any]]] = {}
+        if len(group) > 1:
+            try:
+                listed = read_study_group(pacs, group)
+            except DicomWebError as exc:  # refused (or PACS down: then the per-study search fails as well)
+                log.warning("series search for %d studies at once failed (%s); reading them one by one",
+                            len(group), exc)
+        return [read_and_map(u, listed.get(u)) for u in group]
+
+    if workers > 1 and len(groups) > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            outcomes = list(pool.map(read_and_map, uids))
+            answers = list(pool.map(read_group, groups))
     else:
-        outcomes = [read_and_map(u) for u in uids]
+        answers = [read_group(g) for g in groups]
+    by_uid = {o[0]: o for outs in answers for o in outs}
+    outcomes = [by_uid[u] for u in uids]
     timer.add("dicomweb_s", t0)
     result["pacs_requests"] = pacs.requests
     mapped = []
@@ -845,20 +897,25 @@ def backfill(dicomweb: DicomWebApi, fhir: FhirApi | None, *, since: str | date |
              until: str | date | None = None,
              modalities: Sequence[str] = (), cursor: str | Path | None = None, options: MappingOptions | None = None,
              wado: str = "auto", workers: int = DEFAULT_WORKERS, batch_size: int = 200, page_size: int = 500,
-             progress: Callable[[dict[str, Any]], None] | None = None, series_listing: bool = True,
+             progress: Callable[[dict[str, Any]], None] | None = None, series_listing: bool = False,
              series_page_size: int = SERIES_PAGE, max_buffered_series: int = MAX_BUFFERED_SERIES,
-             listing_concurrency: int = LISTING_CONCURRENCY) -> dict[str, Any]:
+             listing_concurrency: int = LISTING_CONCURRENCY, group_size: int = STUDY_GROUP) -> dict[str, Any]:
     """Backfill every study of the PACS (or of a StudyDate window and modalities) into FHIR.
 
     1. The study list is read (QIDO-RS study level, ``limit``/``offset`` paging): what to do, the modality
        filter, each study's NumberOfStudyRelatedSeries and SOPClassesInStudy.
-    2. With ``series_listing`` (default), the series of the whole window are listed with paged series-level
+    2. By default the series are read ``group_size`` studies at a time, one series-level QIDO with UID list
+       matching each (:func:`read_study_group`, in :func:`sync_studies`): every answer completes its studies, so
+       they are mapped and written while the next groups are read.
+       With ``series_listing``, instead the series of the whole window are listed with paged series-level
        QIDO-RS (:func:`list_series`, ``series_page_size`` series per request, ``listing_concurrency`` requests
        at once, read ahead of the mapping) and grouped by
        study: a study goes to mapping and writing as soon as all its series are listed, so PACS requests per
-       study fall well under one. Studies the listing does not complete (a PACS that refuses a series search
-       without a study, answers it empty, or lists fewer series than the study has) are read per study
-       (:func:`read_study`), as without ``series_listing``.
+       study fall lowest. That suits a PACS that lists series in the order they arrived; Orthanc 1.10 lists them
+       in a hash order, so most studies complete only with the last page and writing waits for the listing
+       (measured slower there than the groups). Studies the listing does not complete (a PACS that refuses a
+       series search without a study, answers it empty, or lists fewer series than the study has) are read as
+       without ``series_listing``.
     3. Studies go through :func:`sync_studies` in batches of ``batch_size``, pipelined: a batch is written
        (one writer thread) while the next one is listed/read and mapped.
 
@@ -921,7 +978,7 @@ def backfill(dicomweb: DicomWebApi, fhir: FhirApi | None, *, since: str | date |
             mapped: list[StudyMapping] = []
             res = sync_studies(dicomweb, fhir, study_uids=uids, options=options, wado=wado, workers=workers,
                                study_sop_classes=classes, missing="skip", known_patients=list(known.values()),
-                               collect=mapped, defer_write=True, series_records=recs)
+                               collect=mapped, defer_write=True, series_records=recs, group_size=group_size)
             known.update((m.patient["id"], m) for m in mapped)
             if pending:
                 settle(pending[0][0].result(), pending.pop(0)[1])

@@ -33,6 +33,7 @@ class PagingPacs:
         self.wado_rs_base = self.url
         self.cap, self.ignore, self.listing, self.counts = cap, ignore_includefield, listing, counts
         self.calls: list[str] = []
+        self.asked: list[str] = []  # studies whose series were searched (alone or in a UID list)
         self.series: dict[str, list[dict[str, Any]]] = {}
         for i in range(n):
             study = f"{BASE}.{i + 1}"
@@ -75,16 +76,23 @@ class PagingPacs:
     def search_series(self, study: str | None, filters: dict[str, Any] | None = None,
                       **_kw: Any) -> list[dict[str, Any]]:
         if study is None:
-            self.calls.append("series-listing")
+            group = (filters or {}).get("StudyInstanceUID")
+            self.calls.append("series-group" if group else "series-listing")
             if self.listing == "refuse":
                 raise DicomWebError(f"DICOMweb QIDO-RS series at {self.url} failed with HTTP 400")
             if self.listing == "empty":
                 return []
+            if group:  # UID list matching
+                if not filters or not filters.get("offset"):
+                    self.asked.extend(str(group).split(","))
+                listed = [s for u in str(group).split(",") for s in self.series.get(u, [])]
+                return self._page(self._maybe_ignore(listed), filters or {})
             in_window = [s for s in self.series.values()
                          if self._in_window(filters or {}, s[0]["00080020"]["Value"][0])]
             ordered = [s[0] for s in in_window] + [s[1] for s in in_window]
             return self._page(self._maybe_ignore(ordered), filters or {})
         self.calls.append("series")
+        self.asked.append(study)
         return self._maybe_ignore(self.series.get(study, []))
 
     def search_instances(self, study: str, series: str, **_kw: Any) -> list[dict[str, Any]]:
@@ -120,10 +128,44 @@ def test_window_and_modality_filters() -> None:
 
 def test_one_qido_request_per_study_and_demographics_from_every_series() -> None:
     pacs, fhir = PagingPacs(3), FakeFhir()
-    res = flow.sync_studies(pacs, fhir, study_uids=[f"{BASE}.{i}" for i in (1, 2, 3)], workers=2)
+    res = flow.sync_studies(pacs, fhir, study_uids=[f"{BASE}.{i}" for i in (1, 2, 3)], workers=2, group_size=1)
     assert res["pacs_requests"] == 3 and pacs.calls == ["series"] * 3
     genders = {fhir.current("Patient", pid).get("gender") for pid in res["patient_ids"]}
     assert genders == {"male", "female"}  # the RTSTRUCT listed first has no sex; the CT's is used
+
+
+def test_a_study_list_is_read_twenty_studies_a_request() -> None:
+    """--study with 45 studies: 3 series searches with UID list matching (20 + 20 + 5 studies), each confirmed by
+    one more (empty) page, instead of 45 searches; the same resources as one search per study."""
+    pacs, fhir = PagingPacs(45), FakeFhir()
+    uids = [f"{BASE}.{i}" for i in range(1, 46)]
+    res = flow.sync_studies(pacs, fhir, study_uids=uids)
+    assert res["studies"] == 45 and not res["failed"] and "series" not in pacs.calls
+    assert res["pacs_requests"] == pacs.calls.count("series-group") == 6
+    one_by_one = FakeFhir()
+    flow.sync_studies(PagingPacs(45), one_by_one, study_uids=uids, group_size=1)
+    assert {k: v[-1] for k, v in fhir.store.items()} == {k: v[-1] for k, v in one_by_one.store.items()}
+
+
+def test_uid_list_answers_capped_below_the_limit_are_paged_on() -> None:
+    pacs = PagingPacs(5, cap=3)
+    got = flow.read_study_group(pacs, [f"{BASE}.{i}" for i in range(1, 6)], page_size=100)
+    assert sorted(got) == [f"{BASE}.{i}" for i in range(1, 6)] and all(len(v) == 2 for v in got.values())
+    assert pacs.calls.count("series-group") == 5  # 10 series in pages of 3 (capped), then the empty page
+
+
+def test_a_pacs_that_ignores_uid_list_matching_is_read_study_by_study() -> None:
+    pacs = PagingPacs(3)
+
+    def everything(study: str | None, filters: dict[str, Any] | None = None, **kw: Any) -> list[dict[str, Any]]:
+        if study is None:  # answers the whole PACS, as if the StudyInstanceUID list were not there
+            pacs.calls.append("series-group")
+            return [] if (filters or {}).get("offset") else [s for ss in pacs.series.values() for s in ss]
+        return PagingPacs.search_series(pacs, study, filters, **kw)
+
+    pacs.search_series = everything  # type: ignore[method-assign]
+    res = flow.sync_studies(pacs, FakeFhir(), study_uids=[f"{BASE}.1", f"{BASE}.2"], workers=1)
+    assert res["studies"] == 2 and pacs.calls.count("series-group") == 1 and pacs.calls.count("series") == 2
 
 
 def test_a_pacs_that_ignores_includefield_gets_metadata_per_series() -> None:
@@ -149,7 +191,7 @@ def test_backfill_resumes_from_the_cursor_and_writes_nothing_twice(tmp_path: Pat
     pacs.calls.clear()
     res = flow.backfill(pacs, fhir, cursor=cursor, batch_size=4, workers=1, series_listing=False)
     assert res["already_done"] == 4 and res["studies"] == 5
-    assert pacs.calls.count("series") == 5  # the 4 written studies are not read again
+    assert sorted(pacs.asked) == sorted(f"{BASE}.{i}" for i in range(5, 10))  # the 4 written ones not again
     again = flow.backfill(pacs, fhir, cursor=cursor, batch_size=4)
     assert again["studies"] == 0 and again["already_done"] == 9
     assert len(cursor.read_text().splitlines()) == 1 + 9
@@ -218,6 +260,7 @@ def test_a_pacs_without_series_listing_is_read_study_by_study(listing: str) -> N
     res = flow.backfill(pacs, fhir, workers=1, listing_concurrency=1)
     assert res["studies"] == 4 and not res["failed"] and res["read_per_study"] == 4
     assert pacs.calls.count("series-listing") == 1 and pacs.calls.count("series") == 4
+    assert pacs.calls.count("series-group") == 1  # the 4 asked for at once first, refused/empty too
 
 
 def test_series_listing_that_ignores_includefield_reads_metadata_per_series() -> None:
@@ -259,7 +302,7 @@ def test_buffered_series_are_bounded_and_spilled_studies_are_read_per_study() ->
     pacs, fhir = PagingPacs(6), FakeFhir()
     res = flow.backfill(pacs, fhir, series_page_size=2, max_buffered_series=2, workers=1)
     assert res["studies"] == 6 and not res["failed"] and len(set(res["study_uids"])) == 6
-    assert 0 < res["read_per_study"] < 6 and pacs.calls.count("series") == res["read_per_study"]
+    assert 0 < res["read_per_study"] < 6 and len(pacs.asked) == len(set(pacs.asked)) == res["read_per_study"]
     assert set(_genders(fhir, res).values()) == {"male", "female"}
 
 

@@ -98,8 +98,14 @@ class FakePacs:
         self._check()
         return next((r for r in self.records if r["0020000E"]["Value"][0] == uid), None)
 
-    def search_series(self, study: str, **_kw: Any) -> list[dict[str, Any]]:
+    def search_series(self, study: str | None, filters: dict[str, Any] | None = None,
+                      **_kw: Any) -> list[dict[str, Any]]:
         self._check()
+        if study is None:  # UID list matching (StudyInstanceUID=a,b), one page
+            if (filters or {}).get("offset"):
+                return []
+            wanted = str((filters or {}).get("StudyInstanceUID", "")).split(",")
+            return [r for r in self.records if r.get("0020000D", {}).get("Value", [None])[0] in wanted]
         return [r for r in self.records if r.get("0020000D", {}).get("Value", [None])[0] == study]
 
     def search_instances(self, study: str, series: str, **_kw: Any) -> list[dict[str, Any]]:
