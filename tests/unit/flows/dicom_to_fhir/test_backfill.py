@@ -189,7 +189,8 @@ def test_backfill_resumes_from_the_cursor_and_writes_nothing_twice(tmp_path: Pat
         flow.backfill(pacs, fhir, cursor=cursor, batch_size=4, progress=stop_after_first_batch, workers=1)
     assert seen[0]["done"] == 4 and seen[0]["total"] == 9 and seen[0]["eta"] != "?"
     pacs.calls.clear()
-    res = flow.backfill(pacs, fhir, cursor=cursor, batch_size=4, workers=1, series_listing=False)
+    pacs.asked.clear()
+    res = flow.backfill(pacs, fhir, cursor=cursor, batch_size=4, workers=1)
     assert res["already_done"] == 4 and res["studies"] == 5
     assert sorted(pacs.asked) == sorted(f"{BASE}.{i}" for i in range(5, 10))  # the 4 written ones not again
     again = flow.backfill(pacs, fhir, cursor=cursor, batch_size=4)
@@ -197,6 +198,11 @@ def test_backfill_resumes_from_the_cursor_and_writes_nothing_twice(tmp_path: Pat
     assert len(cursor.read_text().splitlines()) == 1 + 9
     with pytest.raises(ConfigError, match="another backfill"):
         flow.backfill(pacs, fhir, cursor=cursor, since="2020-01-01")
+
+
+def _listing(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """A backfill with the window's series listing (one paged series-level QIDO without a study)."""
+    return flow.backfill(*args, series_listing=True, **kwargs)
 
 
 def _genders(fhir: FakeFhir, res: dict[str, Any]) -> dict[str, str | None]:
@@ -207,7 +213,7 @@ def test_backfill_lists_series_in_pages_instead_of_one_search_per_study() -> Non
     """9 studies, 18 series, 4 series per page (a short last page, then the empty page that ends it); every
     RTSTRUCT (no sex) is listed before every CT, so studies complete only in later pages."""
     pacs, fhir = PagingPacs(9), FakeFhir()
-    res = flow.backfill(pacs, fhir, batch_size=3, series_page_size=4, workers=1, listing_concurrency=1)
+    res = _listing(pacs, fhir, batch_size=3, series_page_size=4, workers=1, listing_concurrency=1)
     assert res["studies"] == 9 and not res["failed"] and res["read_per_study"] == 0
     assert pacs.calls.count("series-listing") == 6 and "series" not in pacs.calls  # 4+4+4+4+2, then empty
     assert res["pacs_requests"] == 2 + 6  # study listing (9, then empty) + series listing: < 1 per study
@@ -220,7 +226,7 @@ def test_a_study_is_written_as_soon_as_all_its_series_are_listed() -> None:
     while the listing goes on (the count from NumberOfStudyRelatedSeries), not after its last page (21)."""
     pacs = PagingPacs(20)
     at_first_progress: list[int] = []
-    res = flow.backfill(pacs, FakeFhir(), batch_size=2, series_page_size=2, workers=1, listing_concurrency=1,
+    res = _listing(pacs, FakeFhir(), batch_size=2, series_page_size=2, workers=1, listing_concurrency=1,
                         progress=lambda info: at_first_progress.append(pacs.calls.count("series-listing")))
     assert res["studies"] == 20 and pacs.calls.count("series-listing") == 21
     assert at_first_progress[0] < 18  # at most a few pages read ahead
@@ -228,14 +234,14 @@ def test_a_study_is_written_as_soon_as_all_its_series_are_listed() -> None:
 
 def test_series_listing_gives_the_same_resources_as_per_study_reads() -> None:
     listed, per_study = FakeFhir(), FakeFhir()
-    flow.backfill(PagingPacs(5), listed, series_page_size=3)
-    flow.backfill(PagingPacs(5), per_study, series_listing=False)
+    _listing(PagingPacs(5), listed, series_page_size=3)
+    flow.backfill(PagingPacs(5), per_study, group_size=1)
     assert {k: v[-1] for k, v in listed.store.items()} == {k: v[-1] for k, v in per_study.store.items()}
 
 
 def test_series_listing_survives_pages_capped_below_the_limit() -> None:
     pacs = PagingPacs(7, cap=3)
-    res = flow.backfill(pacs, FakeFhir(), series_page_size=100, listing_concurrency=1)
+    res = _listing(pacs, FakeFhir(), series_page_size=100, listing_concurrency=1)
     assert res["studies"] == 7 and res["read_per_study"] == 0
     assert pacs.calls.count("series-listing") == 6  # 14 series in pages of 3 (capped), then empty
 
@@ -250,14 +256,14 @@ def test_concurrent_listing_pages_lose_and_repeat_nothing(cap: int | None) -> No
     expected = [s[0]["0020000E"]["Value"][0] for s in pacs.series.values()] + \
         [s[1]["0020000E"]["Value"][0] for s in pacs.series.values()]
     assert listed == expected
-    res = flow.backfill(pacs, FakeFhir(), series_page_size=4, listing_concurrency=3)
+    res = _listing(pacs, FakeFhir(), series_page_size=4, listing_concurrency=3)
     assert res["studies"] == 11 and res["read_per_study"] == 0
 
 
 @pytest.mark.parametrize("listing", ["refuse", "empty"])
 def test_a_pacs_without_series_listing_is_read_study_by_study(listing: str) -> None:
     pacs, fhir = PagingPacs(4, listing=listing), FakeFhir()
-    res = flow.backfill(pacs, fhir, workers=1, listing_concurrency=1)
+    res = _listing(pacs, fhir, workers=1, listing_concurrency=1)
     assert res["studies"] == 4 and not res["failed"] and res["read_per_study"] == 4
     assert pacs.calls.count("series-listing") == 1 and pacs.calls.count("series") == 4
     assert pacs.calls.count("series-group") == 1  # the 4 asked for at once first, refused/empty too
@@ -265,14 +271,14 @@ def test_a_pacs_without_series_listing_is_read_study_by_study(listing: str) -> N
 
 def test_series_listing_that_ignores_includefield_reads_metadata_per_series() -> None:
     pacs, fhir = PagingPacs(2, ignore_includefield=True), FakeFhir()
-    res = flow.backfill(pacs, fhir, workers=1)
+    res = _listing(pacs, fhir, workers=1)
     assert res["studies"] == 2 and res["read_per_study"] == 0 and pacs.calls.count("metadata") == 4
     assert set(_genders(fhir, res).values()) == {"male", "female"}
 
 
 def test_without_series_counts_studies_complete_at_the_end_of_the_listing() -> None:
     pacs = PagingPacs(4, counts=False)
-    res = flow.backfill(pacs, FakeFhir(), series_page_size=3)
+    res = _listing(pacs, FakeFhir(), series_page_size=3)
     assert res["studies"] == 4 and res["read_per_study"] == 0 and res["batches"] == 1
 
 
@@ -290,7 +296,7 @@ def test_a_study_listed_with_fewer_series_than_its_count_is_read_per_study() -> 
 
     pacs.search_series = without_the_sr.__get__(pacs)  # type: ignore[method-assign]
     fhir = FakeFhir()
-    res = flow.backfill(pacs, fhir)
+    res = _listing(pacs, fhir)
     assert res["studies"] == 3 and res["read_per_study"] == 1 and pacs.calls.count("series") == 1
     study = next(i for i in res["imaging_study_ids"] if len(fhir.current("ImagingStudy", i)["series"]) == 3)
     assert study
@@ -300,7 +306,7 @@ def test_buffered_series_are_bounded_and_spilled_studies_are_read_per_study() ->
     """RTSTRUCTs of all 6 studies come first; holding at most 2 series, the oldest waiting studies are dropped
     from the buffer and read per study later; nothing is written twice, nothing lost."""
     pacs, fhir = PagingPacs(6), FakeFhir()
-    res = flow.backfill(pacs, fhir, series_page_size=2, max_buffered_series=2, workers=1)
+    res = _listing(pacs, fhir, series_page_size=2, max_buffered_series=2, workers=1)
     assert res["studies"] == 6 and not res["failed"] and len(set(res["study_uids"])) == 6
     assert 0 < res["read_per_study"] < 6 and len(pacs.asked) == len(set(pacs.asked)) == res["read_per_study"]
     assert set(_genders(fhir, res).values()) == {"male", "female"}
@@ -310,7 +316,7 @@ def test_modality_filter_applies_to_the_series_listing() -> None:
     pacs = PagingPacs(6)
     for i in (1, 3, 5):  # these studies become MR + RTSTRUCT
         pacs.series[f"{BASE}.{i}"][1]["00080060"]["Value"] = ["MR"]
-    res = flow.backfill(pacs, FakeFhir(), modalities=["MR"])
+    res = _listing(pacs, FakeFhir(), modalities=["MR"])
     assert sorted(res["study_uids"]) == [f"{BASE}.{i}" for i in (1, 3, 5)] and res["read_per_study"] == 0
 
 
