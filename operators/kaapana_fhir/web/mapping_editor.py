@@ -133,9 +133,10 @@ def check_key(key: str, prefix: str) -> str:
     """A data object key under ``prefix``: no ``.``/``..`` segments, no NUL or backslash, not a sidecar."""
     from kaapana_fhir.flows.tables.watch import is_data_key
 
-    if not key or len(key) > MAX_KEY_CHARS or "\x00" in key or "\\" in key or key.startswith("/"):
-        raise ApiError(400, f"object key {key[:80]!r}: empty, too long, absolute or with NUL/backslash "
-                            "(rule: a key under the import prefix)")
+    if not key or len(key) > MAX_KEY_CHARS or "\\" in key or key.startswith("/") or any(
+            ord(c) < 32 or ord(c) == 127 for c in key):
+        raise ApiError(400, f"object key {key[:80]!r}: empty, too long, absolute or with control characters or "
+                            "backslash (rule: a key under the import prefix)")
     if any(p in ("..", ".", "") for p in key.split("/")):
         raise ApiError(400, f"object key {key[:80]!r} has '.', '..' or empty segments (rule: no path traversal)")
     if not key.startswith(prefix):

@@ -271,7 +271,7 @@ def test_keys_names_sizes_projects_and_the_post_header_are_checked(store: Memory
     store.put_bytes(BUCKET, "fhir-import/t.csv", CSV)
     for key in ("fhir-import/../secret.csv", "fhir-import/./t.csv", "other/t.csv", "/fhir-import/t.csv",
                 "fhir-import/t.mapping.yaml", "fhir-import/t.import-report.json", "fhir-import//t.csv",
-                "fhir-import/t\\..\\x.csv", "fhir-import/t.csv\x00"):
+                "fhir-import/t\\..\\x.csv", "fhir-import/t.csv\x00", "fhir-import/t\r\nX-Amz: 1.csv"):
         status, body = call(store, "GET", "mapping/draft", {"key": key})
         assert status == 400, (key, body)
     for name in ("../x.csv", "a/b.csv", "x.exe", ".hidden.csv", "x.mapping.yaml", "", "a..csv"):
