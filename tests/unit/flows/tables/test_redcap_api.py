@@ -42,7 +42,8 @@ def test_token_is_checked_and_never_echoed() -> None:
 
 def test_project_name_follows_the_export_file_prefix() -> None:
     assert project_name("Lung Imaging") == "LungImaging"
-    assert project_name("lung imaging (pilot) 2026 – Würzburg") == "LungImagingPilot2026"  # 20 characters; ü and – dropped
+    # at most 20 characters; "ü" and "–" are dropped
+    assert project_name("lung imaging (pilot) 2026 – Würzburg") == "LungImagingPilot2026"
     assert project_name("  ") == "redcap"
 
 
