@@ -11,11 +11,10 @@ twice. ``summary`` adds up the windows. Connections: ``dicomweb_default`` and ``
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from typing import Any
 
-from kaapana_fhir.airflow_compat import DAG, Param, task
-from kaapana_fhir.kaapana.runtime import in_kaapana
+from kaapana_fhir.airflow_compat import Param, task
+from kaapana_fhir.kaapana.runtime import workflow_dag
 
 ui_forms: dict[str, Any] = {
     "workflow_form": {
@@ -37,13 +36,6 @@ ui_forms: dict[str, Any] = {
     },
 }
 
-default_args: dict[str, Any] = {
-    "owner": "kaapana",
-    "retries": 3,
-    "retry_delay": timedelta(minutes=2),
-}
-if in_kaapana():  # Kaapana's UI reads the form from default_args; plain Airflow rejects these keys on mapped tasks
-    default_args.update({"ui_visible": True, "ui_forms": ui_forms})
 
 
 def _conf(context: dict[str, Any]) -> dict[str, Any]:
@@ -57,13 +49,13 @@ def _conf(context: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-with DAG(
-    dag_id="dicom-backfill",
+with workflow_dag(
+    "dicom-backfill",
     description="Backfill a whole PACS (or a StudyDate window) into FHIR, one mapped task per date window",
-    default_args=default_args,
-    schedule=None,
-    start_date=datetime(2024, 1, 1),
-    catchup=False,
+    ui_forms=ui_forms,
+    mapped_tasks=True,
+    retries=3,
+    retry_delay_s=120,
     max_active_runs=1,
     tags=["fhir", "dicom", "backfill"],
     doc_md=__doc__,

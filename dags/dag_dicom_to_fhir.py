@@ -9,12 +9,17 @@ the batch (``kaapana_fhir.kaapana.runtime``).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from typing import Any
 
-from kaapana_fhir.airflow_compat import DAG, task
+from kaapana_fhir.airflow_compat import task
 from kaapana_fhir.core.ids import DEFAULT_PATIENT_SYSTEM
-from kaapana_fhir.kaapana.runtime import flow_operator, in_kaapana, kaapana_cleaner, kaapana_input_operator
+from kaapana_fhir.kaapana.runtime import (
+    flow_operator,
+    in_kaapana,
+    kaapana_cleaner,
+    kaapana_input_operator,
+    workflow_dag,
+)
 
 ui_forms: dict[str, Any] = {
     "documentation_form": {"path": "/user_guide/extensions.html#dicom-to-fhir"},
@@ -45,21 +50,11 @@ ui_forms: dict[str, Any] = {
     },
 }
 
-default_args = {
-    "owner": "kaapana",
-    "ui_visible": True,
-    "ui_forms": ui_forms,
-    "retries": 2,
-    "retry_delay": timedelta(seconds=30),
-}
-
-with DAG(
-    dag_id="dicom-to-fhir",
+with workflow_dag(
+    "dicom-to-fhir",
     description="DICOM studies from the PACS → FHIR Patient / ImagingStudy / Endpoint / Device",
-    default_args=default_args,
-    schedule=None,
-    start_date=datetime(2024, 1, 1),
-    catchup=False,
+    ui_forms=ui_forms,
+    retries=2,
     max_active_runs=10,
     tags=["fhir", "dicom"],
     doc_md=__doc__,

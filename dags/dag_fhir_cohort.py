@@ -15,11 +15,10 @@ selects the patients), ``filters`` (``Histology=adenocarcinoma; Overall.Stage=II
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from typing import Any
 
-from kaapana_fhir.airflow_compat import DAG, Param, ShortCircuitOperator, TriggerDagRunOperator
-from kaapana_fhir.kaapana.runtime import flow_operator, in_kaapana, kaapana_cleaner
+from kaapana_fhir.airflow_compat import Param, ShortCircuitOperator, TriggerDagRunOperator
+from kaapana_fhir.kaapana.runtime import flow_operator, in_kaapana, kaapana_cleaner, workflow_dag
 from kaapana_fhir.operators.fhir_query import read_downstream
 
 ui_forms: dict[str, Any] = {
@@ -54,21 +53,10 @@ ui_forms: dict[str, Any] = {
     },
 }
 
-default_args = {
-    "owner": "kaapana",
-    "ui_visible": True,
-    "ui_forms": ui_forms,
-    "retries": 1,
-    "retry_delay": timedelta(seconds=30),
-}
-
-with DAG(
-    dag_id="fhir-cohort",
+with workflow_dag(
+    "fhir-cohort",
     description="FHIR searches + ViewDefinitions → cohort table, series dataset and dashboard",
-    default_args=default_args,
-    schedule=None,
-    start_date=datetime(2024, 1, 1),
-    catchup=False,
+    ui_forms=ui_forms,
     max_active_runs=4,
     tags=["fhir", "cohort"],
     render_template_as_native_obj=True,

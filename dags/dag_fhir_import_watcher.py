@@ -14,8 +14,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 
-from kaapana_fhir.airflow_compat import DAG, Param, TriggerDagRunOperator
+from kaapana_fhir.airflow_compat import Param, TriggerDagRunOperator
+from kaapana_fhir.flows.tables.params import PRESETS
 from kaapana_fhir.kaapana.env import site_settings
+from kaapana_fhir.kaapana.runtime import workflow_dag
 from kaapana_fhir.operators.csv_import import FhirImportRecordTriggeredOperator, FhirImportWatcherOperator
 
 IMPORT_DAG_ID = "fhir-table-import"
@@ -27,19 +29,18 @@ SCHEDULE = (os.environ.get("KAAPANA_FHIR_IMPORT_SCHEDULE") or _SITE.get("import_
 
 ui_forms = {"workflow_form": {"type": "object", "properties": {
     "prefix": {"type": "string", "title": "Prefix to watch", "default": PREFIX},
-    "default_preset": {"type": "string", "title": "Default preset", "enum": ["", "lung1", "redcap", "odm"],
+    "default_preset": {"type": "string", "title": "Default preset", "enum": list(PRESETS),
                        "default": ""},
 }}}
 
-with DAG(
-    dag_id="fhir-import-watcher",
+with workflow_dag(
+    "fhir-import-watcher",
     description="Trigger fhir-table-import for new/changed objects under a MinIO prefix",
     schedule=SCHEDULE,
-    start_date=dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
-    catchup=False,
     max_active_runs=1,
     tags=["service", "fhir"],
-    default_args={"owner": "system", "ui_visible": False, "retries": 0},
+    owner="system",
+    retries=0,
     params={"bucket": Param(BUCKET, type="string"),
             "prefix": Param(PREFIX, type="string"), "default_preset": Param("", type="string"),
             "skip_invalid_rows": Param(False, type="boolean")},

@@ -7,10 +7,9 @@ Started by ``fhir-import-watcher`` (one run per new or changed object) or from t
 
 from __future__ import annotations
 
-import datetime as dt
-
-from kaapana_fhir.airflow_compat import DAG, Param
-from kaapana_fhir.kaapana.runtime import flow_operator
+from kaapana_fhir.airflow_compat import Param
+from kaapana_fhir.flows.tables.params import PRESETS
+from kaapana_fhir.kaapana.runtime import flow_operator, workflow_dag
 
 ui_forms = {
     "documentation_form": {"path": "/user_guide/extensions.html#kaapana-fhir"},
@@ -23,7 +22,7 @@ ui_forms = {
                                           "e.g. fhir-import/lung1.csv", "required": True},
             "mapping": {"type": "string", "title": "Mapping YAML key (optional)",
                         "description": "Default: <name>.mapping.yaml beside the file", "default": ""},
-            "preset": {"type": "string", "title": "Preset", "enum": ["", "lung1", "redcap"], "default": "",
+            "preset": {"type": "string", "title": "Preset", "enum": list(PRESETS), "default": "",
                        "description": "Used when there is no mapping; redcap needs <name>.dictionary.csv"},
             "skip_invalid_rows": {"type": "boolean", "title": "Skip invalid rows", "default": False,
                                   "description": "Import the valid rows and report the rest"},
@@ -31,16 +30,12 @@ ui_forms = {
     },
 }
 
-with DAG(
-    dag_id="fhir-table-import",
+with workflow_dag(
+    "fhir-table-import",
     description="Clinical table (CSV, Excel, REDCap) in MinIO -> FHIR Patient/Observation/Condition",
-    schedule=None,
-    start_date=dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
-    catchup=False,
+    ui_forms=ui_forms,
     max_active_runs=4,
     tags=["import", "fhir"],
-    default_args={"owner": "kaapana", "ui_visible": True, "ui_forms": ui_forms, "retries": 1,
-                  "retry_delay": dt.timedelta(seconds=30)},
     params={"object_key": Param("", type="string"), "bucket": Param("", type="string"),
             "mapping": Param("", type="string"), "preset": Param("", type="string"),
             "skip_invalid_rows": Param(False, type="boolean")},

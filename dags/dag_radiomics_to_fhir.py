@@ -8,10 +8,10 @@ On plain Airflow: ``dag.test(run_conf={"data_form": {"identifiers": ["<SEG serie
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
-from kaapana_fhir.airflow_compat import DAG
-from kaapana_fhir.kaapana.runtime import flow_operator, kaapana_cleaner, kaapana_input_operator
+from kaapana_fhir.flows.radiomics.params import Layout
+from kaapana_fhir.kaapana.runtime import flow_operator, kaapana_cleaner, kaapana_input_operator, workflow_dag
 
 ui_forms = {
     "documentation_form": {"path": "/user_guide/extensions.html#radiomics-to-fhir"},
@@ -29,30 +29,18 @@ ui_forms = {
                          "description": "pyradiomics parameter YAML merged over the preset, e.g. "
                                         "'setting: {binWidth: 10}'"},
             "layout": {"title": "FHIR layout", "type": "string", "default": "members",
-                       "enum": ["members", "components"],
+                       "enum": [m.value for m in Layout],
                        "description": "members: one Observation per feature; components: one per group"},
         },
     },
 }
 
-args = {
-    "ui_visible": True,
-    "ui_forms": ui_forms,
-    "owner": "kaapana",
-    "retries": 1,
-    "retry_delay": timedelta(seconds=30),
-}
-
-with DAG(
-    dag_id="radiomics-to-fhir",
+with workflow_dag(
+    "radiomics-to-fhir",
     description="pyradiomics features of DICOM SEG segments as FHIR Observations",
-    default_args=args,
-    schedule=None,
-    start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
-    catchup=False,
+    ui_forms=ui_forms,
     max_active_runs=5,
     tags=["kaapana-fhir", "radiomics"],
-    params={"ui_forms": ui_forms},
     doc_md=__doc__,
 ) as dag:
     get_input = kaapana_input_operator(dag)

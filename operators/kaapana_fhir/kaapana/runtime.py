@@ -158,3 +158,34 @@ def kaapana_cleaner(dag: Any, **kwargs: Any) -> Any | None:
     kwargs.setdefault("clean_workflow_dir", True)
     kwargs.setdefault("trigger_rule", "none_failed")
     return LocalWorkflowCleanerOperator(dag=dag, **kwargs)
+
+
+#: every DAG of the package starts here (no catch-up runs before it)
+DAG_START = "2024-01-01T00:00:00+00:00"
+
+
+def workflow_dag(dag_id: str, *, description: str, tags: list[str], max_active_runs: int,
+                 ui_forms: dict[str, Any] | None = None, retries: int = 1, retry_delay_s: int = 30,
+                 owner: str = "kaapana", mapped_tasks: bool = False, **dag_kwargs: Any) -> Any:
+    """One of our DAGs with the conventions they share: UTC start date, no catch-up, retries with a delay, and,
+    for a workflow shown in Kaapana's UI (``ui_forms`` given), ``ui_visible``/``ui_forms`` in ``default_args``,
+    where Kaapana's backend reads the workflow form. ``mapped_tasks``: the DAG maps operators with ``.partial()``,
+    which rejects these Kaapana keys on plain Airflow, so they are added only in Kaapana. Other keyword
+    arguments (``schedule``, ``params``, ``doc_md``, ...) go to the DAG as they are (``schedule`` defaults to
+    None: triggered runs only).
+    """
+    from datetime import datetime, timedelta
+
+    from kaapana_fhir.airflow_compat import DAG
+
+    default_args: dict[str, Any] = {"owner": owner, "retries": retries}
+    if retries:
+        default_args["retry_delay"] = timedelta(seconds=retry_delay_s)
+    if ui_forms is not None and (not mapped_tasks or in_kaapana()):
+        default_args.update({"ui_visible": True, "ui_forms": ui_forms})
+    elif ui_forms is None:
+        default_args["ui_visible"] = False
+    dag_kwargs.setdefault("schedule", None)
+    return DAG(dag_id=dag_id, description=description, default_args=default_args,
+               start_date=datetime.fromisoformat(DAG_START), catchup=False, max_active_runs=max_active_runs,
+               tags=tags, **dag_kwargs)

@@ -49,3 +49,30 @@ def test_watcher_reads_the_chart_values(airflow_home: Path, monkeypatch: pytest.
     assert "*/5 * * * *" in str(getattr(dag, "timetable", None) and dag.timetable.summary or dag.schedule_interval)
     watch = dag.get_task("find-new-objects")
     assert (watch.bucket, watch.prefix) == ("project-lung", "clinical/")
+
+
+def test_dags_share_the_package_conventions(airflow_home: Path) -> None:
+    """workflow_dag(): UTC start, no catch-up, triggered-only unless a schedule is given, and the Kaapana workflow
+    form in default_args (where Kaapana's backend reads it) for every DAG with a form, except mapped-task DAGs
+    on plain Airflow (their .partial() rejects unknown default_args)."""
+    import datetime as dt
+
+    from airflow.models import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS), include_examples=False)
+    assert bag.import_errors == {}
+    visible = {"dicom-to-fhir", "radiomics-to-fhir", "fhir-cohort", "fhir-table-import"}
+    for dag_id, dag in bag.dags.items():
+        assert dag.start_date == dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc), dag_id
+        assert dag.catchup is False, dag_id
+        args = dag.default_args
+        if dag_id in visible:
+            assert args["ui_visible"] is True and args["ui_forms"]["workflow_form"]["properties"], dag_id
+            assert args["retries"] >= 1 and args["retry_delay"].total_seconds() > 0, dag_id
+        else:
+            assert "ui_forms" not in args, dag_id
+    assert bag.get_dag("fhir-import-watcher").default_args == {"owner": "system", "retries": 0, "ui_visible": False}
+    form = bag.get_dag("radiomics-to-fhir").default_args["ui_forms"]["workflow_form"]["properties"]
+    assert form["layout"]["enum"] == ["members", "components"]
+    assert "odm" in bag.get_dag("fhir-table-import").default_args["ui_forms"]["workflow_form"]["properties"][
+        "preset"]["enum"]

@@ -44,3 +44,14 @@ def test_unknown_mode_is_a_config_error_naming_key_source_and_choices(cls: type,
 def test_defaults_are_members() -> None:
     assert DicomToFhirParams().wado is WadoMode.AUTO and RadiomicsParams().layout is Layout.MEMBERS
     assert DicomToFhirParams().profile is Profile.MII and DicomToFhirParams().dose_reports is True
+
+
+def test_every_preset_the_forms_offer_is_accepted_by_the_import() -> None:
+    """The watcher's form offered ``odm`` while the import's Params refused it: a triggered ODM import failed."""
+    from kaapana_fhir.flows.tables.params import PRESETS, TableImportParams
+
+    assert "odm" in PRESETS
+    for name in PRESETS:
+        assert TableImportParams.from_conf({"preset": name}).preset == name
+    with pytest.raises(ConfigError, match="odm"):  # the error lists what is allowed
+        TableImportParams.from_conf({"preset": "omop"})

@@ -7,6 +7,10 @@ from typing import ClassVar
 
 from kaapana_fhir.flows.params import FlowParams, param
 
+#: shipped mapping presets ("": none; ``redcap`` needs the data dictionary beside the table, ``odm`` reads the
+#: mapping from the ODM file's own metadata); the import and watcher forms offer exactly these
+PRESETS = ("", "lung1", "redcap", "odm")
+
 
 @dataclass(frozen=True)
 class TableImportParams(FlowParams):
@@ -15,7 +19,8 @@ class TableImportParams(FlowParams):
     :param object_key: object key of the table in the bucket (empty: table files of the run's input dir).
     :param bucket: bucket (empty: the project's bucket ``project_form.s3_bucket``).
     :param mapping: mapping YAML: an object key / a file name beside the table, or YAML text.
-    :param preset: shipped mapping preset (``lung1``, ``redcap``), used when no mapping is given.
+    :param preset: shipped mapping preset (:data:`PRESETS`: ``lung1``, ``redcap``, ``odm``), used when no mapping is
+        given.
     :param skip_invalid_rows: import the valid rows and report the rest instead of rejecting the file.
     """
 
@@ -24,5 +29,5 @@ class TableImportParams(FlowParams):
     object_key: str = param("")
     bucket: str = param("")
     mapping: str = param("", cli="mapping")
-    preset: str = param("", cli="preset", choices=("", "lung1", "redcap"))
+    preset: str = param("", cli="preset", choices=PRESETS)
     skip_invalid_rows: bool = param(False, cli="skip_invalid_rows")
