@@ -275,7 +275,7 @@ class RedirectServer(LoopbackServer):
 class SinkFhirServer(LoopbackServer):
     """A FHIR endpoint that confirms every transaction/batch entry (``201``) without storing anything and
     answers every read/search with an empty searchset: the memory and load tests measure OUR process with it,
-    not the server's speed. Counts the entries it confirmed (``entries``) and the requests (``requests``)."""
+    not the server's speed. Counts the written entries it confirmed (``entries``) and the requests (``requests``)."""
 
     def __init__(self) -> None:
         self.entries = 0
@@ -292,18 +292,19 @@ class SinkFhirServer(LoopbackServer):
 
             def do_POST(self) -> None:
                 doc = json.loads(self.body() or b"{}")
-                answers = []
+                answers, writes = [], 0
                 for e in doc.get("entry", []):
                     req = e.get("request") or {}
                     if req.get("method") in ("GET", "HEAD"):
                         answers.append({"response": {"status": "404 Not Found"}})
                         continue
                     res = e.get("resource") or {}
+                    writes += 1
                     answers.append({"response": {"status": "201 Created", "etag": 'W/"1"',
                                                  "location": f"{res.get('resourceType')}/{res.get('id')}/_history/1"}})
                 with sink.lock:
                     sink.requests += 1
-                    sink.entries += len(answers)
+                    sink.entries += writes
                 kind = doc.get("type", "transaction")
                 send(self, 200, json.dumps({"resourceType": "Bundle", "type": f"{kind}-response",
                                             "entry": answers}).encode())
