@@ -280,6 +280,7 @@ def run(ctx):
     nres = sum(built.fetched.count().values())
     assert nres == raw_n, (nres, raw_n)
     table = built.cohort.table
+    n = len(built.cohort.patients)  # reused data: the patients that are there
     rows_out = [] if reuse else [
         Row("cohort", f"load {n} patients ({len(res):,} resources) into HAPI", len(res) / load_s, "resources/s")]
     rows_out += [
