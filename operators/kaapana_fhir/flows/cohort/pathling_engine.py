@@ -150,13 +150,17 @@ def run_views(ndjson_dir: str | Path, views: Mapping[str, Mapping[str, Any]], *,
               home: PathlingHome | None = None, work_dir: str | Path | None = None,
               timeout: float = DEFAULT_TIMEOUT, memory: str = "2g", cores: int = 2) -> dict[str, ViewTable]:
     """Run ``views`` (name → ViewDefinition JSON) with Pathling over the NDJSON files in ``ndjson_dir``;
-    rows per view name. Raises :class:`PathlingUnavailable` or :class:`PathlingFailed` (with the view's name)."""
+    rows per view name. Raises :class:`PathlingUnavailable` or :class:`PathlingFailed` (with the view's name).
+    ``work_dir`` keeps the request and Spark's Parquet output (default: a temporary folder, removed)."""
     home = home or PathlingHome.find()
     src = Path(ndjson_dir)
     if not src.is_dir() or not any(src.glob("*.ndjson")):
         raise ConfigError(f"{src}: no .ndjson files to run the views over (rule: a folder of NDJSON files, "
                           "e.g. a Bulk Data export)")
-    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="kaapana-fhir-pathling-"))
+    if work_dir is None:  # a temporary folder, removed afterwards
+        with tempfile.TemporaryDirectory(prefix="kaapana-fhir-pathling-") as tmp:
+            return run_views(src, views, home=home, work_dir=tmp, timeout=timeout, memory=memory, cores=cores)
+    work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     request = {"ndjson": str(src.resolve()), "out": str((work / "rows").resolve()), "views": dict(views),
                "jars": [str(j) for j in home.jars], "memory": memory, "cores": int(cores)}
