@@ -239,6 +239,8 @@ class AutoWorkers:
     gain: float = 1.1
     rates: dict[int, float] = field(default_factory=dict)
     chosen: int | None = None
+    #: the probe's clock (seconds); tests give a deterministic one
+    clock: Callable[[], float] = field(default=time.perf_counter, repr=False)
 
     @property
     def best(self) -> int:
@@ -265,10 +267,10 @@ def _probe_workers(auto: AutoWorkers, chunks: Iterator[list[dict[str, Any]]],
         batch = list(itertools.islice(chunks, n * auto.chunks_per_step))
         if not batch:
             return auto.best  # a small file: what was measured decides (the next call goes on probing)
-        t = time.perf_counter()
+        t = auto.clock()
         with ThreadPoolExecutor(max_workers=n, thread_name_prefix="fhir-probe") as pool:
             results = list(pool.map(write, batch))
-        elapsed = max(time.perf_counter() - t, 1e-6)
+        elapsed = max(auto.clock() - t, 1e-6)
         for r in results:
             add(r)
         rate = sum(len(c) for c in batch) / elapsed
@@ -368,7 +370,7 @@ def import_table(table: Table, mapping: dict[str, Any], *, client: FhirApi | Non
         # all Patients first (merged with existing ones, one search per chunk), then the other resources without
         # any read: parallel chunks never reference a missing Patient and the write path has no searches
         # with auto, each phase probes on its own (a Patient chunk also searches, so its rate is not comparable)
-        pat_workers = AutoWorkers(workers.steps, workers.chunks_per_step, workers.gain) \
+        pat_workers = AutoWorkers(workers.steps, workers.chunks_per_step, workers.gain, clock=workers.clock) \
             if isinstance(workers, AutoWorkers) else workers
         written = write_chunks(client, iter_patient_entries(mapper, scanned), chunk_size=chunk_size,
                                workers=pat_workers, conflicts=conflicts)
