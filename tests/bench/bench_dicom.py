@@ -281,10 +281,19 @@ def _dicom2fhir(headers: list[list[SeriesInput]], workdir: Path) -> dict[str, An
 def _store(dicomweb: DicomWeb, studies: list[list[Any]], workers: int = 4) -> float:
     from concurrent.futures import ThreadPoolExecutor
 
+    from kaapana_fhir.exceptions import DicomWebError
+
+    def store(batch: list[Any]) -> None:
+        try:
+            dicomweb.store(batch)
+        except DicomWebError:  # setup only: a connection reset on the loaded machine; STOW is idempotent
+            time.sleep(1.0)
+            dicomweb.store(batch)
+
     t0 = time.perf_counter()
     batches = [sum(studies[i:i + 5], []) for i in range(0, len(studies), 5)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(dicomweb.store, batches))
+        list(pool.map(store, batches))
     return time.perf_counter() - t0
 
 
