@@ -135,3 +135,19 @@ def test_cohort_from_pathling_rows_equals_our_cohort(
     edge = b[b["patient_key"] == "edge-p"].iloc[0]
     assert edge["loinc_8480_6_systolic_mm_hg"] == 107
     assert theirs.dropped == ours.cohort.dropped and sum(theirs.dropped.values()) >= 1
+
+
+def test_cli_cohort_engine_pathling_writes_the_same_table(ndjson: tuple[Path, list[dict[str, Any]]],
+                                                          pathling_rows: Any, tmp_path: Path) -> None:
+    """``kaapana-fhir cohort --ndjson FOLDER --engine pathling`` end to end (a second Spark start)."""
+    from kaapana_fhir.cli.main import main
+
+    folder, _ = ndjson
+    ours, theirs = tmp_path / "ours" / "cohort.parquet", tmp_path / "pathling" / "cohort.parquet"
+    assert main(["cohort", "--ndjson", str(folder), "--where", "n_series>=1", "--out", str(ours)]) == 0
+    assert main(["cohort", "--ndjson", str(folder), "--engine", "pathling", "--where", "n_series>=1",
+                 "--out", str(theirs)]) == 0
+    a = C.read_table(ours).sort_values("patient_key").reset_index(drop=True)
+    b = C.read_table(theirs).sort_values("patient_key").reset_index(drop=True)
+    assert len(a) == 7 and list(a.columns) == list(b.columns)
+    assert a.astype(str).equals(b.astype(str))
