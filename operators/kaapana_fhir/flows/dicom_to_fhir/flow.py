@@ -262,11 +262,12 @@ def read_study(dicomweb: DicomWebApi, study_uid: str, *, wado: str = "auto", inc
     return out
 
 
-def read_study_group(dicomweb: DicomWebApi, study_uids: Sequence[str], *,
-                     page_size: int = SERIES_PAGE) -> dict[str, list[dict[str, Any]]]:
+def read_study_group(dicomweb: DicomWebApi, study_uids: Sequence[str], *, page_size: int = SERIES_PAGE,
+                     counts: Mapping[str, int | None] | None = None) -> dict[str, list[dict[str, Any]]]:
     """The QIDO-RS series records of several studies with one series-level search using UID list matching
     (``/series?StudyInstanceUID=a,b,c&includefield=...``, PS3.18 §8.3.4.1), paged (a short page is confirmed by
-    one more request: some PACS cap pages below ``limit``). Every series of a listed study matches, so each study
+    one more request, as some PACS cap pages below ``limit``, unless ``counts`` (NumberOfStudyRelatedSeries from
+    a study listing) shows every study complete). Every series of a listed study matches, so each study
     in the answer is complete. Studies absent from the answer are left out (the caller reads them one by one); an
     answer holding a study that was not asked for means the PACS ignored the list: nothing is kept."""
     wanted = set(study_uids)
@@ -287,6 +288,9 @@ def read_study_group(dicomweb: DicomWebApi, study_uids: Sequence[str], *,
             if series:
                 found.setdefault(study, {})[series] = rec
         offset += len(page)
+        if len(page) < page_size and counts and all(
+                counts.get(u) is not None and len(found.get(u, {})) >= (counts.get(u) or 0) for u in study_uids):
+            break  # every study has the series its count says: the short page was the last
     return {u: list(v.values()) for u, v in found.items()}
 
 
@@ -467,7 +471,8 @@ def sync_studies(dicomweb: DicomWebApi, fhir: FhirApi | None, *, study_uids: Ite
                  known_patients: Sequence[StudyMapping] = (),
                  collect: list[StudyMapping] | None = None, defer_write: bool = False,
                  series_records: Mapping[str, list[dict[str, Any]]] | None = None,
-                 group_size: int = STUDY_GROUP) -> dict[str, Any]:
+                 group_size: int = STUDY_GROUP, series_counts: Mapping[str, int | None] | None = None
+                 ) -> dict[str, Any]:
     """Bring the studies touched by ``study_uids`` / ``series_uids`` from the PACS into FHIR.
 
     ``fhir=None`` maps without writing and returns the transaction Bundle under ``"bundle"``.
@@ -478,7 +483,8 @@ def sync_studies(dicomweb: DicomWebApi, fhir: FhirApi | None, *, study_uids: Ite
     mapped studies. ``defer_write``: return after mapping, with the writes left to :func:`_finish` (a backfill's
     pipeline). ``series_records`` (study UID → its series' QIDO records, from a backfill's series listing): these
     studies are not searched again. The other studies are read ``group_size`` at a time with one series-level
-    QIDO each (:func:`read_study_group`); a study that answer misses is searched on its own. Returns the result
+    QIDO each (:func:`read_study_group`, ``series_counts`` from a study listing spare the request confirming the
+    last page); a study that answer misses is searched on its own. Returns the result
     dict (studies, series, ids, resources
     created/updated/unchanged, failed studies, issues, timings, ``pacs_requests``).
     """
@@ -525,7 +531,7 @@ def sync_studies(dicomweb: DicomWebApi, fhir: FhirApi | None, *, study_uids: Ite
         listed: dict[str, list[dict[str, Any]]] = {}
         if len(group) > 1:
             try:
-                listed = read_study_group(pacs, group)
+                listed = read_study_group(pacs, group, counts=series_counts)
             except DicomWebError as exc:  # refused (or PACS down: then the per-study search fails as well)
                 log.warning("series search for %d studies at once failed (%s); reading them one by one",
                             len(group), exc)
@@ -978,7 +984,8 @@ def backfill(dicomweb: DicomWebApi, fhir: FhirApi | None, *, since: str | date |
             mapped: list[StudyMapping] = []
             res = sync_studies(dicomweb, fhir, study_uids=uids, options=options, wado=wado, workers=workers,
                                study_sop_classes=classes, missing="skip", known_patients=list(known.values()),
-                               collect=mapped, defer_write=True, series_records=recs, group_size=group_size)
+                               collect=mapped, defer_write=True, series_records=recs, group_size=group_size,
+                               series_counts=expected)
             known.update((m.patient["id"], m) for m in mapped)
             if pending:
                 settle(pending[0][0].result(), pending.pop(0)[1])

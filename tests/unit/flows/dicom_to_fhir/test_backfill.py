@@ -147,6 +147,19 @@ def test_a_study_list_is_read_twenty_studies_a_request() -> None:
     assert {k: v[-1] for k, v in fhir.store.items()} == {k: v[-1] for k, v in one_by_one.store.items()}
 
 
+@pytest.mark.parametrize(("counts", "cap", "requests"), [(True, None, 3), (False, None, 6), (True, 3, 32),
+                                                        (False, 3, 35)])
+def test_backfill_groups_skip_the_confirming_page_when_series_counts_show_every_study(
+        counts: bool, cap: int | None, requests: int) -> None:
+    """45 studies in 3 groups (20 + 20 + 5 studies, 40 + 40 + 10 series). With NumberOfStudyRelatedSeries from the
+    study listing, a short page that completes every study is the last one; without, one more (empty) page
+    confirms the end. A PACS capping pages at 3 series is paged on until the counts are reached: 14 + 14 + 4."""
+    pacs = PagingPacs(45, counts=counts, cap=cap)
+    res = flow.backfill(pacs, FakeFhir(), batch_size=100, workers=1)
+    assert res["studies"] == 45 and not res["failed"] and "series" not in pacs.calls
+    assert pacs.calls.count("series-group") == requests
+
+
 def test_uid_list_answers_capped_below_the_limit_are_paged_on() -> None:
     pacs = PagingPacs(5, cap=3)
     got = flow.read_study_group(pacs, [f"{BASE}.{i}" for i in range(1, 6)], page_size=100)
