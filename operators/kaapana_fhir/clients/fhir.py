@@ -375,10 +375,10 @@ class FhirClient:
     def _raise(resp: requests.Response, safe_url: str, method: str, note: str = "") -> None:
         outcome = None
         try:
-            body = resp.json()
+            body = json.loads(resp.content) if resp.content else None
             if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
                 outcome = body
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to be an OperationOutcome
             body = None
         cls: type[FhirServerError] = FhirServerError
         if resp.status_code in (404, 410):
