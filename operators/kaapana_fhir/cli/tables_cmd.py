@@ -189,7 +189,14 @@ def _pull_redcap(args: argparse.Namespace) -> tuple[bytes, str, str, str]:
 
     url = args.redcap_url
     if args.redcap_token_conn:
-        token, conn_url = redcap_api.connection_token(args.redcap_token_conn)
+        try:
+            from airflow.hooks.base import BaseHook
+        except ImportError:
+            raise ConfigError(f"--redcap-token-conn {args.redcap_token_conn!r} needs Airflow to read the Connection "
+                              f"(rule: without Airflow set {redcap_api.TOKEN_ENV})") from None
+        conn = BaseHook.get_connection(args.redcap_token_conn)
+        token, conn_url = redcap_api.token_from_connection(conn.password, conn.host, conn.port,
+                                                           args.redcap_token_conn)
         url = url or conn_url
     else:
         token = redcap_api.token_from_env()

@@ -4,7 +4,7 @@
 what a user would otherwise download by hand (the flat records JSON export and the data dictionary) and then takes
 the same path as a file export with ``--preset redcap`` (or the ``--mapping`` given).
 
-**Token.** From an Airflow Connection (``--redcap-token-conn``: its password; its host is the URL when
+**Token.** From an Airflow Connection (``--redcap-token-conn``, read by the CLI: its password; its host is the URL when
 ``--redcap-url`` is not given) or, for the plain CLI, the environment variable :data:`TOKEN_ENV`. It is only sent
 in the POST body to the API URL itself: redirects are never followed (REDCap answers the API at one address), the
 URL must be ``https`` unless it is a loopback address, and the token never appears in a log line, an error or a
@@ -117,19 +117,14 @@ def token_from_env() -> str:
     return check_token(os.environ.get(TOKEN_ENV), f"the environment variable {TOKEN_ENV}")
 
 
-def connection_token(conn_id: str) -> tuple[str, str | None]:
-    """``(token, url)`` from an Airflow Connection: the password is the token, the host (if any) the API URL."""
-    try:
-        from airflow.hooks.base import BaseHook
-    except ImportError:
-        raise ConfigError(f"--redcap-token-conn {conn_id!r} needs Airflow to read the Connection (rule: without "
-                          f"Airflow set {TOKEN_ENV})") from None
-    conn = BaseHook.get_connection(conn_id)
+def token_from_connection(password: str | None, host: str | None, port: int | None,
+                          conn_id: str) -> tuple[str, str | None]:
+    """``(token, url)`` from a Connection's fields (read by the caller; flows never import Airflow): the password
+    is the token; the host is the API URL, or a bare host name meaning ``https://HOST[:PORT]/api/``."""
     url = None
-    if conn.host:
-        # the host is the API URL (https://redcap.example.org/redcap/api/) or a bare host name (→ https://HOST/api/)
-        url = conn.host if "://" in conn.host else f"https://{conn.host}{f':{conn.port}' if conn.port else ''}/api/"
-    return check_token(conn.password, f"Connection {conn_id!r} (password)"), url
+    if host:
+        url = host if "://" in host else f"https://{host}{f':{port}' if port else ''}/api/"
+    return check_token(password, f"Connection {conn_id!r} (password)"), url
 
 
 def _guard(url: str) -> Any:
