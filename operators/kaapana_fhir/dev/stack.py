@@ -315,8 +315,14 @@ class Stack:
         path = Path(state_dir) / "stack.json"
         if not path.is_file():
             return None
-        data = json.loads(path.read_text())
-        return cls(data["state_dir"], {k: Service(**v) for k, v in data["services"].items()})
+        from kaapana_fhir.core.limits import load_json_object
+
+        data = load_json_object(path, what="stack state", hint="stop the stack by its PIDs and start it again")
+        try:
+            return cls(data["state_dir"], {k: Service(**v) for k, v in data["services"].items()})
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise StackError(f"{path}: not a stack state written by `kaapana-fhir stack up` ({exc!r}); stop the "
+                             "servers by the PIDs in its folder and start the stack again") from None
 
     def env(self) -> dict[str, str]:
         """Environment variables that point our CLI, tests and Airflow connections at this stack."""
