@@ -12,8 +12,8 @@
   xlsx 10k/100k → 88/98 MB, xlsx 1M → 181 MB with a 54 s gap: openpyxl keeps the workbook's shared-strings table
   (1M distinct ids) in memory and loads it before the first row, in each of the two passes.
 
-``KF_BENCH_TABLE_ROWS`` / ``KF_BENCH_RSS_SIZES`` / ``KF_BENCH_XLSX_SIZES`` (comma lists) override the sizes;
-``KF_BENCH_TABLES_PARTS`` = ``throughput``, ``memory`` or both (default).
+``KF_BENCH_TABLE_ROWS`` / ``KF_BENCH_TABLE_CHUNK`` / ``KF_BENCH_RSS_SIZES`` / ``KF_BENCH_XLSX_SIZES`` (comma
+lists) override the sizes; ``KF_BENCH_TABLES_PARTS`` = ``throughput``, ``memory`` or both (default).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from kaapana_fhir.core.tables import TableMapper, iter_entries, iter_patient_ent
 from kaapana_fhir.flows.tables.flow import AutoWorkers, import_table
 
 COLUMNS = 20
-CHUNK = 500
+#: entries per transaction (raw and ours alike); ``KF_BENCH_TABLE_CHUNK`` overrides it
+CHUNK = int(os.environ.get("KF_BENCH_TABLE_CHUNK", "500"))
 STREAMS = (1, 2, 4, 8)
 
 
@@ -181,11 +182,12 @@ import json, logging, resource, sys, time
 stamps = []
 class H(logging.Handler):
     def emit(self, record):
-        if "row " in record.getMessage():
+        if "row " in record.getMessage() or "shared strings" in record.getMessage():
             stamps.append(time.monotonic())
 logging.basicConfig(level=logging.WARNING)
 h = H(); h.setLevel(logging.INFO)
-lg = logging.getLogger("kaapana_fhir.core.tables.engine"); lg.setLevel(logging.INFO); lg.addHandler(h)
+for name in ("kaapana_fhir.core.tables.engine", "kaapana_fhir.core.tables.reader"):  # rows; xlsx shared strings
+    lg = logging.getLogger(name); lg.setLevel(logging.INFO); lg.addHandler(h)
 sys.path.insert(0, sys.argv[3])
 from bench_tables import mapping_text
 from kaapana_fhir.core.tables import load_mapping, open_table

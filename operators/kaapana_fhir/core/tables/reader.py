@@ -168,7 +168,7 @@ def _cell(value: Any) -> Any:
 #: shared strings kept in a Python list; beyond this many the table moves to a temporary SQLite database
 SHARED_STRINGS_IN_MEMORY = 50_000
 #: a progress line at least this often while a large shared-strings table is read (seconds)
-_PROGRESS_EVERY_S = 10.0
+_PROGRESS_EVERY_S = 5.0
 
 
 class SharedStrings(Sequence[str]):
@@ -260,7 +260,7 @@ def read_shared_strings(src: IO[bytes], *, name: str = "table",
         if event == "end" and node.tag == si:
             out.append(Text.from_tree(node).content.replace("x005F_", ""))
             root.clear()  # the parsed <si> elements are not kept under the root
-            if len(out) % 10_000 == 0 and time.monotonic() - last >= _PROGRESS_EVERY_S:
+            if len(out) % 1_000 == 0 and time.monotonic() - last >= _PROGRESS_EVERY_S:
                 last = time.monotonic()
                 log.info("%s: reading shared strings: %d in %.0f s", name, len(out), last - t0)
     out.finish()
