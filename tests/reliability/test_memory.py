@@ -115,25 +115,16 @@ def _check(case: str, measure: Callable[[int], int]) -> tuple[int, int]:
     return small, large
 
 
-#: the CLI (``cli/tables_cmd.py``: ``data = _read(args.file)``, then ``open_table(data)``) and
-#: ``flows/tables/flow.import_object`` (``store.get_bytes``) hold the whole table in memory. Measured (loaded) at
-#: 5k -> 50k rows (4 -> 40 MB): csv --fhir 94 -> 130 MiB, csv --out 83 -> 119, s3 kaapana-run 86 -> 123; the same
-#: CSV opened by path (``open_table(Path)``, no CLI) stays flat (78 -> 80 MiB at 10k -> 100k rows), and so does
-#: xlsx through the CLI (99 -> 102 MiB, its zip is 1 MB). Strict: these tests fail as soon as the paths stream, so
-#: the marks go with the fix.
-HOLDS_INPUT = pytest.mark.xfail(strict=True, reason="the table file / S3 object is read whole into memory "
-                                "(cli/tables_cmd.py _read + open_table(bytes); flows/tables/flow.py import_object "
-                                "get_bytes)")
+#: The CLI opens the table by path and ``import_object`` streams the S3 object to a temporary file (before: the
+#: whole table in memory, csv --fhir 94 -> 130 MiB, csv --out 83 -> 119, s3 kaapana-run 86 -> 123 at 5k -> 50k rows).
 
 
-@HOLDS_INPUT
 def test_csv_to_fhir_memory_is_flat(tmp_path: Path) -> None:
     with SinkFhirServer() as sink:
         _check("csv --fhir", lambda n: _local(tmp_path, n, "csv", ["--fhir", sink.url]))
         assert sink.entries == (SMALL + LARGE) * 11 // 10
 
 
-@HOLDS_INPUT
 def test_csv_to_bundle_file_memory_is_flat(tmp_path: Path) -> None:
     def measure(n: int) -> int:
         out = tmp_path / f"bundle{n}.json"
@@ -152,7 +143,6 @@ def test_xlsx_to_fhir_memory_is_flat(tmp_path: Path) -> None:
         _check("xlsx --fhir", lambda n: _local(tmp_path, n, "xlsx", ["--fhir", sink.url]))
 
 
-@HOLDS_INPUT
 @pytest.mark.integration
 def test_s3_object_to_fhir_memory_is_flat(tmp_path: Path, stack: Any) -> None:
     """The S3 path as a Kaapana pod runs it: ``kaapana-fhir kaapana-run`` with the pod's env and conf.json;

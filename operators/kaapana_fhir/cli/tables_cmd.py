@@ -69,11 +69,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=run_import)
 
 
-def _read(path: str) -> bytes:
+def _existing(path: str) -> Path:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{path}: file not found (rule: FILE must be a readable file)")
-    return p.read_bytes()
+    return p
+
+
+def _read(path: str) -> bytes:
+    return _existing(path).read_bytes()
 
 
 def run_mapping(args: argparse.Namespace) -> int:
@@ -119,8 +123,9 @@ def run_import(args: argparse.Namespace) -> int:
     check_output_paths({"--out": args.out, "--report": args.report, "--rejected-csv": args.rejected_csv},
                        {"table": args.file, "--mapping": args.mapping, "--dictionary": args.dictionary})
     file_name = Path(args.file).name if args.file else ""
+    data: bytes | Path
     if args.file:
-        data = _read(args.file)
+        data = _existing(args.file)  # read by path: the table streams (constant memory for any size)
         dictionary = _read(args.dictionary).decode("utf-8-sig", errors="replace") if args.dictionary else None
     else:
         data, dictionary, file_name, project = _pull_redcap(args)

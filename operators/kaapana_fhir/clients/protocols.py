@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import os
+    from pathlib import Path
 
     import requests
 
@@ -86,6 +87,8 @@ class ObjectStoreApi(Protocol):
     def put_file(self, bucket: str, key: str, path: str | os.PathLike[str]) -> str: ...
 
     def get_bytes(self, bucket: str, key: str) -> bytes: ...
+
+    def get_file(self, bucket: str, key: str, path: str | os.PathLike[str]) -> Path: ...
 
     def head(self, bucket: str, key: str) -> ObjectInfo | None: ...
 

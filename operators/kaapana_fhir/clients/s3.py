@@ -481,6 +481,12 @@ class ObjectStore:
 
         return self._call("get_object", _get, bucket, key)
 
+    def get_file(self, bucket: str, key: str, path: str | os.PathLike[str]) -> Path:
+        """Download an object to ``path`` in streamed parts (constant memory, whatever the object's size)."""
+        self.check_key(key)
+        self._call("fget_object", lambda: self._client.fget_object(bucket, key, os.fspath(path)), bucket, key)
+        return Path(path)
+
     def head(self, bucket: str, key: str) -> ObjectInfo | None:
         self.check_key(key)
 

@@ -229,7 +229,7 @@ def import_table(k: KaapanaRun) -> dict[str, Any]:
         client = fhir_client(k)
         reports = []
         for path in files:
-            table = open_table(path.read_bytes(), name=path.name)
+            table = open_table(path, name=path.name)  # by path: the table streams
             mapping = flow.resolve_mapping(
                 header=table.header,
                 mapping_text=_read_mapping(params.mapping, path.parent),

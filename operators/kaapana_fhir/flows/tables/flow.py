@@ -25,11 +25,12 @@ import itertools
 import json
 import logging
 import random
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kaapana_fhir.clients.fhir import WriteResult
@@ -431,16 +432,28 @@ def import_object(store: ObjectStoreApi, client: FhirApi, bucket: str, key: str,
     t0 = time.perf_counter()
     side = W.sidecars(key)
     sig = signature or W.signature_of(store, bucket, key)
-    try:
-        data = store.get_bytes(bucket, key)
-    except ObjectStoreError as exc:
-        if store.head(bucket, key) is None:
-            log.warning("object %s was deleted before it could be read; nothing imported", key)
-            rep = {"file": key, "status": "gone", "error": str(exc), "duration_s": round(time.perf_counter() - t0, 3)}
-            W.write_state(store, bucket, key, sig, "gone")
-            return rep
-        W.write_state(store, bucket, key, sig, "failed", error=str(exc))
-        raise
+    # the object is streamed to a temporary file and the table read from there: constant memory for any size
+    with tempfile.TemporaryDirectory(prefix="kaapana-fhir-import-") as tmp:
+        local = Path(tmp) / ("table" + "".join(PurePosixPath(key).suffixes[-2:]))
+        try:
+            store.get_file(bucket, key, local)
+        except ObjectStoreError as exc:
+            if store.head(bucket, key) is None:
+                log.warning("object %s was deleted before it could be read; nothing imported", key)
+                rep = {"file": key, "status": "gone", "error": str(exc),
+                       "duration_s": round(time.perf_counter() - t0, 3)}
+                W.write_state(store, bucket, key, sig, "gone")
+                return rep
+            W.write_state(store, bucket, key, sig, "failed", error=str(exc))
+            raise
+        return _import_local(store, client, bucket, key, local, side=side, sig=sig, t0=t0, mapping_key=mapping_key,
+                             preset=preset, skip_invalid_rows=skip_invalid_rows, chunk_size=chunk_size)
+
+
+def _import_local(store: ObjectStoreApi, client: FhirApi, bucket: str, key: str, local: Path, *,
+                  side: dict[str, str], sig: str, t0: float, mapping_key: str | None, preset: str | None,
+                  skip_invalid_rows: bool, chunk_size: int) -> dict[str, Any]:
+    """The import of an object already downloaded to ``local``; writes its report and the watcher state."""
     status, error = "failed", None
     try:
         mapping_text, mapping_name, dictionary_text = _fetch_mapping(store, bucket, side, mapping_key, preset)
@@ -448,10 +461,10 @@ def import_object(store: ObjectStoreApi, client: FhirApi, bucket: str, key: str,
             has_preset = store.head(bucket, side["preset"]) is not None
             preset = W.preset_name(W.read_text(store, bucket, side["preset"])) if has_preset else None
         src = load_mapping(mapping_text, source=mapping_name).get("source", {}) if mapping_text else {}
-        table = open_table(data, name=key, fmt=src.get("format", "auto"), delimiter=src.get("delimiter"),
+        table = open_table(local, name=key, fmt=src.get("format", "auto"), delimiter=src.get("delimiter"),
                            encoding=src.get("encoding"), sheet=src.get("sheet"))
         mapping = resolve_mapping(header=table.header, mapping_text=mapping_text, mapping_name=mapping_name,
-                                  preset=preset, dictionary_text=dictionary_text, table_name=key, data=data)
+                                  preset=preset, dictionary_text=dictionary_text, table_name=key, data=local)
         rep = import_table(table, mapping, client=client, skip_invalid_rows=skip_invalid_rows, chunk_size=chunk_size)
         status = "imported"
     except TableRejected as exc:
