@@ -7,10 +7,13 @@
   and with 1 worker. Printed: each raw figure, the best, our figure, ours / best raw (target ≥ 0.9), the count
   auto chose and the speed-up over one stream.
 * **Memory** (no server): peak RSS (``VmHWM``) of ``import-table --out`` on CSV and xlsx files from 10k to 1M rows
-  (CSV) in a fresh process each, and the longest gap between two progress lines (target ≤ 10 s + one batch).
-  Measured 2026-11-30 (shared, loaded 2-core machine): CSV 10k/100k/1M rows → 78.9/80.3/80.6 MB, gaps ≤ 9.2 s;
-  xlsx 10k/100k → 88/98 MB, xlsx 1M → 181 MB with a 54 s gap: openpyxl keeps the workbook's shared-strings table
-  (1M distinct ids) in memory and loads it before the first row, in each of the two passes.
+  in a fresh process each, and the longest gap between two progress lines (target ≤ 10 s + one batch). The xlsx
+  files are written the way Excel stores text (a shared-strings table: 1M distinct patient ids at 1M rows).
+  Measured 2026-11-30 (shared, loaded 2-core machine, load 7-14):
+  - CSV 10k/100k/1M rows: 78.9/80.3/80.5 MB, gaps ≤ 9.4 s.
+  - xlsx before the streaming reader: 88.5/98.3/182.5 MB with a 62 s gap. openpyxl parsed a sheet without
+    ``<dimension>`` whole on every open and kept every row element; it also kept the shared strings as a list.
+  - xlsx now: 87.4/90.1/90.5 MB (a second 1M run: 92.2 MB), gaps ≤ 9.4 s (1M: 9.2 s, 497 s for 3M resources).
 
 ``KF_BENCH_TABLE_ROWS`` / ``KF_BENCH_TABLE_CHUNK`` / ``KF_BENCH_RSS_SIZES`` / ``KF_BENCH_XLSX_SIZES`` (comma
 lists) override the sizes; ``KF_BENCH_TABLES_PARTS`` = ``throughput``, ``memory`` or both (default).
