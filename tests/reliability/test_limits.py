@@ -366,8 +366,6 @@ def test_cohort_report_refuses_a_hostile_cohort_meta(tmp_path: Path) -> None:
         outcomes.record("clear_error")
 
 
-@pytest.mark.xfail(strict=True, reason="core/tables/reader.py read_json_records parses a REDCap JSON export with "
-                   "json.loads (RecursionError traceback); fix: core.limits.loads_json (tables helper's file)")
 def test_cli_import_of_a_deeply_nested_redcap_json_export_exits_1(tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -381,8 +379,6 @@ def test_cli_import_of_a_deeply_nested_redcap_json_export_exits_1(tmp_path: Path
     outcomes.record("clear_error")
 
 
-@pytest.mark.xfail(strict=True, reason="core/cohort/tables.py _items parses list-like cells with json.loads "
-                   "(RecursionError); fix: core.limits.loads_json and keep the text on LimitError (cohort's file)")
 def test_cohort_filter_over_a_deeply_nested_cell_keeps_the_text() -> None:
     """A FHIR string (e.g. a Condition's text) that looks like a 100,000-deep JSON list reaches a cohort cell;
     ``--where 'conditions ~ a'`` must treat it as text, not crash."""

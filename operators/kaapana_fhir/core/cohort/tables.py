@@ -34,6 +34,7 @@ from typing import Any
 
 import pandas as pd
 
+from kaapana_fhir.core import limits
 from kaapana_fhir.core.cohort import variables as V
 from kaapana_fhir.core.cohort.views import coalesce_tables
 from kaapana_fhir.exceptions import ConfigError
@@ -377,9 +378,9 @@ def _items(v: Any) -> list[str]:
     if v is None or (isinstance(v, float) and pd.isna(v)):
         return []
     if isinstance(v, str) and v.startswith("[") and v.endswith("]"):
-        try:
-            parsed = json.loads(v)
-        except ValueError:
+        try:  # bounded: a FHIR string that merely looks like a deep JSON list stays text
+            parsed = limits.loads_json(v, source="cohort cell", max_bytes=len(v.encode()) + 1)
+        except (limits.LimitError, ValueError):
             parsed = None
         if isinstance(parsed, list):
             v = parsed

@@ -26,7 +26,6 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-import json
 import logging
 import os
 import sqlite3
@@ -40,6 +39,7 @@ from xml.etree.ElementTree import ParseError
 
 from defusedxml import DefusedXmlException
 
+from kaapana_fhir.core import limits
 from kaapana_fhir.exceptions import MappingError
 
 #: Largest accepted cell (characters); longer fields are rejected with a clear error.
@@ -456,8 +456,11 @@ def read_json_records(source: Any, *, name: str = "table") -> Table:
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
     if not data.strip():
         raise MappingError(f"{name}: file is empty (0 bytes) (rule: a table needs a header and data rows)")
-    try:
-        records = json.loads(data.decode(detect_encoding(data[:_SAMPLE])))
+    try:  # bounded: nesting depth and number size (the file's size is the table limit's business)
+        records = limits.loads_json(data.decode(detect_encoding(data[:_SAMPLE])), source=name,
+                                    max_bytes=len(data) + 1)
+    except limits.LimitError as exc:
+        raise MappingError(f"{exc} (rule: REDCap JSON export, a list of flat record objects)") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise MappingError(f"{name}: not valid JSON: {exc} (rule: REDCap JSON export)") from None
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
