@@ -6,6 +6,12 @@
   (read, validate all, build, write) with ``--workers auto`` (the stream count chosen by the import's own probe)
   and with 1 worker. Printed: each raw figure, the best, our figure, ours / best raw (target ≥ 0.9), the count
   auto chose and the speed-up over one stream.
+  Measured 2026-11-30 on the shared HAPI under fluctuating load (load 7-14; 300 patients, 50-entry chunks,
+  ``KF_BENCH_TABLE_ROWS=300 KF_BENCH_TABLE_CHUNK=50``):
+  - raw POST at 1/2/4/8 streams: 32.1/19.7/20.8/36.5 resources/s. The order is noise: other sessions' load
+    changed between the runs.
+  - ours with auto: 37.7/s, 1.03× the best raw figure. It chose 4 streams (probe: 18/35/40/42 entries/s at
+    1/2/4/8). That is 2.73× ours with 1 worker (13.8/s).
 * **Memory** (no server): peak RSS (``VmHWM``) of ``import-table --out`` on CSV and xlsx files from 10k to 1M rows
   in a fresh process each, and the longest gap between two progress lines (target ≤ 10 s + one batch). The xlsx
   files are written the way Excel stores text (a shared-strings table: 1M distinct patient ids at 1M rows).
