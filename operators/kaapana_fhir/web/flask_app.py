@@ -55,6 +55,18 @@ def _refuse_large_body() -> Any:
     return None
 
 
+def _api_call(handle: Any) -> Any:
+    """An API request: Airflow's authentication, the body read within the size limit, then ``handle(body)``."""
+    denied = _api_auth()
+    if denied is not None:
+        return _out(denied)
+    try:
+        body = api.read_body(request.content_length, request.stream.read)
+    except api.ApiError as exc:
+        return _out(api.error(exc.status, exc.message))
+    return _out(handle(body))
+
+
 class KaapanaFhirView(BaseView):
     """Cohort explorer + retrieval API."""
 
@@ -73,15 +85,9 @@ class KaapanaFhirView(BaseView):
 
     @expose("/api/<path:path>", methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"])
     def api(self, path: str) -> Any:
-        denied = _api_auth()
-        if denied is not None:
-            return _out(denied)
-        try:
-            body = api.read_body(request.content_length, request.stream.read)
-        except api.ApiError as exc:
-            return _out(api.error(exc.status, exc.message))
-        return _out(api.handle(request.method, path, list(request.args.items(multi=True)),
-                               user=get_auth_manager().get_user_name(), headers=dict(request.headers), body=body))
+        return _api_call(lambda body: api.handle(request.method, path, list(request.args.items(multi=True)),
+                                                 user=get_auth_manager().get_user_name(),
+                                                 headers=dict(request.headers), body=body))
 
     @expose("/mapping/")
     @has_access_view(AccessView.WEBSITE)
@@ -95,15 +101,9 @@ class KaapanaFhirView(BaseView):
 
     @expose("/api/mapping/<path:path>", methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"])
     def mapping_api(self, path: str) -> Any:
-        denied = _api_auth()
-        if denied is not None:
-            return _out(denied)
-        try:
-            body = api.read_body(request.content_length, request.stream.read)
-        except api.ApiError as exc:
-            return _out(api.error(exc.status, exc.message))
-        return _out(mapping_editor.handle(request.method, f"mapping/{path}", list(request.args.items(multi=True)),
-                                          body, headers=dict(request.headers)))
+        return _api_call(lambda body: mapping_editor.handle(request.method, f"mapping/{path}",
+                                                            list(request.args.items(multi=True)), body,
+                                                            headers=dict(request.headers)))
 
     def create_blueprint(self, appbuilder: Any, endpoint: str | None = None, static_folder: str | None = None) -> Any:
         """The API's one writing route (POST send-to-kaapana) is guarded by a custom header instead of Flask-WTF's
