@@ -465,7 +465,8 @@ def _import_local(store: ObjectStoreApi, client: FhirApi, bucket: str, key: str,
                            encoding=src.get("encoding"), sheet=src.get("sheet"))
         mapping = resolve_mapping(header=table.header, mapping_text=mapping_text, mapping_name=mapping_name,
                                   preset=preset, dictionary_text=dictionary_text, table_name=key, data=local)
-        rep = import_table(table, mapping, client=client, skip_invalid_rows=skip_invalid_rows, chunk_size=chunk_size)
+        rep = import_table(table, mapping, client=client, skip_invalid_rows=skip_invalid_rows, chunk_size=chunk_size,
+                           workers=AutoWorkers())  # parallel chunks, as many as the server's answers show help
         status = "imported"
     except TableRejected as exc:
         rep, status, error = exc.report, "rejected", str(exc)
