@@ -65,3 +65,7 @@ class DicomWebError(KaapanaFhirError):
 
 class ObjectStoreError(KaapanaFhirError):
     """The S3 / MinIO object store failed or an object is missing."""
+
+
+class BucketNotFound(ObjectStoreError):
+    """The bucket does not exist (a Kaapana project's bucket is ``project-<name>``, created with the project)."""

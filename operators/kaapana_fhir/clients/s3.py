@@ -44,7 +44,7 @@ from minio.credentials.providers import Provider, StaticProvider
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
 from kaapana_fhir.clients.fhir import redact_url
-from kaapana_fhir.exceptions import ConfigError, ObjectStoreError
+from kaapana_fhir.exceptions import BucketNotFound, ConfigError, ObjectStoreError
 
 log = logging.getLogger(__name__)
 
@@ -434,8 +434,8 @@ class ObjectStore:
             return ObjectStoreError(f"object {key!r} not found in bucket {bucket!r} at {where} ({what}); it may "
                                     "have been deleted")
         if exc.code == "NoSuchBucket":
-            return ObjectStoreError(f"bucket {bucket!r} does not exist at {where} ({what}); a Kaapana project's "
-                                    "bucket is project-<name>, created with the project")
+            return BucketNotFound(f"bucket {bucket!r} does not exist at {where} ({what}); a Kaapana project's "
+                                  "bucket is project-<name>, created with the project")
         if exc.code == "AccessDenied":
             target = f"s3://{bucket}/{key}" if key else f"bucket {bucket!r}"
             return ObjectStoreError(f"access to {target} denied at {where} ({what}); the credentials' policy "

@@ -613,7 +613,7 @@ def handle(method: str, path: str, query: Sequence[tuple[str, str]] | Mapping[st
            es: EditorSettings | None = None, store: Any = None,
            store_factory: Callable[[EditorSettings], Any] | None = None) -> ApiResponse:
     """Answer ``method api/<path>?query`` for the editor's endpoints (``path`` starts with ``mapping/``)."""
-    from kaapana_fhir.exceptions import ConfigError, KaapanaFhirError, ObjectStoreError
+    from kaapana_fhir.exceptions import BucketNotFound, ConfigError, KaapanaFhirError, ObjectStoreError
 
     method = method.upper()
     try:
@@ -654,6 +654,8 @@ def handle(method: str, path: str, query: Sequence[tuple[str, str]] | Mapping[st
         return error(exc.status, exc.message)
     except S.SettingsError as exc:
         return error(404 if "not configured" in str(exc) else 400, str(exc))
+    except BucketNotFound as exc:  # the project has no bucket (yet): a configuration matter, not a failure
+        return error(404, f"object store: {exc}")
     except ObjectStoreError as exc:
         log.warning("mapping editor %s %s: %s", method, path, exc)
         return error(502, f"object store: {exc}")

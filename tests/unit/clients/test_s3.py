@@ -335,3 +335,11 @@ def test_missing_bucket_and_dead_server_are_named(moto_url: str) -> None:
         dead.get_bytes("bkt", "k")
     with pytest.raises(ConfigError, match="invalid bucket name"):
         dead.get_bytes("b", "k")
+
+
+def test_missing_bucket_is_a_typed_error(moto_url: str) -> None:
+    from kaapana_fhir.exceptions import BucketNotFound
+
+    store = ObjectStore(moto_url, "test", "test")
+    with pytest.raises(BucketNotFound, match="project-none"):
+        list(store.list("project-none", "fhir-import/"))

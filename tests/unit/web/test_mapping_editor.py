@@ -299,7 +299,7 @@ def test_keys_names_sizes_projects_and_the_post_header_are_checked(store: Memory
 
 
 def test_import_report_catalogue_and_store_errors(store: MemoryStore) -> None:
-    from kaapana_fhir.exceptions import ConfigError, ObjectStoreError
+    from kaapana_fhir.exceptions import BucketNotFound, ConfigError, ObjectStoreError
 
     store.put_bytes(BUCKET, "fhir-import/t.csv", CSV)
     assert call(store, "GET", "mapping/report", {"key": "fhir-import/t.csv"})[1]["report"] is None
@@ -316,10 +316,17 @@ def test_import_report_catalogue_and_store_errors(store: MemoryStore) -> None:
 
     class Down(MemoryStore):
         def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
-            raise ObjectStoreError("bucket 'project-admin' does not exist")
+            raise ObjectStoreError("S3 list_objects at http://minio failed: InternalError")
 
     r = ME.handle("GET", "mapping/tables", {}, st=ST, es=ES, store=Down())
-    assert r.status == 502 and "does not exist" in r.json()["error"]
+    assert r.status == 502 and "InternalError" in r.json()["error"]
+
+    class NoBucket(MemoryStore):  # the project's bucket does not exist: a configuration matter (404), not a 502
+        def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
+            raise BucketNotFound("bucket 'project-admin' does not exist at http://minio")
+
+    r = ME.handle("GET", "mapping/tables", {}, st=ST, es=ES, store=NoBucket())
+    assert r.status == 404 and "project-admin" in r.json()["error"]
 
 
 def test_settings_follow_the_watcher_prefix_and_bound_the_size() -> None:
