@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from kaapana_fhir.clients.fhir import FhirClient
+from kaapana_fhir.clients.s3 import ObjectStore
 from kaapana_fhir.core import bundle
 from kaapana_fhir.web import survival
 from tests.browser.airflow_web import PASSWORD, USER, AirflowWeb, airflow_web
@@ -102,10 +103,16 @@ def backend() -> Iterator[FakeBackend]:
 
 
 @pytest.fixture(scope="module")
-def web(fhir_url: str, data: dict[str, Any], backend: FakeBackend,
+def web(fhir_url: str, data: dict[str, Any], backend: FakeBackend, stack: Any, stack_env: dict[str, str],
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowWeb]:
     cohorts = cohort_dir(tmp_path_factory.mktemp("web"), data["system"])
-    env = web_env(fhir_url, cohorts, data["system"]) | {
+    # the mapping editor's endpoints work on the stack's MinIO, in a bucket of this module (schemathesis uploads)
+    editor = f"kf-webapi-{uuid.uuid4().hex[:8]}-{{project}}"
+    svc = stack.services["s3"]
+    ObjectStore(svc.url, svc.extra["access_key"], svc.extra["secret_key"]).ensure_bucket(
+        editor.replace("{project}", "admin"))
+    env = dict(stack_env) | web_env(fhir_url, cohorts, data["system"]) | {
+        "KAAPANA_FHIR_EDITOR_BUCKET": editor,
         "KAAPANA_BACKEND_URL": backend.url, "KAAPANA_FHIR_WEB_MAX_BODY_BYTES": str(MAX_BODY),
         "KAAPANA_FHIR_PROJECT_OBJECTS": json.dumps({"admin": {"id": "p-admin", "name": "admin"}})}
     with airflow_web(Path(sys.executable).parent, env) as w:

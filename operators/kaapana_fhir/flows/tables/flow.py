@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from kaapana_fhir.clients.fhir import WriteResult
@@ -434,7 +434,7 @@ def import_object(store: ObjectStoreApi, client: FhirApi, bucket: str, key: str,
     sig = signature or W.signature_of(store, bucket, key)
     # the object is streamed to a temporary file and the table read from there: constant memory for any size
     with tempfile.TemporaryDirectory(prefix="kaapana-fhir-import-") as tmp:
-        local = Path(tmp) / ("table" + "".join(PurePosixPath(key).suffixes[-2:]))
+        local = Path(tmp) / "table"  # a fixed name: nothing on disk is named after the (untrusted) key
         try:
             store.get_file(bucket, key, local)
         except ObjectStoreError as exc:
