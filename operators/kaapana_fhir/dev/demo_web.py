@@ -146,6 +146,14 @@ def _run(cmd: list[str], env: Mapping[str, str], what: str) -> None:
         raise WebError(f"{what} failed ({res.returncode}): {res.stderr[-1500:] or res.stdout[-1500:]}")
 
 
+def user_commands(airflow: str, user: str, password: str) -> tuple[list[str], list[str]]:
+    """The Airflow 2 commands that create ``user`` and reset its password. The password goes as one
+    ``--password=`` argument so that a random one starting with ``-`` is not read as an option."""
+    create = [airflow, "users", "create", "-u", user, f"--password={password}", "-r", "Admin", "-f", "Kaapana",
+              "-l", "FHIR", "-e", f"{user}@example.org"]
+    return create, [airflow, "users", "reset-password", "-u", user, f"--password={password}"]
+
+
 def start(bin_dir: Path, home: Path, extra_env: Mapping[str, str], *, user: str, password: str,
           port: int | None = None, deadline_s: float = 300.0, base_env: Mapping[str, str] | None = None
           ) -> AirflowWeb:
@@ -164,11 +172,10 @@ def start(bin_dir: Path, home: Path, extra_env: Mapping[str, str], *, user: str,
         _run([airflow, "db", "migrate"], env, "airflow db migrate")
         (home / ".migrated").write_text("ok")
     if major < 3:
-        res = subprocess.run([airflow, "users", "create", "-u", user, "-p", password, "-r", "Admin", "-f", "Kaapana",
-                              "-l", "FHIR", "-e", f"{user}@example.org"], env=env, capture_output=True, text=True,
-                             timeout=600)
+        create, reset = user_commands(airflow, user, password)
+        res = subprocess.run(create, env=env, capture_output=True, text=True, timeout=600)
         if res.returncode != 0 or "already exist" in res.stdout + res.stderr:
-            _run([airflow, "users", "reset-password", "-u", user, "-p", password], env, "airflow users reset-password")
+            _run(reset, env, "airflow users reset-password")
     port = port or devstack.free_port()
     cmd = ([airflow, "webserver", "-p", str(port), "-H", "127.0.0.1"] if major < 3 else
            [airflow, "api-server", "-p", str(port), "-H", "127.0.0.1"])
