@@ -162,6 +162,12 @@ def norm_name(name: str) -> str:
     return re.sub(r"[^0-9a-zäöüß]+", " ", t).strip()
 
 
+#: answers that say nothing about what a column means: a column holding only these (``yes``/``no``) is matched by
+#: its name, never by its values alone (a hormone-therapy yes/no column is not a vital status)
+_GENERIC_ANSWERS = frozenset({"yes", "no", "y", "n", "true", "false", "t", "f", "ja", "nein", "j", "oui", "non",
+                              "si", "unknown", "unk", "na", "n/a"})
+
+
 def match_catalogue(profile: ColumnProfile) -> dict[str, Any] | None:
     """The catalogue entry for a column (by name; ties broken by unit and values), or None."""
     name = norm_name(profile.name)
@@ -177,7 +183,7 @@ def match_catalogue(profile: ColumnProfile) -> dict[str, Any] | None:
                 score = max(score, 50 + len(a))
         vals = {v.lower() for v in profile.distinct} if not profile.overflow else set()
         if not score and entry.get("values") and len(vals) >= 2 and not any(v.isdigit() for v in vals) \
-                and vals <= {str(k).lower() for k in entry["values"]}:
+                and vals - _GENERIC_ANSWERS and vals <= {str(k).lower() for k in entry["values"]}:
             score = 40  # matched by its values alone (e.g. a 'Status' column holding alive/dead)
         if not score:
             continue
