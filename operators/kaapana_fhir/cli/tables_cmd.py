@@ -34,6 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                            "(optional with --redcap)")
     p.add_argument("--redcap", metavar="DICT", help="REDCap data dictionary CSV: derive the mapping from it")
     p.add_argument("--project", help="REDCap project name for identifier/code systems (default: from DICT's name)")
+    p.add_argument("--local-codes", action="store_true",
+                   help="give columns the catalogue does not know codes of a project-local code system "
+                        "(urn:kaapana-fhir:CodeSystem:local:NAME) instead of TODO placeholders; replace them with "
+                        "LOINC/SNOMED codes later and re-import (ids stay the same)")
     p.add_argument("-o", "--output", help="write the YAML here (default: stdout)")
     p.set_defaults(func=run_mapping)
 
@@ -85,7 +89,8 @@ def run_mapping(args: argparse.Namespace) -> int:
 
     dictionary = _read(args.redcap).decode("utf-8-sig", errors="replace") if args.redcap else None
     res = init_mapping(_read(args.file) if args.file else None, name=Path(args.file or args.redcap or "").name,
-                       dictionary=dictionary, dictionary_name=Path(args.redcap or "").name, project=args.project)
+                       dictionary=dictionary, dictionary_name=Path(args.redcap or "").name, project=args.project,
+                       local_codes=args.local_codes)
     for line in res.report.splitlines():
         log.info("%s", line)
     for note in res.notes:

@@ -18,7 +18,8 @@ Endpoints (below the API prefix; POSTs need ``X-Requested-By: kaapana-fhir`` lik
 ``GET mapping/tables``      table objects under the prefix, with their mapping and import-report sidecars
 ``POST mapping/upload``     body = the table's bytes, ``name`` = file name; checked (readable table, size) then
                             stored under the prefix (the watcher waits until a mapping is saved)
-``GET mapping/draft``       profile + the saved mapping (or a generated one) + its validation and preview
+``GET mapping/draft``       profile + the saved mapping (or a generated one) + its validation and preview;
+                            ``local_codes=1``: generated with local codes for unknown columns (``--local-codes``)
 ``POST mapping/preview``    body ``{"yaml", "edits"}``: the edited text, its validation and preview
 ``POST mapping/save``       body ``{"yaml", "edits", "base_etag"}``: saves when the import would accept it
 ``GET mapping/report``      the import report the import wrote beside the table (or null)
@@ -398,9 +399,9 @@ def check(text: str, data: bytes, key: str, *, mapping_key: str = "mapping", row
     return out
 
 
-def profile(data: bytes, key: str) -> dict[str, Any]:
+def profile(data: bytes, key: str, *, local_codes: bool = False) -> dict[str, Any]:
     """The column profile and the generated mapping of ``mapping init`` (tables are profiled once; ODM files take
-    init's ODM route)."""
+    init's ODM route; ``local_codes`` as ``mapping init --local-codes``)."""
     from kaapana_fhir.core.tables import suggest
     from kaapana_fhir.core.tables.init import init_mapping
     from kaapana_fhir.core.tables.reader import guess_format, open_table
@@ -412,7 +413,8 @@ def profile(data: bytes, key: str) -> dict[str, Any]:
         text, report, notes = init.yaml, init.report, init.notes
     else:  # init_mapping's table route on the profiles just made
         report = suggest.profile_report(profiles, nrows)
-        text = suggest.to_yaml(suggest.suggest_mapping(table, profiles=profiles, nrows=nrows), report=report)
+        text = suggest.to_yaml(suggest.suggest_mapping(table, profiles=profiles, nrows=nrows,
+                                                       local_codes=local_codes), report=report)
         notes = []
     return {"rows": nrows, "columns": [p.as_dict() for p in profiles], "report": report, "notes": notes,
             "generated_yaml": text}
@@ -528,7 +530,7 @@ def ep_draft(ctx: Ctx) -> ApiResponse:
     data = _read_object(ctx, key, ctx.es.max_bytes, "table")
     mkey, etag = mapping_key_of(ctx.store, ctx.bucket, key)
     try:
-        prof = profile(data, key)
+        prof = profile(data, key, local_codes=ctx.q.get("local_codes", "") in ("1", "true"))
     except (MappingError, ConfigError) as exc:
         raise ApiError(400, f"cannot profile {key}: {exc}") from None
     if etag:

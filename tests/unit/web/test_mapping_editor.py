@@ -347,3 +347,15 @@ def test_page_is_local_only_and_never_injects_html() -> None:
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
         assert sink not in js, sink
     assert ME.static("../mapping_editor.py").status == 404 and ME.static("mapping.css").status == 200
+
+
+def test_draft_with_local_codes_needs_only_the_suggestions_accepted(store: MemoryStore) -> None:
+    call(store, "POST", "mapping/upload", {"name": "clinical.csv"}, CSV)
+    _, plain = call(store, "GET", "mapping/draft", {"key": "fhir-import/clinical.csv"})
+    status, local = call(store, "GET", "mapping/draft", {"key": "fhir-import/clinical.csv", "local_codes": "1"})
+    assert status == 200 and local["source"] == "generated"
+    assert ": TODO" in plain["yaml"] and ": TODO" not in local["yaml"]
+    assert "urn:kaapana-fhir:CodeSystem:local:clinical" in local["yaml"]
+    status, prev = call(store, "POST", "mapping/preview", {"key": "fhir-import/clinical.csv"},
+                        {"yaml": local["yaml"], "edits": accept_all(local["mapping"])})
+    assert status == 200 and prev["ready"], prev.get("pending")

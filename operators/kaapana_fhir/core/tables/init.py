@@ -42,8 +42,9 @@ class InitResult:
 
 
 def init_mapping(data: bytes | None, *, name: str, dictionary: str | None = None, dictionary_name: str = "",
-                 project: str | None = None) -> InitResult:
-    """A starting mapping for ``data`` (a table's bytes; may be None with a REDCap ``dictionary``)."""
+                 project: str | None = None, local_codes: bool = False) -> InitResult:
+    """A starting mapping for ``data`` (a table's bytes; may be None with a REDCap ``dictionary``). ``local_codes``
+    (tables only): columns the catalogue does not know get codes of a project-local code system, not ``TODO``."""
     if dictionary is not None:
         from kaapana_fhir.core.tables.redcap import derive_mapping, project_name_of
 
@@ -64,7 +65,7 @@ def init_mapping(data: bytes | None, *, name: str, dictionary: str | None = None
         return InitResult(mapping, suggest.to_yaml(mapping, notes=notes), notes=notes)
     table = open_table(data, name=name)
     profiles, nrows = suggest.profile_table(table)
-    mapping = suggest.suggest_mapping(table, profiles=profiles, nrows=nrows)
+    mapping = suggest.suggest_mapping(table, profiles=profiles, nrows=nrows, local_codes=local_codes)
     report = suggest.profile_report(profiles, nrows)
     _check(mapping, name)
     return InitResult(mapping, suggest.to_yaml(mapping, report=report), report=report)

@@ -305,9 +305,40 @@ def _key(profiles: list[ColumnProfile], table: Table, nrows: int) -> tuple[dict[
     return pat, notes
 
 
+LOCAL_SYSTEM = "urn:kaapana-fhir:CodeSystem:local:"
+_FHIR_CODE = re.compile(r"[^\s]+( [^\s]+)*")
+
+
+def local_system(mapping_name: str, column: str | None = None) -> str:
+    """The project-local code system of a mapping (``column``: of that column's answers)."""
+    return LOCAL_SYSTEM + mapping_name + (f":{slug(column)}" if column is not None else "")
+
+
+def _local_codes(observations: list[dict[str, Any]], name: str) -> None:
+    """Fill the ``TODO`` codes of columns without a catalogue match with codes of a local code system: the column
+    (its slug, unique in the mapping) and, for coded answers, the cell value itself (a valid FHIR code) or its slug."""
+    used: set[str] = set()
+    for o in observations:
+        if o["code"].get("system") != "TODO":
+            continue
+        base = slug(o["column"])
+        code, n = base, 2
+        while code in used:
+            code, n = f"{base}-{n}", n + 1
+        used.add(code)
+        o["code"] = {"system": local_system(name), "code": code, "display": o["column"]}
+        value = o["value"]
+        if value.get("type") == "CodeableConcept" and value.get("system") == "TODO":
+            value["system"] = local_system(name, code)
+            value["map"] = {k: {"code": k if _FHIR_CODE.fullmatch(k) else slug(k), "display": v.get("display", k)}
+                            for k, v in value["map"].items()}
+
+
 def suggest_mapping(table: Table, *, profiles: list[ColumnProfile] | None = None,
-                    nrows: int | None = None) -> dict[str, Any]:
-    """A mapping dict for ``table`` with catalogue suggestions (``review``) and ``TODO`` codes (schema-valid)."""
+                    nrows: int | None = None, local_codes: bool = False) -> dict[str, Any]:
+    """A mapping dict for ``table`` with catalogue suggestions (``review``) and ``TODO`` codes (schema-valid).
+    ``local_codes``: columns the catalogue does not know get codes of a project-local code system
+    (:func:`local_system`) instead of ``TODO``, so only the catalogue's suggestions remain to review."""
     if profiles is None or nrows is None:
         profiles, nrows = profile_table(table)
     patient, _ = _key(profiles, table, nrows)
@@ -335,8 +366,10 @@ def suggest_mapping(table: Table, *, profiles: list[ColumnProfile] | None = None
         if target:
             entry = None
         observations.append(_observation(p, entry))
-    name = table.name.rsplit("/", 1)[-1]
-    return {"version": 1, "name": slug(name.rsplit(".", 1)[0]), "source": {"format": "auto"}, "patient": patient,
+    name = slug(table.name.rsplit("/", 1)[-1].rsplit(".", 1)[0])
+    if local_codes:
+        _local_codes(observations, name)
+    return {"version": 1, "name": name, "source": {"format": "auto"}, "patient": patient,
             "observations": observations, "conditions": []}
 
 
@@ -362,5 +395,5 @@ def to_yaml(mapping: dict[str, Any], *, report: str = "", notes: list[str] | Non
     return head + yaml.safe_dump(mapping, sort_keys=False, allow_unicode=True, width=120)
 
 
-__all__ = ["COMMON_UNITS", "ColumnProfile", "catalogue", "match_catalogue", "profile_report", "profile_table",
-           "suggest_mapping", "to_yaml"]
+__all__ = ["COMMON_UNITS", "LOCAL_SYSTEM", "ColumnProfile", "catalogue", "local_system", "match_catalogue",
+           "profile_report", "profile_table", "suggest_mapping", "to_yaml"]

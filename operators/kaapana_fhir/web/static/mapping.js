@@ -69,7 +69,7 @@
   async function openTable(key) {
     if (!key) { status("choose a table first", true); return; }
     status("profiling " + key + " …");
-    const d = await call("GET", "draft", { key: key });
+    const d = await call("GET", "draft", { key: key, local_codes: $("local-codes").checked ? "1" : "" });
     state.key = key;
     state.etag = d.mapping_etag || "";
     state.mappingKey = d.mapping_key;
