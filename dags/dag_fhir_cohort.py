@@ -10,7 +10,7 @@ the SeriesInstanceUIDs of the selected cohort; skipped when no DAG is named).
 Conf / ``workflow_form`` keys: ``fhir_search`` (FHIR searches, one per line; default: all Patients and their
 Observations, Conditions, ImagingStudies, BodyStructures), ``patient_search`` (a ``Patient?...`` search that
 selects the patients), ``filters`` (``Histology=adenocarcinoma; Overall.Stage=IIIa``), ``modality``,
-``dataset_name``, ``group_by``, ``trigger_dag_id``.
+``dataset_name``, ``group_by``, ``trigger_dag_id``, ``engine`` (``ours`` or ``pathling``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from kaapana_fhir.airflow_compat import Param, ShortCircuitOperator, TriggerDagRunOperator
+from kaapana_fhir.flows.cohort.params import CohortEngine
 from kaapana_fhir.kaapana.runtime import flow_operator, in_kaapana, kaapana_cleaner, workflow_dag
 from kaapana_fhir.operators.fhir_query import read_downstream
 
@@ -49,6 +50,10 @@ ui_forms: dict[str, Any] = {
                          "description": "A clinical variable, e.g. Overall.Stage; empty: chosen automatically"},
             "trigger_dag_id": {"title": "Then run workflow", "type": "string", "default": "",
                                "description": "DAG id to trigger with the cohort's series (data_form.identifiers)"},
+            "engine": {"title": "View engine", "type": "string", "enum": [e.value for e in CohortEngine],
+                       "default": "ours",
+                       "description": "pathling: Spark (must be installed) over a Bulk Data $export of all "
+                                      "patients, for cohorts that outgrow one process; filters only, no searches"},
         },
     },
 }
@@ -63,7 +68,8 @@ with workflow_dag(
     params={"fhir_search": Param("", type="string"), "patient_search": Param("", type="string"),
             "filters": Param("", type="string"), "modality": Param("CT", type="string"),
             "dataset_name": Param("fhir-cohort", type="string"), "group_by": Param("", type="string"),
-            "trigger_dag_id": Param("", type="string")},
+            "trigger_dag_id": Param("", type="string"),
+            "engine": Param("ours", type="string", enum=[e.value for e in CohortEngine])},
     doc_md=__doc__,
 ) as dag:
     query = flow_operator("cohort", dag=dag, task_id="fhir-query")

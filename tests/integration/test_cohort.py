@@ -57,8 +57,8 @@ def test_flow_with_patient_search_and_chained_has_search(fhir: FhirClient, lung_
     system = lung_cohort["system"]
     s = run_cohort(fhir, tmp_path / "a", patient_search=f"Patient?identifier={system}|",
                    filters=["Histology=adenocarcinoma", "Overall.Stage=IIIa"], count=50)
-    assert s["patients"] == 12 and s["selected_patients"] == 3
-    assert s["dataset"]["data_form"]["identifiers"] == lung_cohort["ct_series"]
+    assert s.patients == 12 and s.selected_patients == 3
+    assert s.dataset["data_form"]["identifiers"] == lung_cohort["ct_series"]
     # explicit searches: _has (reverse chain) selects patients, _revinclude brings their data
     searches = [(f"Patient?identifier={system}|&_has:Observation:subject:code="
                  "urn:kaapana-fhir:CodeSystem:pyradiomics-feature|shape_MeshVolume&_revinclude=ImagingStudy:subject"),
@@ -67,8 +67,8 @@ def test_flow_with_patient_search_and_chained_has_search(fhir: FhirClient, lung_
     s2 = run_cohort(fhir, tmp_path / "b", searches=searches, filters=["Histology=adenocarcinoma"], count=5)
     adeno = {r["subject"]["reference"] for r in lung_cohort["resources"] if r["resourceType"] == "Condition"
              and r["extension"][0]["valueCodeableConcept"]["coding"][0]["code"] == "35917007"}
-    assert s2["resources"]["Patient"] == 12 and s2["resources"]["ImagingStudy"] == 12 and len(adeno) >= 3
-    assert s2["requests"] > 3, "paging with _count=5 needs several pages"
+    assert s2.resources["Patient"] == 12 and s2.resources["ImagingStudy"] == 12 and len(adeno) >= 3
+    assert s2.requests > 3, "paging with _count=5 needs several pages"
     t = C.read_table(tmp_path / "b" / "cohort.parquet")
     assert set(t["Histology"].dropna()) == {"adenocarcinoma"} and t["patient_key"].nunique() == len(adeno)
 
@@ -135,8 +135,8 @@ def test_view_run_over_the_server_and_semicolon_filters(fhir: FhirClient, lung_c
     assert len(rows) == 12 and {r["identifier_system"] for r in rows} == {system}
     s = run_cohort(fhir, tmp_path / "c", patient_search=f"Patient?identifier={system}|",
                    filters=["Histology=adenocarcinoma; Overall.Stage=IIIa"], count=50)
-    assert s["selected_patients"] == 3 and s["filters"] == ["Histology=adenocarcinoma", "Overall.Stage=IIIa"]
-    assert s["dropped"] == {}
+    assert s.selected_patients == 3 and s.filters == ["Histology=adenocarcinoma", "Overall.Stage=IIIa"]
+    assert s.dropped == {}
     assert (tmp_path / "c" / "data_dictionary.csv").is_file()
 
 

@@ -29,6 +29,7 @@ from kaapana_fhir.dev.stack import free_port
 from kaapana_fhir.dev.synthetic_tables import synthetic_lung1_csv
 from kaapana_fhir.exceptions import ConfigError, ObjectStoreError
 from tests.integration.test_kaapana_container import Platform, kaapana  # noqa: F401 - the pod harness fixture
+from tests.support.table_dags import load_table_dags, run_import, run_watcher
 
 pytestmark = pytest.mark.integration
 BUCKET = "project-admin"
@@ -46,6 +47,20 @@ def _root(st: sso.SsoStack) -> ObjectStore:
 
 def _tag() -> str:
     return uuid.uuid4().hex[:8]
+
+
+def _put_lung1(store: ObjectStore, id_prefix: str, n: int, seed: int, *, name: str = "lung1.csv",
+               preset_sidecar: bool = True) -> tuple[str, str, list[str]]:
+    """A synthetic Lung1 table of ``n`` patients (PatientIDs ``<id_prefix>-<tag>-<i>``) stored as
+    ``fhir-import/<tag>/<name>`` in the project bucket, with its ``lung1`` preset sidecar unless told
+    otherwise: (tag, object key, PatientIDs)."""
+    tag = _tag()
+    key = f"fhir-import/{tag}/{name}"
+    ids = [f"{id_prefix}-{tag}-{i}" for i in range(1, n + 1)]
+    store.put_bytes(BUCKET, key, synthetic_lung1_csv(ids, seed=seed).encode())
+    if preset_sidecar:
+        store.put_bytes(BUCKET, key.removesuffix(".csv") + ".preset", b"lung1\n")
+    return tag, key, ids
 
 
 def test_objects_are_listed_read_and_written_with_temporary_keys(sso_stack: sso.SsoStack) -> None:
@@ -72,11 +87,8 @@ def test_table_import_and_cohort_upload_with_sts(sso_stack: sso.SsoStack, fhir: 
     from kaapana_fhir.flows.tables.watch import find_new_objects
 
     store = _sts_store(sso_stack)
-    tag = _tag()
+    tag, _, ids = _put_lung1(store, "STS", 4, seed=3)
     prefix = f"fhir-import/{tag}/"
-    ids = [f"STS-{tag}-{i}" for i in range(1, 5)]
-    store.put_bytes(BUCKET, f"{prefix}lung1.csv", synthetic_lung1_csv(ids, seed=3).encode())
-    store.put_bytes(BUCKET, f"{prefix}lung1.preset", b"lung1\n")
     confs = find_new_objects(store, BUCKET, prefix)
     assert [c["object_key"] for c in confs] == [f"{prefix}lung1.csv"]
     rep = import_object(store, fhir, BUCKET, confs[0]["object_key"], signature=confs[0].get("signature"))
@@ -88,8 +100,8 @@ def test_table_import_and_cohort_upload_with_sts(sso_stack: sso.SsoStack, fhir: 
 
     summary = run_cohort(fhir, tmp_path / "cohort", patient_search=f"Patient?identifier={DEFAULT_PATIENT_SYSTEM}|",
                          store=store, bucket=BUCKET, prefix=f"fhir-cohort/{tag}", formats=("csv",))
-    assert summary["object_keys"] and all(k.startswith(f"fhir-cohort/{tag}/") for k in summary["object_keys"])
-    assert {o.key for o in _root(sso_stack).list(BUCKET, f"fhir-cohort/{tag}/")} == set(summary["object_keys"])
+    assert summary.object_keys and all(k.startswith(f"fhir-cohort/{tag}/") for k in summary.object_keys)
+    assert {o.key for o in _root(sso_stack).list(BUCKET, f"fhir-cohort/{tag}/")} == set(summary.object_keys)
 
 
 def test_expired_token_mid_import_is_renewed_and_nothing_is_duplicated(sso_stack: sso.SsoStack, fhir: Any) -> None:
@@ -104,10 +116,7 @@ def test_expired_token_mid_import_is_renewed_and_nothing_is_duplicated(sso_stack
         store = _sts_store(sso_stack)
         provider = store.provider
         assert isinstance(provider, KeycloakStsProvider)
-        tag = _tag()
-        key = f"fhir-import/{tag}/lung1.csv"
-        ids = [f"EXP-{tag}-{i}" for i in range(1, 4)]
-        store.put_bytes(BUCKET, key, synthetic_lung1_csv(ids, seed=5).encode())
+        _, key, ids = _put_lung1(store, "EXP", 3, seed=5, preset_sidecar=False)
 
         class SlowFhir:
             def __init__(self, inner: Any) -> None:
@@ -219,32 +228,21 @@ def test_watcher_and_import_dags_run_in_airflow_with_sts_only(sso_stack: sso.Sso
     import json
     import os
 
-    from airflow.models import DagBag, XCom
-    from airflow.utils.state import DagRunState
-
     for k in list(os.environ):
         if k.startswith(("AIRFLOW_CONN_S3", "S3_", "MINIO_", "AWS_")):
             monkeypatch.delenv(k)
     monkeypatch.setenv("AIRFLOW_CONN_FHIR_DEFAULT", json.dumps({"conn_type": "http", "host": fhir_url}))
     for k, v in sso_stack.env().items():
         monkeypatch.setenv(k, v)
-    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags"), include_examples=False)
-    watcher, imp = bag.get_dag("fhir-import-watcher"), bag.get_dag("fhir-table-import")
-    assert watcher is not None and imp is not None, bag.import_errors
-    bag.sync_to_db()
+    dags = load_table_dags()
 
     store = _sts_store(sso_stack)
-    tag = _tag()
+    tag, _, ids = _put_lung1(store, "AF", 3, seed=9)
     prefix = f"fhir-import/{tag}/"
-    ids = [f"AF-{tag}-{i}" for i in range(1, 4)]
-    store.put_bytes(BUCKET, f"{prefix}lung1.csv", synthetic_lung1_csv(ids, seed=9).encode())
-    store.put_bytes(BUCKET, f"{prefix}lung1.preset", b"lung1\n")
 
-    dr = watcher.test(run_conf={"bucket": BUCKET, "prefix": prefix})
-    assert dr.state == DagRunState.SUCCESS
-    confs = XCom.get_one(run_id=dr.run_id, dag_id=watcher.dag_id, task_id="find-new-objects", key="return_value")
+    _, confs = run_watcher(dags["watcher"], BUCKET, prefix)
     assert [c["object_key"] for c in confs] == [f"{prefix}lung1.csv"]
-    assert imp.test(run_conf=confs[0]).state == DagRunState.SUCCESS
+    run_import(dags["import"], confs[0])
     for pid in ids:
         assert fhir.count("Patient", {"identifier": f"{DEFAULT_PATIENT_SYSTEM}|{pid}"}) == 1
     assert store.head(BUCKET, f"{prefix}lung1.import-report.json") is not None
@@ -262,10 +260,7 @@ def test_kaapana_pods_import_and_upload_with_sts(
     monkeypatch.setenv("MINIO_URL", sso_stack.minio.url.removeprefix("http://"))
     kaapana.secrets.update({k: v for k, v in sso_stack.env().items() if k.startswith("KAAPANA_")})
     store = _sts_store(sso_stack)
-    tag = _tag()
-    ids = [f"POD-{tag}-{i}" for i in range(1, 4)]
-    key = f"fhir-import/{tag}/clinical.csv"
-    store.put_bytes(BUCKET, key, synthetic_lung1_csv(ids, seed=4).encode())
+    tag, key, ids = _put_lung1(store, "POD", 3, seed=4, name="clinical.csv", preset_sidecar=False)
 
     op = kaapana.operator("import-table")
     run_id = f"sts-table-{tag}"

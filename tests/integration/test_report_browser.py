@@ -97,7 +97,7 @@ def test_demo_report_renders_offline_and_screenshot(driver: Any, fhir: FhirClien
                           "Plotly.restyle(g, {visible: g.data.map(function(t,i){return i===1})})", idx)
     after = driver.execute_script(visible, idx)
     assert (before, after) == (0, 1)
-    assert shot.stat().st_size > 10_000 and info["bytes"] < 15_000_000
+    assert shot.stat().st_size > 10_000 and info.bytes < 15_000_000
 
 
 def _box_index(driver: Any) -> int:

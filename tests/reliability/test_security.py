@@ -131,7 +131,7 @@ def test_flows_with_known_secrets_leak_nothing(fhir_url: str, dicomweb_url: str,
                 call()
             errors.append(exc.value)
             logging.getLogger("test").error("failure: %s", exc.value, exc_info=exc.value)
-    assert res["studies"] == 2 and rep["status"] == "imported" and summary["patients"] == 2
+    assert res["studies"] == 2 and rep["status"] == "imported" and summary.patients == 2
     assert isinstance(errors[0], FhirConnectionError) and isinstance(errors[1], DicomWebError)
     out = capsys.readouterr()
     assert _record_leaks(caplog.records, sec) == []
@@ -221,7 +221,7 @@ def test_search_values_and_object_keys_are_encoded(fhir_url: str, dicomweb_url: 
 
     summary = run_cohort(fhir, Path(f"/tmp/kf-rel-cohort-{tag}"),
                          patient_search=f"Patient?identifier={quote('urn:rel:hostile|' + value, safe='')}")
-    assert summary["patients"] == 1
+    assert summary.patients == 1
 
     dw = DicomWeb(dicomweb_url)
     dsent = _hooked(dw.session)
@@ -331,14 +331,14 @@ def test_cohort_tables_are_spreadsheet_safe_and_dashboard_escapes(fhir_url: str,
                      "code": {"text": "=evil()"}, "subject": {"reference": f"Patient/{pid}"}, "valueString": v})
     out = tmp_path / "cohort"
     summary = run_cohort(fhir, out, patient_search=f"Patient?_id={','.join(pids)}")
-    assert summary["patients"] == len(hostile)
+    assert summary.patients == len(hostile)
     csvs = sorted(out.glob("*.csv"))
     assert csvs and any(tag in p.read_text("utf-8") for p in csvs)  # the hostile rows are in the files
     assert {p.name: _formula_cells(p) for p in csvs if _formula_cells(p)} == {}
     assert spreadsheet_safe("=1") == "'=1" and spreadsheet_safe(-3) == -3
 
     info = report_job(out)
-    html = Path(info["path"]).read_text("utf-8")
+    html = Path(info.path).read_text("utf-8")
     assert "<script>alert(1)</script>" not in html
     assert "alert(1)" in html  # the value is shown (escaped), not dropped
 

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from kaapana_fhir.exceptions import ConfigError
+from kaapana_fhir.flows.cohort.params import CohortEngine
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "same folder resumes) instead of paging searches; select with --where")
     p.add_argument("--ndjson", default=None, metavar="FOLDER",
                    help="read NDJSON files already on disk (an earlier export, '<Type>.ndjson') instead of a server")
-    p.add_argument("--engine", default="ours", choices=("ours", "pathling"),
+    p.add_argument("--engine", default="ours", choices=[e.value for e in CohortEngine],
                    help="who runs the ViewDefinitions: our SQL-on-FHIR runner in this process (default) or Pathling "
                         "on Spark (needs --bulk or --ndjson; installed by .ci/install-pathling.sh) for cohorts that "
                         "outgrow one process")
@@ -88,7 +89,7 @@ def run_cohort_cmd(args: argparse.Namespace) -> int:
                          view_files=args.view, filters=args.where, modality=args.modality or None,
                          formats=("parquet",), bulk_folder=args.bulk, ndjson_folder=args.ndjson, engine=args.engine)
     table = C.read_table(work / "cohort.parquet")
-    outputs |= {f"{name} view table": out.with_name(f"{out.stem}.{name}{out.suffix}") for name in summary["rows"]
+    outputs |= {f"{name} view table": out.with_name(f"{out.stem}.{name}{out.suffix}") for name in summary.rows
                 if name not in C.VIEW_NAMES and (work / f"{name}.parquet").is_file()}
     check_output_paths(outputs, inputs)
     if out.suffix.lower() == ".parquet":  # keep the labels and the data dictionary in the Parquet metadata
@@ -96,19 +97,19 @@ def run_cohort_cmd(args: argparse.Namespace) -> int:
         out.write_bytes((work / "cohort.parquet").read_bytes())
     else:
         C.write_table(table, out)
-    for name in summary["rows"]:
+    for name in summary.rows:
         if name not in C.VIEW_NAMES and (work / f"{name}.parquet").is_file():
             C.write_table(C.read_table(work / f"{name}.parquet"), out.with_name(f"{out.stem}.{name}{out.suffix}"))
     for name in ("series", "studies", "data_dictionary"):
         C.write_table(C.read_table(work / f"{name}.parquet"), out.with_name(f"{name}{out.suffix}"))
     (out.with_name("cohort_meta.json")).write_text((work / "cohort_meta.json").read_text())
     if args.dataset:
-        Path(args.dataset).write_text(json.dumps(summary["dataset"], indent=1), encoding="utf-8")
-    log.info("wrote %s: %d rows (%d of %d patients), %d series UIDs", out, len(table), summary["selected_patients"],
-             summary["patients"], summary["series_uids"])
-    sys.stdout.write(json.dumps({k: summary[k] for k in ("patients", "selected_patients", "series_uids", "rows",
-                                                         "dropped")})
-                     + "\n")
+        Path(args.dataset).write_text(json.dumps(summary.dataset, indent=1), encoding="utf-8")
+    log.info("wrote %s: %d rows (%d of %d patients), %d series UIDs", out, len(table), summary.selected_patients,
+             summary.patients, summary.series_uids)
+    shown = ("patients", "selected_patients", "series_uids", "rows", "dropped")
+    full = summary.as_dict()
+    sys.stdout.write(json.dumps({k: full[k] for k in shown}) + "\n")
     return 0
 
 
@@ -120,5 +121,5 @@ def run_report_cmd(args: argparse.Namespace) -> int:
     else:
         data = data_from_fhir(_client(args.fhir), patient_search=args.patients, filters=args.where, title=args.title)
     info = write_report(data, args.out, group_by=args.group_by)
-    sys.stdout.write(json.dumps(info) + "\n")
+    sys.stdout.write(json.dumps(info.as_dict()) + "\n")
     return 0

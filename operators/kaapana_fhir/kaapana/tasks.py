@@ -319,15 +319,16 @@ def cohort(k: KaapanaRun) -> dict[str, Any]:
         "modality": params.modality or None,
         "dataset_name": params.dataset_name,
         "count": params.page_size,
+        "engine": params.engine,
     }
     bucket = params.bucket or k.project_bucket()
     if bucket and k.s3_endpoint() and params.upload:
         kw.update(store=object_store(k), bucket=str(bucket), prefix=params.prefix or f"fhir-cohort/{k.run_id}")
-    summary = flow.run_cohort(fhir_client(k), out_dir, **kw)
+    summary = flow.run_cohort(fhir_client(k), out_dir, **kw).as_dict()
     # The dashboard belongs to the cohort task in Kaapana too (no second container needed).
     rep = report_job(out_dir, store=kw.get("store"), bucket=kw.get("bucket"), prefix=kw.get("prefix", "fhir-cohort"),
                      group_by=params.group_by or None)
-    summary["report"] = {k2: rep.get(k2) for k2 in ("path", "bucket", "object_key")}
+    summary["report"] = {"path": rep.path, "bucket": rep.bucket, "object_key": rep.object_key}
     if params.trigger_dag_id:
         trigger_conf: dict[str, Any] = dict(summary["dataset"])
         if k.project_form:

@@ -98,7 +98,7 @@ class FhirQueryOperator(BaseOperator):
                  filters: Sequence[str] = (), modality: str = "CT", dataset_name: str = "fhir-cohort",
                  bucket: str = "", prefix: str = "", trigger_dag_id: str = "", out_dir: str = "",
                  upload: bool = True, fhir_conn_id: str = "fhir_default", s3_conn_id: str = "s3_default",
-                 page_size: int = 1000, **kwargs: Any) -> None:
+                 page_size: int = 1000, engine: str = "ours", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.searches = list(searches)
         self.patient_search = patient_search
@@ -114,6 +114,7 @@ class FhirQueryOperator(BaseOperator):
         self.fhir_conn_id = fhir_conn_id
         self.s3_conn_id = s3_conn_id
         self.page_size = page_size
+        self.engine = engine
 
     def execute(self, context: Any) -> dict[str, Any]:
         from kaapana_fhir.flows.cohort.flow import run_cohort
@@ -126,7 +127,7 @@ class FhirQueryOperator(BaseOperator):
             "fhir_search": self.searches, "patient_search": self.patient_search, "filters": self.filters,
             "views": self.views, "modality": self.modality, "dataset_name": self.dataset_name,
             "trigger_dag_id": self.trigger_dag_id, "bucket": self.bucket, "prefix": self.prefix,
-            "upload": self.upload, "page_size": self.page_size,
+            "upload": self.upload, "page_size": self.page_size, "engine": self.engine,
         }, "operator arguments")
         params = CohortParams.from_conf(conf, base)
         filters = list(params.filters)
@@ -138,17 +139,18 @@ class FhirQueryOperator(BaseOperator):
         summary = run_cohort(FhirHook(self.fhir_conn_id).get_conn(), out_dir, searches=list(params.fhir_search),
                              patient_search=params.patient_search or None, view_files=list(params.views),
                              filters=filters, modality=params.modality or None, dataset_name=params.dataset_name,
-                             store=store, bucket=bucket or None, prefix=prefix, count=params.page_size)
+                             store=store, bucket=bucket or None, prefix=prefix, count=params.page_size,
+                             engine=params.engine)
         trigger = params.trigger_dag_id
-        trigger_conf = dict(summary["dataset"])
+        trigger_conf = dict(summary.dataset)
         if project:
             trigger_conf["project_form"] = project
         if trigger:  # the same file the Kaapana container task writes: read by the DAG's read-downstream task
             write_downstream(out_dir, trigger, trigger_conf)
-        self.log.info("cohort: %s patients, %s selected, %s series UIDs, files in %s", summary["patients"],
-                      summary["selected_patients"], summary["series_uids"], out_dir)
-        return {"patients": summary["patients"], "selected_patients": summary["selected_patients"],
-                "series_uids": summary["series_uids"], "resources": summary["resources"],
-                "out_dir": str(out_dir), "bucket": summary["bucket"], "prefix": prefix,
-                "object_keys": summary["object_keys"], "filters": filters,
+        self.log.info("cohort: %s patients, %s selected, %s series UIDs, files in %s", summary.patients,
+                      summary.selected_patients, summary.series_uids, out_dir)
+        return {"patients": summary.patients, "selected_patients": summary.selected_patients,
+                "series_uids": summary.series_uids, "resources": summary.resources,
+                "out_dir": str(out_dir), "bucket": summary.bucket, "prefix": prefix,
+                "object_keys": summary.object_keys, "filters": filters,
                 "trigger_dag_id": trigger, "trigger_conf": trigger_conf}

@@ -41,5 +41,5 @@ class CohortReportOperator(BaseOperator):
         store = ObjectStoreHook(self.s3_conn_id).get_conn() if q.get("bucket") else None
         info = report_job(q["out_dir"], store=store, bucket=q.get("bucket"), prefix=q.get("prefix") or "fhir-cohort",
                           group_by=conf.get("group_by") or self.group_by or None, title=self.title)
-        return {"report": info["path"], "bytes": info["bytes"], "patients": info["patients"],
-                "bucket": info.get("bucket"), "object_key": info.get("object_key")}
+        return {"report": info.path, "bytes": info.bytes, "patients": info.patients,
+                "bucket": info.bucket, "object_key": info.object_key}

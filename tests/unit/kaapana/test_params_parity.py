@@ -40,7 +40,7 @@ FORMS: dict[str, tuple[type[FlowParams], dict[str, Any]]] = {
         "filters": "Histology=adenocarcinoma; Overall.Stage=IIIa", "views": "patient\nsegment",
         "modality": "MR", "dataset_name": "adeno", "group_by": "Overall.Stage",
         "trigger_dag_id": "radiomics-to-fhir", "bucket": "project-lung", "prefix": "cohorts/x",
-        "upload": False, "page_size": 50}),
+        "upload": False, "page_size": 50, "engine": "pathling"}),
 }
 #: CLI command (and the required arguments unrelated to the Params) per flow
 CLI: dict[str, list[str]] = {

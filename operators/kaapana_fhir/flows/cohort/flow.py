@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -33,6 +34,7 @@ from kaapana_fhir.core.cohort import tables as C
 from kaapana_fhir.core.cohort.views import CompiledView, coalesce_tables, compile_view, load_view, shipped_views
 from kaapana_fhir.core.sof.table import ViewTable
 from kaapana_fhir.exceptions import ConfigError
+from kaapana_fhir.flows.cohort.params import CohortEngine
 
 log = logging.getLogger(__name__)
 
@@ -215,15 +217,17 @@ def fetch_and_flatten(client: FhirApi, views: dict[str, CompiledView], *, search
     return result, coalesce_tables(flat.rows)
 
 
-ENGINES = ("ours", "pathling")
+ENGINES = tuple(e.value for e in CohortEngine)
 #: polling of the cohort's ``$export``: HAPI always answers ``Retry-After: 120`` while most cohort exports finish
 #: in seconds, so poll at most every 5 s (fhir_bulk.ExportPolicy caps Retry-After at max_poll_interval)
 BULK_POLL_SECONDS = (1.0, 5.0)
 
 
-def _check_engine(engine: str) -> None:
-    if engine not in ENGINES:
-        raise ConfigError(f"engine {engine!r}: use one of {', '.join(ENGINES)}")
+def _check_engine(engine: str) -> CohortEngine:
+    try:
+        return CohortEngine(str(engine).strip().lower())
+    except ValueError:
+        raise ConfigError(f"engine {engine!r}: use one of {', '.join(ENGINES)}") from None
 
 
 def _count_lines(folder: Path) -> dict[str, int]:
@@ -368,19 +372,25 @@ class CohortBuild:
 def build_cohort(client: FhirApi | None, *, searches: Sequence[str] = (), patient_search: str | None = None,
                  view_files: Sequence[str | Path] = (), filters: Sequence[str] = (), count: int = 1000,
                  views: dict[str, CompiledView] | None = None, bulk_folder: str | Path | None = None,
-                 ndjson_folder: str | Path | None = None, engine: str = "ours",
+                 ndjson_folder: str | Path | None = None, engine: str = CohortEngine.OURS,
                  bulk_policy: Any = None) -> CohortBuild:
     """Fetch (searches or a patient search + their data; or, with ``bulk_folder``, a Bulk Data ``$export`` of
     all resources of the views' types into that folder), flatten with the views as pages/lines arrive, join
     and filter (``filters``: conditions, ``;``-separated allowed). No files are written besides the export.
     ``ndjson_folder``: NDJSON files already on disk instead of a server. ``engine``: ``"ours"`` (the SQL-on-FHIR
-    runner in this process) or ``"pathling"`` (Spark; needs ``bulk_folder`` or ``ndjson_folder``)."""
-    _check_engine(engine)
+    runner in this process) or ``"pathling"`` (Spark; needs ``bulk_folder`` or ``ndjson_folder``, and Pathling
+    installed: :class:`~kaapana_fhir.flows.cohort.pathling_engine.PathlingUnavailable` before anything is
+    fetched otherwise)."""
+    engine = _check_engine(engine)
     views = views if views is not None else load_views(view_files)
     if (bulk_folder is not None or ndjson_folder is not None) and (searches or patient_search):
         raise ConfigError("a bulk export / NDJSON folder takes all patients: use --where filters instead of searches")
-    if engine == "pathling" and bulk_folder is None and ndjson_folder is None:
-        raise ConfigError("engine 'pathling' reads NDJSON: give --bulk FOLDER (export first) or --ndjson FOLDER")
+    if engine is CohortEngine.PATHLING:
+        if bulk_folder is None and ndjson_folder is None:
+            raise ConfigError("engine 'pathling' reads NDJSON: give --bulk FOLDER (export first) or --ndjson FOLDER")
+        from kaapana_fhir.flows.cohort.pathling_engine import PathlingHome
+
+        PathlingHome.find()  # not installed: a clear error now, not after a long export
     if ndjson_folder is not None:
         fetched, rows = flatten_ndjson(ndjson_folder, views, engine=engine)
     elif bulk_folder is not None:
@@ -398,15 +408,56 @@ def build_cohort(client: FhirApi | None, *, searches: Sequence[str] = (), patien
     return CohortBuild(cohort, selected, rows, fetched, time.perf_counter() - t)
 
 
+@dataclass
+class CohortSummary:
+    """What :func:`run_cohort` did: resources fetched per type, requests and seconds, view rows, dropped resources,
+    patients (all and selected), the filters, the dataset's series, the files written and uploaded."""
+
+    resources: dict[str, int]
+    requests: int
+    fetch_seconds: float
+    join_seconds: float
+    rows: dict[str, int]
+    dropped: dict[str, int]
+    patients: int
+    selected_patients: int
+    filters: list[str]
+    series_uids: int
+    out_dir: str
+    files: list[str]
+    #: the bucket the files were uploaded to (None: not uploaded)
+    bucket: str | None
+    object_keys: list[str]
+    #: the Kaapana dataset of the selected series: ``{"data_form": {"dataset_name", "identifiers"}}``
+    dataset: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form (XCom, the Kaapana container's result)."""
+        return {"resources": dict(self.resources), "requests": self.requests, "fetch_seconds": self.fetch_seconds,
+                "join_seconds": self.join_seconds, "rows": dict(self.rows), "dropped": dict(self.dropped),
+                "patients": self.patients, "selected_patients": self.selected_patients,
+                "filters": list(self.filters), "series_uids": self.series_uids, "out_dir": self.out_dir,
+                "files": list(self.files), "bucket": self.bucket, "object_keys": list(self.object_keys),
+                "dataset": self.dataset}
+
+
 def run_cohort(client: FhirApi | None, out_dir: str | Path, *, searches: Sequence[str] = (),
                patient_search: str | None = None, view_files: Sequence[str | Path] = (),
                filters: Sequence[str] = (), modality: str | None = "CT", dataset_name: str = "fhir-cohort",
                store: ObjectStoreApi | None = None, bucket: str | None = None, prefix: str = "fhir-cohort",
                formats: Sequence[str] = ("parquet", "csv"), count: int = 1000,
                bulk_folder: str | Path | None = None, ndjson_folder: str | Path | None = None,
-               engine: str = "ours") -> dict[str, Any]:
-    """The whole job; returns a small JSON-able summary (counts, paths, object keys, timings, dropped).
-    ``bulk_folder``: read the data with a Bulk Data ``$export`` (NDJSON kept in that folder) instead of searches."""
+               engine: str = CohortEngine.OURS) -> CohortSummary:
+    """The whole job; returns a small summary (counts, paths, object keys, timings, dropped).
+    ``bulk_folder``: read the data with a Bulk Data ``$export`` (NDJSON kept in that folder) instead of searches.
+    ``engine="pathling"`` without a folder exports into a temporary folder, removed afterwards (the Airflow
+    operator and the Kaapana container have no folder option)."""
+    if _check_engine(engine) is CohortEngine.PATHLING and bulk_folder is None and ndjson_folder is None:
+        with tempfile.TemporaryDirectory(prefix="kaapana-fhir-export-") as tmp:
+            return run_cohort(client, out_dir, searches=searches, patient_search=patient_search,
+                              view_files=view_files, filters=filters, modality=modality, dataset_name=dataset_name,
+                              store=store, bucket=bucket, prefix=prefix, formats=formats, count=count,
+                              bulk_folder=tmp, engine=engine)
     built = build_cohort(client, searches=searches, patient_search=patient_search, view_files=view_files,
                          filters=filters, count=count, bulk_folder=bulk_folder, ndjson_folder=ndjson_folder,
                          engine=engine)
@@ -418,15 +469,15 @@ def run_cohort(client: FhirApi | None, out_dir: str | Path, *, searches: Sequenc
     keys: list[str] = []
     if store is not None and bucket:
         keys = upload(store, bucket, prefix, paths)
-    summary = {
-        "resources": fetched.count(), "requests": fetched.requests, "fetch_seconds": round(fetched.seconds, 3),
-        "join_seconds": round(time.perf_counter() - t, 3),
-        "rows": {k: len(v) for k, v in rows.items()}, "dropped": cohort.dropped,
-        "patients": len(cohort.patients), "selected_patients": len(selected.patients),
-        "filters": C.split_filters(list(filters)), "series_uids": len(dataset["data_form"]["identifiers"]),
-        "out_dir": str(out_dir), "files": [p.name for p in paths], "bucket": bucket if keys else None,
-        "object_keys": keys, "dataset": dataset,
-    }
-    log.info("cohort: %d of %d patients selected, %d series for the dataset", summary["selected_patients"],
-             summary["patients"], summary["series_uids"])
+    summary = CohortSummary(
+        resources=fetched.count(), requests=fetched.requests, fetch_seconds=round(fetched.seconds, 3),
+        join_seconds=round(time.perf_counter() - t, 3),
+        rows={k: len(v) for k, v in rows.items()}, dropped=cohort.dropped,
+        patients=len(cohort.patients), selected_patients=len(selected.patients),
+        filters=C.split_filters(list(filters)), series_uids=len(dataset["data_form"]["identifiers"]),
+        out_dir=str(out_dir), files=[p.name for p in paths], bucket=bucket if keys else None,
+        object_keys=keys, dataset=dataset,
+    )
+    log.info("cohort: %d of %d patients selected, %d series for the dataset", summary.selected_patients,
+             summary.patients, summary.series_uids)
     return summary

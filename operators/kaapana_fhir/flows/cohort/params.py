@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import ClassVar
 
 from kaapana_fhir.flows.params import FlowParams, param
+
+
+class CohortEngine(StrEnum):
+    """Who runs the ViewDefinitions of a cohort."""
+
+    #: our SQL-on-FHIR runner in this process (pages of FHIR searches, or NDJSON)
+    OURS = "ours"
+    #: Pathling on Spark in its own venv (``.ci/install-pathling.sh``), over a Bulk Data ``$export``
+    PATHLING = "pathling"
 
 
 @dataclass(frozen=True)
@@ -24,6 +34,9 @@ class CohortParams(FlowParams):
     :param prefix: object prefix (empty: ``fhir-cohort/<run_id>``).
     :param upload: upload the tables to the bucket.
     :param page_size: FHIR search page size (``_count``).
+    :param engine: who runs the views (:class:`CohortEngine`): ``ours`` (default) or ``pathling`` (Spark, for
+        cohorts that outgrow one process: reads all patients with a Bulk Data ``$export``, so it takes
+        ``filters`` but no ``fhir_search``/``patient_search``; Pathling must be installed).
     """
 
     FLOW: ClassVar[str] = "cohort"
@@ -40,3 +53,4 @@ class CohortParams(FlowParams):
     prefix: str = param("")
     upload: bool = param(True)
     page_size: int = param(1000)
+    engine: CohortEngine = param(CohortEngine.OURS, cli="engine")

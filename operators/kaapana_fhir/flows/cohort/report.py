@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,22 +46,42 @@ def data_from_fhir(client: FhirApi, *, patient_search: str | None = None, filter
     return RD.from_cohort(cohort, title=title, source=redact_url(client.base_url))
 
 
-def write_report(data: RD.ReportData, out: str | Path, *, group_by: str | None = None) -> dict[str, Any]:
+@dataclass
+class ReportInfo:
+    """The dashboard written: its path and size, seconds to render, patients shown, and where it was uploaded."""
+
+    path: str
+    bytes: int
+    seconds: float
+    patients: int
+    bucket: str | None = None
+    object_key: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form (CLI output); ``bucket``/``object_key`` only when uploaded."""
+        out: dict[str, Any] = {"path": self.path, "bytes": self.bytes, "seconds": self.seconds,
+                               "patients": self.patients}
+        if self.object_key is not None:
+            out.update(bucket=self.bucket, object_key=self.object_key)
+        return out
+
+
+def write_report(data: RD.ReportData, out: str | Path, *, group_by: str | None = None) -> ReportInfo:
     t = time.perf_counter()
     text = R.render(data, group_by=group_by)
     p = Path(out)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(text, encoding="utf-8")
-    info = {"path": str(p), "bytes": p.stat().st_size, "seconds": round(time.perf_counter() - t, 3),
-            "patients": len(data.patients)}
-    log.info("report %s: %d bytes for %d patients in %.2fs", p, info["bytes"], info["patients"], info["seconds"])
+    info = ReportInfo(path=str(p), bytes=p.stat().st_size, seconds=round(time.perf_counter() - t, 3),
+                      patients=len(data.patients))
+    log.info("report %s: %d bytes for %d patients in %.2fs", p, info.bytes, info.patients, info.seconds)
     return info
 
 
 def report_job(cohort_dir: str | Path, *, out: str | Path | None = None, store: ObjectStoreApi | None = None,
                bucket: str | None = None,
                prefix: str = "fhir-cohort", group_by: str | None = None, title: str = "Cohort overview",
-               ) -> dict[str, Any]:
+               ) -> ReportInfo:
     """Render ``<cohort_dir>/cohort.parquet`` (or .csv) to ``report.html`` and optionally upload it."""
     d = Path(cohort_dir)
     table = d / "cohort.parquet" if (d / "cohort.parquet").is_file() else d / "cohort.csv"
@@ -69,6 +90,6 @@ def report_job(cohort_dir: str | Path, *, out: str | Path | None = None, store: 
     if store is not None and bucket:
         store.ensure_bucket(bucket)
         key = f"{prefix.strip('/')}/report.html" if prefix.strip("/") else "report.html"
-        store.put_bytes(bucket, key, Path(info["path"]).read_bytes(), content_type="text/html; charset=utf-8")
-        info.update(bucket=bucket, object_key=key)
+        store.put_bytes(bucket, key, Path(info.path).read_bytes(), content_type="text/html; charset=utf-8")
+        info.bucket, info.object_key = bucket, key
     return info

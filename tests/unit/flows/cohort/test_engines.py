@@ -117,3 +117,51 @@ def test_ndjson_folder_with_our_runner_and_engine_rules(tmp_path: Path) -> None:
         flow.build_cohort(None, ndjson_folder=tmp_path, patient_search="Patient?gender=female")
     with pytest.raises(ConfigError, match="a FHIR server .* or an NDJSON folder"):
         flow.build_cohort(None)
+
+
+def _ndjson(folder: Path, tag: str, n: int) -> list[dict[str, Any]]:
+    res = cohort_resources(tag, n, n_clinical=3, n_features=2)
+    by_type: dict[str, list[str]] = {}
+    for r in res:
+        by_type.setdefault(r["resourceType"], []).append(json.dumps(r))
+    folder.mkdir(parents=True, exist_ok=True)
+    for rtype, lines in by_type.items():
+        (folder / f"{rtype}.ndjson").write_text("\n".join(lines) + "\n")
+    return res
+
+
+def test_run_cohort_summary_is_a_dataclass_with_the_documented_json(tmp_path: Path) -> None:
+    """The summary's JSON keys are a contract (XCom, the Kaapana container's result): a rename fails here."""
+    _ndjson(tmp_path / "in", "urn:test:summary", 2)
+    s = flow.run_cohort(None, tmp_path / "out", ndjson_folder=tmp_path / "in", formats=("csv",))
+    assert isinstance(s, flow.CohortSummary) and s.patients == s.selected_patients == 2
+    d = s.as_dict()
+    assert list(d) == ["resources", "requests", "fetch_seconds", "join_seconds", "rows", "dropped", "patients",
+                       "selected_patients", "filters", "series_uids", "out_dir", "files", "bucket", "object_keys",
+                       "dataset"]
+    assert d["bucket"] is None and d["object_keys"] == [] and "cohort.csv" in d["files"]
+    assert json.loads(json.dumps(d)) == d
+    from kaapana_fhir.flows.cohort.report import report_job
+
+    info = report_job(tmp_path / "out")
+    assert list(info.as_dict()) == ["path", "bytes", "seconds", "patients"] and info.patients == 2
+    info.bucket, info.object_key = "b", "fhir-cohort/report.html"
+    assert list(info.as_dict()) == ["path", "bytes", "seconds", "patients", "bucket", "object_key"]
+
+
+def test_engine_is_a_cohort_param_and_pathling_missing_is_a_clear_error(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from kaapana_fhir.flows.cohort.params import CohortEngine, CohortParams
+
+    assert CohortParams().engine is CohortEngine.OURS
+    assert CohortParams.from_conf({"workflow_form": {"engine": "Pathling"}}).engine is CohortEngine.PATHLING
+    with pytest.raises(ConfigError, match=r"cohort parameter 'engine' .*'spark' is not one of ours, pathling"):
+        CohortParams.from_conf({"workflow_form": {"engine": "spark"}})
+    _ndjson(tmp_path / "in", "urn:test:nopathling", 1)
+    monkeypatch.setenv("KAAPANA_FHIR_PATHLING_HOME", str(tmp_path / "absent"))
+    with pytest.raises(pe.PathlingUnavailable, match=r"Pathling is not installed in .*absent.*install-pathling"):
+        flow.run_cohort(None, tmp_path / "out", ndjson_folder=tmp_path / "in", engine=CohortEngine.PATHLING)
+    assert not (tmp_path / "out").exists(), "refused before anything was read or written"
+    # without a folder (operator, container): a temporary export folder, after the same installation check
+    with pytest.raises(pe.PathlingUnavailable):
+        flow.run_cohort(None, tmp_path / "out", engine="pathling")
