@@ -23,8 +23,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from kaapana_fhir.clients.fhir import WriteResult
-
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -40,33 +38,21 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-class _Sink:
-    def __init__(self) -> None:
-        self.entries = 0
-
-    def search(self, *a: Any, **kw: Any) -> list[dict[str, Any]]:
-        return []
-
-    def write_entries(self, entries: list[dict[str, Any]], **kw: Any) -> WriteResult:
-        self.entries += len(entries)
-        return WriteResult(statuses={"200": len(entries)}, entries=len(entries), chunks=1)
-
-
 def _worker(kind: str, args: dict[str, Any]) -> dict[str, Any]:
     """Runs in a fresh interpreter: the measured job; returns base/peak RSS (MiB) and seconds."""
     from kaapana_fhir.clients.dicomweb import DicomWeb
     from kaapana_fhir.clients.fhir import FhirClient
-    from kaapana_fhir.core.tables import load_mapping, open_table
+    from kaapana_fhir.core.tables import open_table
     from kaapana_fhir.flows.dicom_to_fhir.flow import sync_studies
     from kaapana_fhir.flows.tables.flow import import_table
-    from tests.reliability.helpers import LONG_MAPPING, long_csv
+    from tests.reliability.helpers import SinkFhir, long_csv, long_mapping
 
-    mapping = load_mapping(LONG_MAPPING, source="bench")
+    mapping = long_mapping(source="bench")
     out: dict[str, Any] = {}
     if kind.startswith("table"):
-        import_table(open_table(long_csv("warm", 100), name="w.csv"), mapping, client=_Sink())  # warm-up
+        import_table(open_table(long_csv("warm", 100), name="w.csv"), mapping, client=SinkFhir())  # warm-up
         data = Path(args["file"])  # read from disk by the streaming reader: the input is not held in memory
-        client: Any = _Sink() if kind == "table-sink" else FhirClient(args["fhir"])
+        client: Any = SinkFhir() if kind == "table-sink" else FhirClient(args["fhir"])
         base = _rss_mb()
         t0 = time.perf_counter()
         rep = import_table(open_table(data, name="bench.csv"), mapping, client=client, chunk_size=500)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.browser.airflow_web import PASSWORD, USER, AirflowWeb, airflow_web
+from tests.browser.airflow_web import AirflowWeb, airflow_web, login
 from tests.integration.test_web_api import XSS, cohort_dir, web_cohort, web_env
 from tests.support import browser
 
@@ -33,21 +33,17 @@ def web(fhir_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
         yield w, data
 
 
-def _wait(driver: Any, cond: Any, timeout: float = 400.0) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.3)
-    logs = driver.get_log("browser")
-    driver.save_screenshot(str(Path(__file__).resolve().parents[2] / "test-artifacts" / "explorer-timeout.png"))
-    raise AssertionError(f"timed out; status: {driver.find_element('id', 'status').text!r}; console: {logs}")
+TIMEOUT_SHOT = Path(__file__).resolve().parents[2] / "test-artifacts" / "explorer-timeout.png"
+
+
+def _wait(driver: Any, cond: Any, what: str) -> Any:
+    return browser.wait_for(driver, cond, what, timeout=400.0, screenshot=TIMEOUT_SHOT)
 
 
 def _settled(driver: Any, previous: str = "") -> str:
     return _wait(driver, lambda: (t := driver.find_element("id", "status").text).startswith("built") and
-                 driver.find_element("id", "km-p").text not in ("–", "") and t != previous and t) or ""
+                 driver.find_element("id", "km-p").text not in ("–", "") and t != previous and t,
+                 "the cohort to build") or ""
 
 
 @pytest.mark.timeout(1800)
@@ -56,14 +52,7 @@ def test_explorer_end_to_end(web: tuple[AirflowWeb, dict[str, Any]], artifacts_d
 
     w, data = web
     with browser.chromium() as d:
-        d.get(f"{w.url}/login/")
-        d.find_element("id", "username").send_keys(USER)
-        d.find_element("id", "password").send_keys(PASSWORD)
-        d.find_element("css selector", "input[type=submit], button[type=submit]").click()
-        _wait(d, lambda: "/login" not in d.current_url)
-        # Airflow's own home page logs a jQuery error after login; only our page is judged below
-        d.get_log("browser")
-        d.get_log("performance")
+        login(d, w, TIMEOUT_SHOT)
         d.get(f"{w.url}/kaapana-fhir/?cohort=web")
         _settled(d)
         d.save_screenshot(str(artifacts_dir / "explorer-overview.png"))
@@ -78,14 +67,14 @@ def test_explorer_end_to_end(web: tuple[AirflowWeb, dict[str, Any]], artifacts_d
             d.find_element("id", "f-val").send_keys(val)
             d.find_element("id", "f-add").click()
             time.sleep(0.5)
-            _wait(d, lambda: d.find_element("id", "status").text.startswith("built"))
+            _wait(d, lambda: d.find_element("id", "status").text.startswith("built"), f"filter {col}{op}{val}")
         chips = [c.text.replace("×", "").strip() for c in d.find_elements("css selector", "#filters .chip")]
         assert chips == ["Overall.Stage=IIIa", "age>=0"]
         # segment label switch
         Select(d.find_element("id", "segment")).select_by_value("Lung-Left")
         time.sleep(0.5)
         _wait(d, lambda: d.find_element("id", "status").text.startswith("built")
-              and "of 4" in d.find_element("id", "p-info").text)
+              and "of 4" in d.find_element("id", "p-info").text, "the segment switch")
         p_text = d.find_element("id", "km-p").text
         d.save_screenshot(str(artifacts_dir / "explorer-filtered.png"))
         s = requests.Session()
@@ -108,7 +97,4 @@ def test_explorer_end_to_end(web: tuple[AirflowWeb, dict[str, Any]], artifacts_d
         assert page_csv.status_code == 200 and page_csv.content == api_csv.content
         assert page_csv.text.count("\n") == 1 + 4
         # console and network
-        severe = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
-        assert severe == [], severe
-        _, failed = browser.network_events(d)
-        assert failed == [], failed
+        assert browser.page_errors(d) == ([], [])

@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +19,9 @@ import pytest
 import requests
 
 from kaapana_fhir.core.ids import DEFAULT_PATIENT_SYSTEM, patient_id
-from tests.browser.airflow_web import PASSWORD, USER, AirflowWeb, airflow_web
-from tests.integration.test_table_import import DAGS, _run_import, _run_watcher
+from tests.browser.airflow_web import AirflowWeb, airflow_web, login
 from tests.support import browser
+from tests.support.table_dags import load_table_dags, run_import, run_watcher
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.airflow]
 
@@ -58,24 +57,14 @@ def import_dags(airflow_home: Path, stack_env: dict[str, str], monkeypatch: pyte
     """The watcher and import DAGs, run in this process against the shared stack (as the table-import tests do)."""
     for k, v in stack_env.items():
         monkeypatch.setenv(k, v)
-    from airflow.models import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS), include_examples=False)
-    assert not {k: v for k, v in bag.import_errors.items() if "table" in k or "watcher" in k}
-    bag.sync_to_db()  # TriggerDagRunOperator needs the target DAG in the metadata DB
-    return {"watcher": bag.get_dag("fhir-import-watcher"), "import": bag.get_dag("fhir-table-import")}
+    return load_table_dags()
 
 
-def _wait(driver: Any, cond: Any, what: str, timeout: float = 300.0) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.2)
-    driver.save_screenshot(str(Path(__file__).resolve().parents[2] / "test-artifacts" / "mapping-editor-timeout.png"))
-    raise AssertionError(f"timed out waiting for {what}; status {driver.find_element('id', 'status').text!r}; "
-                         f"console: {driver.get_log('browser')}")
+TIMEOUT_SHOT = Path(__file__).resolve().parents[2] / "test-artifacts" / "mapping-editor-timeout.png"
+
+
+def _wait(driver: Any, cond: Any, what: str) -> Any:
+    return browser.wait_for(driver, cond, what, timeout=300.0, screenshot=TIMEOUT_SHOT, poll=0.2)
 
 
 def _rev(d: Any) -> int:
@@ -112,15 +101,9 @@ def test_edit_preview_save_and_the_watcher_imports_it(web: AirflowWeb, import_da
     assert requests.post(f"{web.url}/kaapana-fhir/api/mapping/upload", params={"name": "x.csv"}, data=b"a\n1\n",
                          headers={"X-Requested-By": "kaapana-fhir"}, timeout=60).status_code == 401
     with browser.chromium() as d:
-        d.get(f"{web.url}/login/")
-        d.find_element("id", "username").send_keys(USER)
-        d.find_element("id", "password").send_keys(PASSWORD)
-        d.find_element("css selector", "input[type=submit], button[type=submit]").click()
-        _wait(d, lambda: "/login" not in d.current_url, "login")
+        login(d, web, TIMEOUT_SHOT)
         # Airflow's menu links the editor (built by Flask under Airflow's base URL)
         assert d.find_elements("css selector", "a[href$='/kaapana-fhir/mapping/']")
-        d.get_log("browser")  # Airflow's own home page logs a jQuery error after login; only our page is judged
-        d.get_log("performance")
         d.get(f"{web.url}/kaapana-fhir/mapping/")
         _wait(d, lambda: _rev(d) >= 1, "the page to start")
         # upload: the table is stored under the watcher's prefix, profiled, and a mapping is generated
@@ -171,10 +154,10 @@ def test_edit_preview_save_and_the_watcher_imports_it(web: AirflowWeb, import_da
         assert saved == yaml_text
 
         # the real watcher DAG finds table + mapping, the import DAG writes HAPI
-        _, confs = _run_watcher(import_dags["watcher"], BUCKET)
+        _, confs = run_watcher(import_dags["watcher"], BUCKET)
         assert [(c["object_key"], c.get("mapping_key")) for c in confs] == [
             ("fhir-import/clinical.csv", "fhir-import/clinical.mapping.yaml")]
-        _run_import(import_dags["import"], confs[0])
+        run_import(import_dags["import"], confs[0])
         for i, pid in enumerate(IDS):
             pat = fhir.read("Patient", patient_id(DEFAULT_PATIENT_SYSTEM, pid))
             assert pat["identifier"][0]["value"] == pid
@@ -191,7 +174,4 @@ def test_edit_preview_save_and_the_watcher_imports_it(web: AirflowWeb, import_da
         assert ": imported" in d.find_element("id", "report").text
         d.save_screenshot(str(artifacts_dir / "mapping-editor-imported.png"))
         # console and network of our page
-        severe = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
-        assert severe == [], severe
-        _, failed = browser.network_events(d)
-        assert failed == [], failed
+        assert browser.page_errors(d) == ([], [])

@@ -17,10 +17,10 @@ import pytest
 from kaapana_fhir.clients.fhir import WriteResult
 from kaapana_fhir.core.ids import DEFAULT_PATIENT_SYSTEM, patient_id
 from kaapana_fhir.dev.synthetic_tables import synthetic_lung1_csv
+from tests.support.table_dags import DAGS, load_table_dags, run_import, run_watcher
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
 
-DAGS = Path(__file__).resolve().parents[2] / "dags"
 DICTIONARY = '''"Variable / Field Name","Form Name","Section Header","Field Type","Field Label",\
 "Choices, Calculations, OR Slider Labels","Field Note","Text Validation Type OR Show Slider Number"
 record_id,demographics,,text,Record ID,,,
@@ -41,36 +41,13 @@ def _redcap_export(tag: str) -> str:
 def dags(airflow_home: Path, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     for k, v in stack_env.items():
         monkeypatch.setenv(k, v)
-    from airflow.models import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS), include_examples=False)
-    assert not {k: v for k, v in bag.import_errors.items() if "table" in k or "watcher" in k}
-    watcher, imp = bag.get_dag("fhir-import-watcher"), bag.get_dag("fhir-table-import")
-    bag.sync_to_db()  # TriggerDagRunOperator needs the target DAG in the metadata DB
-    return {"watcher": watcher, "import": imp}
-
-
-def _run_watcher(dag: Any, bucket: str) -> tuple[str, list[dict[str, Any]]]:
-    from airflow.models import XCom
-    from airflow.utils.state import DagRunState
-
-    dr = dag.test(run_conf={"bucket": bucket, "prefix": "fhir-import/"})
-    assert dr.state == DagRunState.SUCCESS
-    confs = XCom.get_one(run_id=dr.run_id, dag_id=dag.dag_id, task_id="find-new-objects", key="return_value")
-    return dr.run_id, list(confs or [])
+    return load_table_dags()
 
 
 def _triggered_runs(since_count: int) -> list[Any]:
     from airflow.models import DagRun
 
     return DagRun.find(dag_id="fhir-table-import")[since_count:]
-
-
-def _run_import(dag: Any, conf: dict[str, Any]) -> None:
-    from airflow.utils.state import DagRunState
-
-    dr = dag.test(run_conf=conf)
-    assert dr.state == DagRunState.SUCCESS
 
 
 def test_upload_watch_import_reimport(dags: dict[str, Any], s3: Any, fhir: Any) -> None:
@@ -88,12 +65,12 @@ def test_upload_watch_import_reimport(dags: dict[str, Any], s3: Any, fhir: Any) 
     s3.put_bytes(bucket, "fhir-import/redcap/export.preset", b"redcap")
 
     before = len(DagRun.find(dag_id="fhir-table-import"))
-    _, confs = _run_watcher(dags["watcher"], bucket)
+    _, confs = run_watcher(dags["watcher"], bucket)
     assert sorted(c["object_key"] for c in confs) == ["fhir-import/lung1.csv", "fhir-import/redcap/export.csv"]
     triggered = _triggered_runs(before)
     assert sorted(r.conf["object_key"] for r in triggered) == sorted(c["object_key"] for c in confs)
     for conf in confs:
-        _run_import(dags["import"], conf)
+        run_import(dags["import"], conf)
 
     # Lung1: Patient ids are identifiers.patient_id(system, PatientID), as the DICOM flow computes them
     for pid in ids:
@@ -119,7 +96,7 @@ def test_upload_watch_import_reimport(dags: dict[str, Any], s3: Any, fhir: Any) 
 
     # second watcher run: nothing to import, nothing triggered
     before = len(DagRun.find(dag_id="fhir-table-import"))
-    _, confs2 = _run_watcher(dags["watcher"], bucket)
+    _, confs2 = run_watcher(dags["watcher"], bucket)
     assert confs2 == [] and _triggered_runs(before) == []
 
     # a corrected file: one cell changed → only that Observation gets a new version
@@ -131,9 +108,9 @@ def test_upload_watch_import_reimport(dags: dict[str, Any], s3: Any, fhir: Any) 
     surv = next(o for o in obs if o["code"]["text"] == "Survival.time")
     age_obs = next((o for o in obs if o["code"]["text"] == "age"), None)
     s3.put_bytes(bucket, "fhir-import/lung1.csv", ("\n".join(lines) + "\n").encode())
-    _, confs3 = _run_watcher(dags["watcher"], bucket)
+    _, confs3 = run_watcher(dags["watcher"], bucket)
     assert [c["object_key"] for c in confs3] == ["fhir-import/lung1.csv"]
-    _run_import(dags["import"], confs3[0])
+    run_import(dags["import"], confs3[0])
     new_surv = fhir.read("Observation", surv["id"])
     assert new_surv["valueQuantity"]["value"] == old_surv + 17
     assert int(new_surv["meta"]["versionId"]) == int(surv["meta"]["versionId"]) + 1
@@ -361,7 +338,7 @@ def test_failed_trigger_is_retried_and_rejected_import_fails_its_run_with_a_repo
 
     DagBag(dag_folder=str(DAGS), include_examples=False).sync_to_db()
     before = len(DagRun.find(dag_id="fhir-table-import"))
-    run_id, confs = _run_watcher(dags["watcher"], bucket)
+    run_id, confs = run_watcher(dags["watcher"], bucket)
     assert [c["object_key"] for c in confs] == ["fhir-import/bad.csv"] and len(_triggered_runs(before)) == 1
     state = json.loads(s3.get_bytes(bucket, W.state_key("fhir-import/bad.csv")))
     assert state["status"] == "pending" and state["run_id"]

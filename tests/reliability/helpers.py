@@ -8,12 +8,21 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from kaapana_fhir.clients.fhir import FhirClient
+import pytest
+
+from kaapana_fhir.clients.fhir import FhirClient, WriteResult
+from kaapana_fhir.clients.s3 import ObjectStore
+from kaapana_fhir.core.tables import load_mapping, open_table
 from kaapana_fhir.dev import stack as devstack
+from kaapana_fhir.flows.tables.flow import import_table
+from kaapana_fhir.flows.tables.watch import sidecars
+
+E = TypeVar("E", bound=BaseException)
 
 #: one Observation per row, many rows per patient (``instance_columns``): ids stay distinct per row
 LONG_MAPPING = """
@@ -38,6 +47,51 @@ def long_csv(tag: str, rows: int, per_patient: int = 10) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def long_mapping(source: str = "reliability") -> dict[str, Any]:
+    """:data:`LONG_MAPPING`, loaded."""
+    return load_mapping(LONG_MAPPING, source=source)
+
+
+def upload_long_table(store: ObjectStore, bucket: str, key: str, data: bytes) -> None:
+    """A new ``bucket`` holding the table ``key`` and its mapping sidecar (:data:`LONG_MAPPING`), as a user
+    drops them for the watcher."""
+    store.ensure_bucket(bucket)
+    store.put_bytes(bucket, key, data)
+    store.put_bytes(bucket, sidecars(key)["mapping"], LONG_MAPPING.encode())
+
+
+def clean_import_bundle(data: bytes, name: str, out: Path) -> dict[str, Any]:
+    """The transaction Bundle a clean run of the long table ``data`` writes (written to ``out``, not sent)."""
+    import_table(open_table(data, name=name), long_mapping(), out_path=out)
+    return json.loads(out.read_text())  # type: ignore[no-any-return]
+
+
+class SinkFhir:
+    """A FHIR client that accepts and counts transactions without storing them (isolates our memory)."""
+
+    def __init__(self) -> None:
+        self.entries = 0
+
+    def search(self, *a: Any, **kw: Any) -> list[dict[str, Any]]:
+        return []
+
+    def write_entries(self, entries: list[dict[str, Any]], **kw: Any) -> WriteResult:
+        n = len(entries)
+        self.entries += n
+        return WriteResult(statuses={"200": n}, entries=n, chunks=1)
+
+
+@contextmanager
+def refused_within(exc_type: type[E], seconds: float = 5) -> Iterator[pytest.ExceptionInfo[E]]:
+    """The block raises ``exc_type`` within ``seconds``: a hostile input or a dead server is refused in
+    bounded time, not after a hang."""
+    t0 = time.perf_counter()
+    with pytest.raises(exc_type) as exc:
+        yield exc
+    took = time.perf_counter() - t0
+    assert took < seconds, f"{exc_type.__name__} after {took:.1f} s, bound {seconds} s: {exc.value}"
+
+
 def strip(resource: dict[str, Any]) -> dict[str, Any]:
     """The resource without server metadata (``meta``, ``text``), for content comparison."""
     return {k: v for k, v in copy.deepcopy(resource).items() if k not in SERVER_META}
@@ -60,6 +114,16 @@ def expected_from_bundle(bundle: dict[str, Any], rtype: str) -> dict[str, dict[s
 
 def canonical(resources: dict[str, dict[str, Any]]) -> str:
     return json.dumps(resources, sort_keys=True)
+
+
+def server_state(fhir: FhirClient, rtype: str, params: dict[str, str] | None = None) -> str:
+    """:func:`canonical` of :func:`snapshot`: the server's resources of a search, comparable as text."""
+    return canonical(snapshot(fhir, rtype, params))
+
+
+def clean_state(bundle: dict[str, Any], rtype: str) -> str:
+    """:func:`canonical` of :func:`expected_from_bundle`: what a single clean run writes, comparable as text."""
+    return canonical(expected_from_bundle(bundle, rtype))
 
 
 def store_studies(dicomweb: Any, tag: str, n: int, *, series_per_study: int = 2,

@@ -69,32 +69,26 @@ def _round(fhir_url: str, dicomweb_url: str, dicomweb: DicomWeb, tmp_path: Path,
     errors: list[BaseException] = []
     barrier = threading.Barrier(2)
 
-    def dicom_job(wait_for: threading.Event | None) -> None:
-        try:
-            if wait_for is not None:
-                assert wait_for.wait(120)
-            if order == "together":
-                barrier.wait(30)
-            sync_studies(DicomWeb(dicomweb_url), FhirClient(dproxy.url), study_uids=[st["study"]])
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
-            errors.append(exc)
-        finally:
-            dicom_done.set()
-
-    def rad_job(wait_for: threading.Event | None) -> None:
-        try:
-            if wait_for is not None:
-                assert wait_for.wait(120)
-            if order == "together":
-                barrier.wait(30)
-            write_run(FhirClient(rproxy.url), run)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
-            errors.append(exc)
-        finally:
-            rad_done.set()
+    def writer(write: Callable[[], object], done: threading.Event) -> Callable[[threading.Event | None], None]:
+        """A writer thread's body: waits for ``wait_for`` (or the barrier), runs ``write``, sets ``done``."""
+        def job(wait_for: threading.Event | None) -> None:
+            try:
+                if wait_for is not None:
+                    assert wait_for.wait(120)
+                if order == "together":
+                    barrier.wait(30)
+                write()
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+                errors.append(exc)
+            finally:
+                done.set()
+        return job
 
     with FaultProxy(fhir_url, FaultPlan(before_forward=dicom_gate)) as dproxy, \
             FaultProxy(fhir_url, FaultPlan(before_forward=rad_gate)) as rproxy:
+        dicom_job = writer(lambda: sync_studies(DicomWeb(dicomweb_url), FhirClient(dproxy.url),
+                                                study_uids=[st["study"]]), dicom_done)
+        rad_job = writer(lambda: write_run(FhirClient(rproxy.url), run), rad_done)
         starts: dict[str, Callable[[], None]] = {
             "rad-first-read": lambda: (threading.Thread(target=rad_job, args=(None,)).start(),
                                        threading.Thread(target=dicom_job, args=(rad_gate.arrived,)).start()),

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,14 +74,23 @@ def _flows(tmp_path: Path, dicomweb_url: str, dicomweb: DicomWeb, tag: str) -> d
     }
 
 
+def _each_flow_through_proxy(flows: dict[str, Any], fhir_url: str, **plan: Any,
+                             ) -> Iterator[tuple[str, subprocess.CompletedProcess[str], FaultProxy, tuple[str, str]]]:
+    """Each flow's CLI run once, through a fault proxy of its own with a fresh ``FaultPlan(**plan)``: (flow name,
+    the run, the proxy, the resource the flow writes)."""
+    for name, (args, target) in flows.items():
+        with FaultProxy(fhir_url, FaultPlan(**plan)) as proxy:
+            res = cli(*args, "--fhir", proxy.url)
+        yield name, res, proxy, target
+
+
 @pytest.mark.parametrize("mode", ["outcome200", "html200"])
 def test_gateway_200_that_stored_nothing_fails_every_flow(tmp_path: Path, fhir_url: str, dicomweb_url: str,
                                                           dicomweb: DicomWeb, fhir: FhirClient, mode: str) -> None:
     tag = uuid.uuid4().hex[:8]
     flows = _flows(tmp_path, dicomweb_url, dicomweb, tag)
-    for name, (args, (rtype, rid)) in flows.items():
-        with FaultProxy(fhir_url, FaultPlan(mode=mode, only_methods=("POST", "PUT"))) as proxy:
-            res = cli(*args, "--fhir", proxy.url)
+    for name, res, proxy, (rtype, rid) in _each_flow_through_proxy(flows, fhir_url, mode=mode,
+                                                                    only_methods=("POST", "PUT")):
         assert proxy.plan.mode_applied >= 1, name
         assert res.returncode != 0, f"{name}: exit 0 although nothing was stored\n{res.stdout}\n{res.stderr[-2000:]}"
         assert _summary(res.stdout) is None, f"{name} printed counts: {res.stdout}"
@@ -96,10 +106,8 @@ def test_answer_lost_after_commit_every_flow_completes_once(tmp_path: Path, fhir
                                                             dicomweb: DicomWeb, fhir: FhirClient, mode: str) -> None:
     tag = uuid.uuid4().hex[:8]
     flows = _flows(tmp_path, dicomweb_url, dicomweb, tag)
-    for name, (args, (rtype, rid)) in flows.items():
-        with FaultProxy(fhir_url, FaultPlan(mode=mode, only_methods=("POST",), times=1,
-                                            body_contains=b'"method":"PUT"')) as proxy:
-            res = cli(*args, "--fhir", proxy.url)
+    for name, res, proxy, (rtype, rid) in _each_flow_through_proxy(flows, fhir_url, mode=mode, only_methods=("POST",),
+                                                                    times=1, body_contains=b'"method":"PUT"'):
         assert proxy.plan.mode_applied == 1, name
         assert res.returncode == 0, f"{name}: {res.stderr[-3000:]}"
         assert "re-read shows all" in res.stderr, res.stderr[-2000:]

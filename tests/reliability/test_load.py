@@ -8,37 +8,21 @@ import time
 import tracemalloc
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from kaapana_fhir.clients.dicomweb import DicomWeb
-from kaapana_fhir.clients.fhir import FhirClient, WriteResult
+from kaapana_fhir.clients.fhir import FhirClient
 from kaapana_fhir.core.ids import DEFAULT_PATIENT_SYSTEM, patient_id, stable_id
-from kaapana_fhir.core.tables import load_mapping, open_table
+from kaapana_fhir.core.tables import open_table
 from kaapana_fhir.flows.dicom_to_fhir.flow import sync_studies
 from kaapana_fhir.flows.tables.flow import import_table
-from tests.reliability.helpers import LONG_MAPPING, long_csv, store_studies
+from tests.reliability.helpers import SinkFhir, long_csv, long_mapping, store_studies
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
 CI_STUDIES, CI_ROWS = 100, 2000
 REPO = Path(__file__).resolve().parents[2]
-
-
-class SinkFhir:
-    """A FHIR client that accepts and counts transactions without storing them (isolates our memory)."""
-
-    def __init__(self) -> None:
-        self.entries = 0
-
-    def search(self, *a: Any, **kw: Any) -> list[dict[str, Any]]:
-        return []
-
-    def write_entries(self, entries: list[dict[str, Any]], **kw: Any) -> WriteResult:
-        n = len(entries)
-        self.entries += n
-        return WriteResult(statuses={"200": n}, entries=n, chunks=1)
 
 
 def test_backfill_of_many_studies(dicomweb: DicomWeb, fhir: FhirClient) -> None:
@@ -58,7 +42,7 @@ def test_backfill_of_many_studies(dicomweb: DicomWeb, fhir: FhirClient) -> None:
 
 def test_import_of_many_rows(fhir: FhirClient) -> None:
     tag = uuid.uuid4().hex[:8]
-    mapping = load_mapping(LONG_MAPPING, source="reliability")
+    mapping = long_mapping()
     t0 = time.perf_counter()
     rep = import_table(open_table(long_csv(tag, CI_ROWS), name="load.csv"), mapping, client=fhir, chunk_size=500)
     assert time.perf_counter() - t0 < 120
@@ -70,7 +54,7 @@ def test_import_of_many_rows(fhir: FhirClient) -> None:
 
 
 def _peak_import_bytes(rows: int) -> tuple[int, int]:
-    mapping = load_mapping(LONG_MAPPING, source="reliability")
+    mapping = long_mapping()
     data = long_csv("m", rows)
     sink = SinkFhir()
     tracemalloc.start()

@@ -4,7 +4,6 @@ a single clean run: the same resources (ids, counts) with the same content, igno
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
 from collections.abc import Callable
@@ -15,14 +14,17 @@ import pytest
 from kaapana_fhir.clients.dicomweb import DicomWeb
 from kaapana_fhir.clients.fhir import FhirClient
 from kaapana_fhir.core.ids import DEFAULT_PATIENT_SYSTEM, patient_id
-from kaapana_fhir.core.tables import load_mapping, open_table
+from kaapana_fhir.core.tables import open_table
 from kaapana_fhir.flows.dicom_to_fhir.flow import sync_studies
 from kaapana_fhir.flows.tables.flow import import_table
 from tests.reliability.helpers import (
-    LONG_MAPPING,
     canonical,
+    clean_import_bundle,
+    clean_state,
     expected_from_bundle,
     long_csv,
+    long_mapping,
+    server_state,
     snapshot,
     store_studies,
 )
@@ -54,7 +56,7 @@ def _concurrently(jobs: list[Callable[[], Any]], timeout: float = 300) -> list[A
 
 def test_same_import_twice_at_once(fhir_url: str, tmp_path: Any) -> None:
     tag = uuid.uuid4().hex[:8]
-    mapping = load_mapping(LONG_MAPPING, source="reliability")
+    mapping = long_mapping()
     data = long_csv(tag, 600)
 
     def job() -> dict[str, Any]:
@@ -63,16 +65,12 @@ def test_same_import_twice_at_once(fhir_url: str, tmp_path: Any) -> None:
     reports = _concurrently([job, job])
     assert [r["resources_written"] for r in reports] == [{"Patient": 60, "Observation": 600}] * 2
 
-    out = tmp_path / "clean.json"
-    import_table(open_table(data, name="twice.csv"), mapping, out_path=out)
-    clean = json.loads(out.read_text())
+    clean = clean_import_bundle(data, "twice.csv", tmp_path / "clean.json")
     fhir = FhirClient(fhir_url)
     pids = [patient_id(DEFAULT_PATIENT_SYSTEM, f"R{tag}-{i}") for i in range(60)]
     subjects = ",".join(f"Patient/{p}" for p in pids)
-    assert canonical(snapshot(fhir, "Observation", {"subject": subjects})) == canonical(
-        expected_from_bundle(clean, "Observation"))
-    assert canonical(snapshot(fhir, "Patient", {"_id": ",".join(pids)})) == canonical(
-        expected_from_bundle(clean, "Patient"))
+    assert server_state(fhir, "Observation", {"subject": subjects}) == clean_state(clean, "Observation")
+    assert server_state(fhir, "Patient", {"_id": ",".join(pids)}) == clean_state(clean, "Patient")
 
 
 def test_20_series_of_4_studies_arriving_together(dicomweb_url: str, fhir_url: str) -> None:
@@ -94,9 +92,8 @@ def test_20_series_of_4_studies_arriving_together(dicomweb_url: str, fhir_url: s
     pids = sorted({patient_id(DEFAULT_PATIENT_SYSTEM, st["patient"]) for st in studies})
     got_studies = snapshot(fhir, "ImagingStudy", {"subject": ",".join(f"Patient/{p}" for p in pids)})
     assert len(got_studies) == 4
-    assert canonical(got_studies) == canonical(expected_from_bundle(clean, "ImagingStudy"))
-    assert canonical(snapshot(fhir, "Patient", {"_id": ",".join(pids)})) == canonical(
-        expected_from_bundle(clean, "Patient"))
+    assert canonical(got_studies) == clean_state(clean, "ImagingStudy")
+    assert server_state(fhir, "Patient", {"_id": ",".join(pids)}) == clean_state(clean, "Patient")
     for rtype in ("Endpoint", "Device"):
         for rid, res in expected_from_bundle(clean, rtype).items():
             assert canonical({rid: snapshot(fhir, rtype, {"_id": rid})[rid]}) == canonical({rid: res})

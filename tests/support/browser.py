@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -52,3 +56,27 @@ def network_events(driver: Any) -> tuple[list[str], list[str]]:
         elif msg.get("method") == "Network.loadingFailed":
             failed.append(f"{msg['params'].get('errorText')} {msg['params'].get('requestId')}")
     return requested, failed
+
+
+def wait_for(driver: Any, cond: Callable[[], T], what: str, *, timeout: float, screenshot: Path,
+             poll: float = 0.3) -> T:
+    """``cond()``'s first truthy value, polled every ``poll`` s; after ``timeout`` s a screenshot is saved to
+    ``screenshot`` and the failure names ``what``, the page's ``#status`` text and the browser console."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = cond()
+        if v:
+            return v
+        time.sleep(poll)
+    logs = driver.get_log("browser")
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(screenshot))
+    status = driver.find_elements("id", "status")
+    raise AssertionError(f"timed out waiting for {what}; status {status[0].text if status else None!r}; "
+                         f"console: {logs}")
+
+
+def page_errors(driver: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    """(SEVERE console entries, failed requests) since the logs were last read: both empty on a clean page."""
+    severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    return severe, network_events(driver)[1]

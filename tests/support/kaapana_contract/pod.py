@@ -121,31 +121,12 @@ class Pod:
         return out
 
 
-def build_pod(
-    *,
-    image: str,
-    stored_env: Mapping[str, str],
-    conf: Mapping[str, Any] | None,
-    run_id: str,
-    dag_id: str,
-    task_id: str,
-    batch_name: str,
-    operator_out_dir: str,
-    secrets: Mapping[str, str],
-    workflow_dir_root: str = PROCESSING_WORKFLOW_DIR,
-) -> Pod:
-    env = execute_env(
-        stored_env,
-        conf=conf,
-        run_id=run_id,
-        dag_id=dag_id,
-        task_id=task_id,
-        batch_name=batch_name,
-        operator_out_dir=operator_out_dir,
-        workflow_dir_root=workflow_dir_root,
-    )
+def build_pod(*, image: str, env: Mapping[str, str], conf: Mapping[str, Any] | None,
+              secrets: Mapping[str, str]) -> Pod:
+    """The pod ``task_api`` creates from the env of :func:`execute_env` (the run id is its ``RUN_ID``):
+    the secrets first, then that env; ``conf`` becomes the conf map."""
     secret_list = [(k, secrets[k]) for k in SECRET_ENV]
-    return Pod(image=image, env=secret_list + list(env.items()), conf=dict(conf or {}), run_id=run_id)
+    return Pod(image=image, env=secret_list + list(env.items()), conf=dict(conf or {}), run_id=env["RUN_ID"])
 
 
 def image_command(dockerfile: Path = PROCESSING_DOCKERFILE) -> list[str]:

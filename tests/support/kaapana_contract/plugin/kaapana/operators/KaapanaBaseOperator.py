@@ -159,10 +159,9 @@ class KaapanaBaseOperator(BaseOperator):
         return obj
 
     def build_pod(self, conf, run_id, dag_id, task_id, secrets):
-        return contract.build_pod(
-            image=self.image, stored_env=self.env_vars, conf=conf, run_id=run_id, dag_id=dag_id, task_id=task_id,
-            batch_name=self.batch_name, operator_out_dir=self.operator_out_dir, secrets=secrets,
-        )
+        env = contract.execute_env(self.env_vars, conf=conf, run_id=run_id, dag_id=dag_id, task_id=task_id,
+                                   batch_name=self.batch_name, operator_out_dir=self.operator_out_dir)
+        return contract.build_pod(image=self.image, env=env, conf=conf, secrets=secrets)
 
     def execute(self, context):
         root = os.environ.get("KAAPANA_CONTRACT_WORKFLOW_ROOT")
