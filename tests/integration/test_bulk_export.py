@@ -52,7 +52,7 @@ def project(fhir_url: str) -> tuple[FhirClient, list[str], dict[str, int]]:
     ids = lung1_ids(N_PATIENTS, prefix=f"BULK{tag}-")
     rep = import_table(open_table(synthetic_lung1_csv(ids).encode(), name="bulk.csv"), load_preset("lung1"),
                        client=client)
-    return client, ids, dict(rep["resources_written"])
+    return client, ids, dict(rep.resources_written)
 
 
 def test_system_export_counts_equal_search_counts(project: tuple[FhirClient, list[str], dict[str, int]],

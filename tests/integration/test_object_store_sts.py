@@ -92,7 +92,7 @@ def test_table_import_and_cohort_upload_with_sts(sso_stack: sso.SsoStack, fhir: 
     confs = find_new_objects(store, BUCKET, prefix)
     assert [c["object_key"] for c in confs] == [f"{prefix}lung1.csv"]
     rep = import_object(store, fhir, BUCKET, confs[0]["object_key"], signature=confs[0].get("signature"))
-    assert rep["status"] == "imported" and rep["rows_read"] == 4
+    assert rep.status == "imported" and rep.rows_read == 4
     for pid in ids:
         assert fhir.read("Patient", patient_id(DEFAULT_PATIENT_SYSTEM, pid))["identifier"][0]["value"] == pid
     assert store.head(BUCKET, f"{prefix}lung1.import-report.json") is not None
@@ -130,7 +130,7 @@ def test_expired_token_mid_import_is_renewed_and_nothing_is_duplicated(sso_stack
                 return self.inner.write_entries(*a, **kw)
 
         rep = import_object(store, SlowFhir(fhir), BUCKET, key, preset="lung1")
-        assert rep["status"] == "imported"
+        assert rep.status == "imported"
         assert provider.stats["sts_calls"] >= 2 and provider.stats["password_grants"] == 1
         for pid in ids:
             assert fhir.count("Patient", {"identifier": f"{DEFAULT_PATIENT_SYSTEM}|{pid}"}) == 1

@@ -29,7 +29,7 @@ DAGS = Path(__file__).resolve().parents[2] / "dags"
 
 def _import(client: FhirClient, ids: list[str], name: str) -> dict[str, int]:
     rep = import_table(open_table(synthetic_lung1_csv(ids).encode(), name=name), load_preset("lung1"), client=client)
-    return dict(rep["resources_written"])
+    return dict(rep.resources_written)
 
 
 def _identifiers(client: FhirClient, tag: str) -> set[str]:

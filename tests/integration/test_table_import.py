@@ -155,7 +155,7 @@ def test_server_down_mid_file_leaves_complete_chunks_and_retry_finishes(fhir: An
     # exactly two complete transactions: all 10 Patients first (their own chunk), then 20 other entries
     assert partial[0] == 10 and sum(partial) == 30
     rep = import_table(open_table(text, name="l.csv"), load_preset("lung1"), client=fhir, chunk_size=20)
-    expected = rep["resources_written"]
+    expected = rep.resources_written
     assert counts() == (expected["Patient"], expected["Observation"], expected["Condition"])
     import_table(open_table(text, name="l.csv"), load_preset("lung1"), client=fhir, chunk_size=20)
     assert counts() == (expected["Patient"], expected["Observation"], expected["Condition"])  # no duplicates

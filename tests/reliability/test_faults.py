@@ -145,7 +145,7 @@ def test_hapi_killed_mid_csv_import_and_mid_dicom_backfill(private_hapi: Private
     rep = import_table(open_table(data, name="rel.csv"), mapping, client=fhir, chunk_size=CSV_CHUNK)
     res = sync_studies(dicomweb, fhir, study_uids=study_uids)
     assert res["studies"] == N_STUDIES and not res["failed"]
-    assert rep["resources_written"] == {"Patient": CSV_ROWS // 10, "Observation": CSV_ROWS}
+    assert rep.resources_written == {"Patient": CSV_ROWS // 10, "Observation": CSV_ROWS}
 
     bundle = clean_import_bundle(data, "rel.csv", private_hapi.state_dir / "clean.json")
     assert server_state(fhir, "Observation") == clean_state(bundle, "Observation")
@@ -173,7 +173,7 @@ def test_hapi_429_503_for_a_while_slows_down_and_finishes(fhir_url: str, dicomwe
             rep = import_table(open_table(data, name="rel.csv"), mapping, client=client, chunk_size=50)
             res = sync_studies(dicomweb, client, study_uids=[s["study"] for s in studies])
             timings[label] = time.perf_counter() - t0
-        assert rep["resources_written"]["Observation"] == 200 and res["studies"] == 3 and not res["failed"]
+        assert rep.resources_written["Observation"] == 200 and res["studies"] == 3 and not res["failed"]
         retries = [r.getMessage() for r in caplog.records if "FHIR request retry" in r.getMessage()]
         assert plan.injected == len(statuses if label == "faulty" else [])
         assert client.stats.retries == plan.injected == len(retries)  # every retry is logged
@@ -236,7 +236,7 @@ def test_s3_down_during_watcher_and_import(s3: ObjectStore, fhir: FhirClient, st
     again = W.find_new_objects(s3, bucket, pending_timeout_s=0)
     assert [c["object_key"] for c in again] == [key]
     rep = import_object(s3, fhir, bucket, key, mapping_key=again[0]["mapping_key"], signature=again[0]["signature"])
-    assert rep["status"] == "imported" and rep["resources_written"]["Observation"] == 30
+    assert rep.status == "imported" and rep.resources_written["Observation"] == 30
     assert W.find_new_objects(s3, bucket) == []
 
 
@@ -248,7 +248,7 @@ def test_object_deleted_between_listing_and_reading(s3: ObjectStore, fhir: FhirC
     assert [c["object_key"] for c in confs] == [key]
     s3.delete(bucket, key)  # deleted after the watcher listed it, before the import task reads it
     rep = import_object(s3, fhir, bucket, key, mapping_key=confs[0]["mapping_key"], signature=confs[0]["signature"])
-    assert rep["status"] == "gone" and key in rep["error"] and "deleted" in rep["error"]
+    assert rep.status == "gone" and key in rep.error and "deleted" in rep.error
     pid = patient_id(DEFAULT_PATIENT_SYSTEM, f"R{tag}-0")
     assert fhir.count("Patient", {"_id": pid}) == 0
     assert W.find_new_objects(s3, bucket) == []  # a deleted object is not retried while it is gone
@@ -257,7 +257,7 @@ def test_object_deleted_between_listing_and_reading(s3: ObjectStore, fhir: FhirC
     again = W.find_new_objects(s3, bucket)
     assert [c["object_key"] for c in again] == [key]
     rep = import_object(s3, fhir, bucket, key, mapping_key=again[0]["mapping_key"], signature=again[0]["signature"])
-    assert rep["status"] == "imported"
+    assert rep.status == "imported"
     assert fhir.count("Observation", {"subject": f"Patient/{pid}"}) == 10
 
 

@@ -46,8 +46,8 @@ def test_import_of_many_rows(fhir: FhirClient) -> None:
     t0 = time.perf_counter()
     rep = import_table(open_table(long_csv(tag, CI_ROWS), name="load.csv"), mapping, client=fhir, chunk_size=500)
     assert time.perf_counter() - t0 < 120
-    assert rep["resources_written"] == {"Patient": CI_ROWS // 10, "Observation": CI_ROWS}
-    assert rep["chunks"] == -(-(CI_ROWS + CI_ROWS // 10) // 500)
+    assert rep.resources_written == {"Patient": CI_ROWS // 10, "Observation": CI_ROWS}
+    assert rep.chunks == -(-(CI_ROWS + CI_ROWS // 10) // 500)
     pids = [patient_id(DEFAULT_PATIENT_SYSTEM, f"R{tag}-{i}") for i in range(0, CI_ROWS // 10, 97)]
     for pid in pids:
         assert fhir.count("Observation", {"subject": f"Patient/{pid}"}) == 10

@@ -131,7 +131,7 @@ def test_flows_with_known_secrets_leak_nothing(fhir_url: str, dicomweb_url: str,
                 call()
             errors.append(exc.value)
             logging.getLogger("test").error("failure: %s", exc.value, exc_info=exc.value)
-    assert res["studies"] == 2 and rep["status"] == "imported" and summary.patients == 2
+    assert res["studies"] == 2 and rep.status == "imported" and summary.patients == 2
     assert isinstance(errors[0], FhirConnectionError) and isinstance(errors[1], DicomWebError)
     out = capsys.readouterr()
     assert _record_leaks(caplog.records, sec) == []
@@ -237,7 +237,7 @@ def test_search_values_and_object_keys_are_encoded(fhir_url: str, dicomweb_url: 
     confs = W.find_new_objects(s3, bucket)
     assert [c["object_key"] for c in confs] == [key]
     rep = import_object(s3, fhir, bucket, key, mapping_key=confs[0]["mapping_key"])
-    assert rep["status"] == "imported" and rep["rows_read"] == 10
+    assert rep.status == "imported" and rep.rows_read == 10
     assert s3.head(bucket, W.sidecars(key)["report"]) is not None
 
 

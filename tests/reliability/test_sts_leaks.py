@@ -134,8 +134,8 @@ def test_sts_secrets_never_leak_from_watcher_and_import(sso_stack: sso.SsoStack,
     reports = {}
     for c in confs:
         reports[c["object_key"]] = import_object(store, fhir, BUCKET, c["object_key"], signature=c.get("signature"))
-    assert reports[f"{prefix}good.csv"]["status"] == "imported"
-    assert reports[f"{prefix}bad.csv"]["status"] == "rejected"
+    assert reports[f"{prefix}good.csv"].status == "imported"
+    assert reports[f"{prefix}bad.csv"].status == "rejected"
     assert find_new_objects(store, BUCKET, prefix) == []  # state written back with the temporary keys
 
     errors = {

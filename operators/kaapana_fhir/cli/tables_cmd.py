@@ -164,18 +164,18 @@ def run_import(args: argparse.Namespace) -> int:
 
             if client is None:
                 raise ConfigError("--plan compares with a live server (rule: --plan needs --fhir)")
-            rep = plan_table(table, mapping, client, skip_invalid_rows=args.skip_invalid_rows)
-            _outputs(args, rep)
-            sys.stdout.write(format_plan(rep) + "\n")
+            plan = plan_table(table, mapping, client, skip_invalid_rows=args.skip_invalid_rows)
+            _outputs(args, plan.as_dict())
+            sys.stdout.write(format_plan(plan) + "\n")
             return 0
         rep = import_table(table, mapping, client=client, out_path=args.out, skip_invalid_rows=args.skip_invalid_rows,
                            chunk_size=args.chunk_size, workers=workers)
     except TableRejected as exc:
         _outputs(args, exc.report)
         raise
-    _outputs(args, rep)
-    log.info("%s: %d rows read, %d rejected, written %s", file_name, rep["rows_read"], rep["rows_rejected"],
-             rep["resources_written"])
+    _outputs(args, rep.as_dict())
+    log.info("%s: %d rows read, %d rejected, written %s", file_name, rep.rows_read, rep.rows_rejected,
+             rep.resources_written)
     return 0
 
 

@@ -242,7 +242,7 @@ def import_table(k: KaapanaRun) -> dict[str, Any]:
             except TableRejected as exc:
                 reports.append({"file": path.name, "status": "rejected", "error": str(exc)})
                 continue
-            reports.append({"file": path.name, **_small(rep)})
+            reports.append({"file": path.name, **_small(rep.as_dict())})
         failed = [r for r in reports if r.get("status") == "rejected"]
         return {"tables": reports, "failed": failed, "params": params.changed()}
     if not params.object_key:
@@ -259,8 +259,8 @@ def import_table(k: KaapanaRun) -> dict[str, Any]:
         preset=params.preset or None,
         skip_invalid_rows=params.skip_invalid_rows,
     )
-    out = {"object_key": params.object_key, "bucket": bucket, **_small(rep)}
-    out["failed"] = [dict(out)] if rep.get("status") == "rejected" else []
+    out = {"object_key": params.object_key, "bucket": bucket, **_small(rep.as_dict())}
+    out["failed"] = [dict(out)] if rep.status == "rejected" else []
     out["params"] = params.changed()
     return out
 

@@ -77,13 +77,13 @@ class CsvImportOperator(BaseOperator):
         rep = import_object(ObjectStoreHook(self.s3_conn_id).get_conn(), fhir,
                             bucket, key, mapping_key=mapping, preset=preset, skip_invalid_rows=skip,
                             signature=conf.get("signature"), chunk_size=self.chunk_size)
-        self.log.info("import of %s: %s, rows %s, resources %s", key, rep.get("status"), rep.get("rows_read"),
-                      rep.get("resources_written"))
-        if rep.get("status") == "rejected" and self.fail_on_rejected:
-            raise MappingError(rep.get("error") or f"{key} was rejected")
-        return {"object_key": key, "status": rep.get("status"), "rows_read": rep.get("rows_read", 0),
-                "rows_rejected": rep.get("rows_rejected", 0), "resources": rep.get("resources_written", {}),
-                "issues": rep.get("rejected", [])[:20], "error": rep.get("error")}
+        self.log.info("import of %s: %s, rows %s, resources %s", key, rep.status, rep.rows_read,
+                      rep.resources_written)
+        if rep.status == "rejected" and self.fail_on_rejected:
+            raise MappingError(rep.error or f"{key} was rejected")
+        return {"object_key": key, "status": rep.status, "rows_read": rep.rows_read or 0,
+                "rows_rejected": rep.rows_rejected or 0, "resources": rep.resources_written or {},
+                "issues": (rep.rejected or [])[:20], "error": rep.error}
 
 
 def watch_buckets(store: Any, buckets: str, prefix: str, *, find: Any, **kw: Any) -> list[dict[str, Any]]:

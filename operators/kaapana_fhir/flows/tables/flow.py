@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,54 @@ from kaapana_fhir.exceptions import ConfigError, FhirServerError, MappingError, 
 from kaapana_fhir.flows.tables import watch as W
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class ImportReport:
+    """The import report of one table (``<name>.import-report.json`` beside an S3 object, the CLI's
+    ``--report``, the XCom). Its JSON keys are a documented contract: :meth:`as_dict` writes the fields in this
+    order and leaves out those that are None (a report of an object that was gone, or rejected before its
+    mapping could be read, has only ``file``, ``status``, a few counts and ``error``)."""
+
+    file: str
+    mapping: str | None = None
+    #: ``imported``, ``imported-with-rejections``, ``imported-with-conflicts``, ``rejected``, ``failed``, ``gone``,
+    #: ``planned``
+    status: str
+    skip_invalid_rows: bool | None = None
+    rows_read: int | None = None
+    empty_rows: int | None = None
+    rows_rejected: int | None = None
+    #: resources written per type
+    resources_written: dict[str, int] | None = None
+    #: invalid cells (row, column, value, rule), at most the scan's limit (``rejected_truncated``: there were more)
+    rejected: list[dict[str, Any]] | None = None
+    issue_count: int | None = None
+    duration_s: float | None = None
+    policy: str | None = None
+    rejected_truncated: bool | None = None
+    #: transaction chunks written and Observations retracted (``empty_cells: retract``)
+    chunks: int | None = None
+    retracted: int | None = None
+    workers: int | None = None
+    workers_auto: dict[str, Any] | None = None
+    patient_conflicts_policy: str | None = None
+    patient_corrections: int | None = None
+    patient_conflicts: list[dict[str, Any]] | None = None
+    #: the S3 object (:func:`import_object`)
+    object_key: str | None = None
+    bucket: str | None = None
+    etag_signature: str | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_dict(cls, rep: dict[str, Any]) -> ImportReport:
+        """From the report dict of :func:`kaapana_fhir.core.tables.report_of` (also ``TableRejected.report``)."""
+        return cls(**rep)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form: the fields that are set, in declaration order."""
+        return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
 
 
 def resolve_mapping(*, header: list[str], mapping_text: str | None = None, mapping_name: str = "mapping",
@@ -336,7 +384,7 @@ def write_chunks(client: FhirApi, entries: Iterable[dict[str, Any]], *, chunk_si
 
 def import_table(table: Table, mapping: dict[str, Any], *, client: FhirApi | None = None,
                  out_path: str | Path | None = None, skip_invalid_rows: bool = False,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE, workers: int | AutoWorkers = 1) -> dict[str, Any]:
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, workers: int | AutoWorkers = 1) -> ImportReport:
     """Validate the whole table, then write it to ``client`` (or a Bundle file ``out_path``); the report.
 
     ``workers``: parallel transaction chunks, or an :class:`AutoWorkers` that chooses them from the server (the
@@ -350,20 +398,20 @@ def import_table(table: Table, mapping: dict[str, Any], *, client: FhirApi | Non
     scanned = scan(table, mapper)
     name = mapping.get("name", "mapping")
     if scanned.issue_count and not skip_invalid_rows:
-        rep = report_of(table.name, name, scanned, status="rejected", duration_s=time.perf_counter() - t0)
+        refused = report_of(table.name, name, scanned, status="rejected", duration_s=time.perf_counter() - t0)
         first = scanned.issues[0]
         raise TableRejected(f"{table.name}: {scanned.issue_count} invalid cell(s) in {scanned.rows_rejected} row(s); "
                             f"first: row {first.row}, column {first.column!r}, value {first.value[:60]!r}: "
-                            f"{first.rule} (nothing written; use skip-invalid-rows to import the valid rows)", rep)
+                            f"{first.rule} (nothing written; use skip-invalid-rows to import the valid rows)", refused)
     conflicts = PatientConflicts(patient.ConflictPolicy(mapping.get("patient_conflicts", "keep")))
     if client is not None and out_path is None and conflicts.policy is patient.ConflictPolicy.FAIL:
         found = find_patient_conflicts(client, iter_patient_entries(mapper, scanned), conflicts.policy)
         if found.found:
-            rep = report_of(table.name, name, scanned, status="rejected", duration_s=time.perf_counter() - t0)
-            rep["patient_conflicts"] = found.found
+            refused = report_of(table.name, name, scanned, status="rejected", duration_s=time.perf_counter() - t0)
+            refused["patient_conflicts"] = found.found
             raise TableRejected(f"{table.name}: {len(found.found)} Patient value(s) differ from what another source "
                                 f"wrote; first: {found.messages[0]} (rule: patient_conflicts: fail; nothing "
-                                "written)", rep)
+                                "written)", refused)
     if out_path is not None:
         written = write_bundle_file(out_path, (e for e in iter_entries(table, mapper, scanned, skip_invalid_rows=True)
                                                if not e.get(RETRACT)))
@@ -382,21 +430,21 @@ def import_table(table: Table, mapping: dict[str, Any], *, client: FhirApi | Non
     else:
         raise ConfigError("import_table needs a FHIR client or an output path (rule: --fhir or --out)")
     status = "imported" if not scanned.issue_count else "imported-with-rejections"
-    rep = report_of(table.name, name, scanned, status=status, written=written.types,
-                    duration_s=time.perf_counter() - t0, skip_invalid_rows=skip_invalid_rows)
-    rep["chunks"] = written.chunks
-    rep["retracted"] = written.retracted
+    rep = ImportReport.from_dict(report_of(table.name, name, scanned, status=status, written=written.types,
+                                           duration_s=time.perf_counter() - t0, skip_invalid_rows=skip_invalid_rows))
+    rep.chunks = written.chunks
+    rep.retracted = written.retracted
     if isinstance(workers, AutoWorkers):
-        rep["workers"] = workers.chosen or workers.best
-        rep["workers_auto"] = workers.as_dict()
+        rep.workers = workers.chosen or workers.best
+        rep.workers_auto = workers.as_dict()
     else:
-        rep["workers"] = workers
-    rep["patient_conflicts_policy"] = conflicts.policy.value
-    rep["patient_corrections"] = conflicts.corrected
+        rep.workers = workers
+    rep.patient_conflicts_policy = conflicts.policy.value
+    rep.patient_corrections = conflicts.corrected
     if conflicts.found:
-        rep["patient_conflicts"] = conflicts.found
-        rep["status"] = "imported-with-conflicts"
-    log.info("imported %s: %d rows, %s", table.name, scanned.rows_read, rep["resources_written"])
+        rep.patient_conflicts = conflicts.found
+        rep.status = "imported-with-conflicts"
+    log.info("imported %s: %d rows, %s", table.name, scanned.rows_read, rep.resources_written)
     return rep
 
 
@@ -421,7 +469,7 @@ def write_bundle_file(out_path: str | Path, entries: Iterable[dict[str, Any]]) -
 
 def import_object(store: ObjectStoreApi, client: FhirApi, bucket: str, key: str, *, mapping_key: str | None = None,
                   preset: str | None = None, skip_invalid_rows: bool = False, signature: str | None = None,
-                  chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, Any]:
+                  chunk_size: int = DEFAULT_CHUNK_SIZE) -> ImportReport:
     """Import one S3 object; writes ``<name>.import-report.json`` and the watcher state, returns the report.
 
     The mapping comes from ``mapping_key``, else ``<name>.mapping.yaml`` beside the object, else
@@ -440,8 +488,8 @@ def import_object(store: ObjectStoreApi, client: FhirApi, bucket: str, key: str,
         except ObjectStoreError as exc:
             if store.head(bucket, key) is None:
                 log.warning("object %s was deleted before it could be read; nothing imported", key)
-                rep = {"file": key, "status": "gone", "error": str(exc),
-                       "duration_s": round(time.perf_counter() - t0, 3)}
+                rep = ImportReport(file=key, status="gone", error=str(exc),
+                                   duration_s=round(time.perf_counter() - t0, 3))
                 W.write_state(store, bucket, key, sig, "gone")
                 return rep
             W.write_state(store, bucket, key, sig, "failed", error=str(exc))
@@ -452,7 +500,7 @@ def import_object(store: ObjectStoreApi, client: FhirApi, bucket: str, key: str,
 
 def _import_local(store: ObjectStoreApi, client: FhirApi, bucket: str, key: str, local: Path, *,
                   side: dict[str, str], sig: str, t0: float, mapping_key: str | None, preset: str | None,
-                  skip_invalid_rows: bool, chunk_size: int) -> dict[str, Any]:
+                  skip_invalid_rows: bool, chunk_size: int) -> ImportReport:
     """The import of an object already downloaded to ``local``; writes its report and the watcher state."""
     status, error = "failed", None
     try:
@@ -469,21 +517,20 @@ def _import_local(store: ObjectStoreApi, client: FhirApi, bucket: str, key: str,
                            workers=AutoWorkers())  # parallel chunks, as many as the server's answers show help
         status = "imported"
     except TableRejected as exc:
-        rep, status, error = exc.report, "rejected", str(exc)
+        rep, status, error = ImportReport.from_dict(exc.report), "rejected", str(exc)
     except (MappingError, ConfigError) as exc:
-        rep = {"file": key, "status": "rejected", "rows_read": 0, "resources_written": {}, "rejected": []}
+        rep = ImportReport(file=key, status="rejected", rows_read=0, resources_written={}, rejected=[])
         status, error = "rejected", str(exc)
     except Exception as exc:  # server/store failure: record it for the watcher's retry, then re-raise
-        rep = {"file": key, "status": "failed", "error": str(exc)}
-        rep["duration_s"] = round(time.perf_counter() - t0, 3)
-        _safe_put_report(store, bucket, side["report"], rep)
+        failed = ImportReport(file=key, status="failed", error=str(exc), duration_s=round(time.perf_counter() - t0, 3))
+        _safe_put_report(store, bucket, side["report"], failed)
         W.write_state(store, bucket, key, sig, "failed", error=str(exc))
         raise
-    rep["status"] = status if status != "imported" else rep.get("status", "imported")
-    rep["duration_s"] = round(time.perf_counter() - t0, 3)
-    rep.update(object_key=key, bucket=bucket, etag_signature=sig)
+    rep.status = status if status != "imported" else (rep.status or "imported")
+    rep.duration_s = round(time.perf_counter() - t0, 3)
+    rep.object_key, rep.bucket, rep.etag_signature = key, bucket, sig
     if error:
-        rep["error"] = error
+        rep.error = error
     _safe_put_report(store, bucket, side["report"], rep)
     W.write_state(store, bucket, key, sig, status, error=error)
     return rep
@@ -499,5 +546,6 @@ def _fetch_mapping(store: ObjectStoreApi, bucket: str, side: dict[str, str], map
     return text, (mkey or f"preset:{preset}"), dictionary
 
 
-def _safe_put_report(store: ObjectStoreApi, bucket: str, key: str, rep: dict[str, Any]) -> None:
-    store.put_bytes(bucket, key, json.dumps(rep, indent=1, default=str).encode("utf-8"), "application/json")
+def _safe_put_report(store: ObjectStoreApi, bucket: str, key: str, rep: ImportReport) -> None:
+    store.put_bytes(bucket, key, json.dumps(rep.as_dict(), indent=1, default=str).encode("utf-8"),
+                    "application/json")

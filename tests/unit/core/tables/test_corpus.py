@@ -67,7 +67,7 @@ def test_semicolon_file_is_detected_when_mapping_does_not_fix_delimiter(tmp_path
     m["source"].pop("delimiter")
     data = (HEADER + "P1,m,1970-01-01,\"72,5\",ok,1\n").replace(",", ";").replace('"72;5"', '"72,5"').encode()
     rep, res = _run(data, tmp_path, mapping=m)
-    assert rep["rows_read"] == 1
+    assert rep.rows_read == 1
     assert _obs(res, "weight")[0]["valueQuantity"]["value"] == 72.5
 
 
@@ -84,12 +84,12 @@ def test_duplicate_patient_rows_with_conflicting_values_are_rejected(tmp_path: P
     assert [(b["row"], b["column"]) for b in bad] == [(3, "pid")]
     assert "conflicting values (first at row 2)" in bad[0]["rule"]
     rep, res = _run(data, tmp_path, skip=True)  # keeps the first row and P2
-    assert rep["rows_rejected"] == 1 and _obs(res, "weight")[0]["valueQuantity"]["value"] == 72
+    assert rep.rows_rejected == 1 and _obs(res, "weight")[0]["valueQuantity"]["value"] == 72
 
 
 def test_identical_duplicate_rows_are_accepted_once(tmp_path: Path) -> None:
     rep, res = _run((HEADER + "P1,m,1970-01-01,72,ok,1\nP1,m,1970-01-01,72,ok,1\n").encode(), tmp_path)
-    assert rep["rows_rejected"] == 0
+    assert rep.rows_rejected == 0
     assert len([r for r in res if r["resourceType"] == "Patient"]) == 1
     assert len(_obs(res, "weight")) == 1
 
@@ -122,7 +122,7 @@ def test_units_inside_cells(tmp_path: Path) -> None:
 
 def test_empty_rows_are_skipped_and_counted(tmp_path: Path) -> None:
     rep, res = _run((HEADER + "\n,,,,,\nP1,m,1970-01-01,72,ok,1\n\n").encode(), tmp_path)
-    assert rep["rows_read"] == 1 and rep["empty_rows"] >= 2
+    assert rep.rows_read == 1 and rep.empty_rows >= 2
     assert len(_obs(res, "weight")) == 1
 
 
@@ -201,7 +201,7 @@ def test_value_not_in_value_map(tmp_path: Path) -> None:
     assert exc.value.report["rejected"] == [{"row": 2, "column": "grade", "value": "7",
                                             "rule": "value not in value map (allowed: 1, 2)"}]
     rep, res = _run(data, tmp_path, skip=True)
-    assert rep["rows_rejected"] == 1 and rep["status"] == "imported-with-rejections"
+    assert rep.rows_rejected == 1 and rep.status == "imported-with-rejections"
     assert [o["valueCodeableConcept"]["coding"][0]["code"] for o in _obs(res, "grade")] == ["G2"]
 
 

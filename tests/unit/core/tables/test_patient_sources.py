@@ -109,12 +109,12 @@ def test_import_keeps_and_reports_a_conflict_and_applies_a_correction() -> None:
     import_table(_table("a.csv", "1950-01-01"), _mapping(), client=server)
     rep = import_table(_table("b.csv", "1951-01-01"), _mapping(), client=server)
     assert _birth(server) == "1950-01-01"
-    assert rep["status"] == "imported-with-conflicts" and rep["patient_conflicts_policy"] == "keep"
-    [c] = rep["patient_conflicts"]
+    assert rep.status == "imported-with-conflicts" and rep.patient_conflicts_policy == "keep"
+    [c] = rep.patient_conflicts
     assert (c["element"], c["existing"], c["existing_source"], c["incoming"], c["incoming_source"]) == (
         "birthDate", "1950-01-01", "table:a.csv", "1951-01-01", "table:b.csv")
     rep = import_table(_table("a.csv", "1949-12-31"), _mapping(), client=server)
-    assert _birth(server) == "1949-12-31" and rep["status"] == "imported" and rep["patient_corrections"] == 1
+    assert _birth(server) == "1949-12-31" and rep.status == "imported" and rep.patient_corrections == 1
 
 
 def test_replace_policy_and_fail_policy_writes_nothing() -> None:
@@ -133,7 +133,7 @@ def test_plan_names_patient_field_both_values_both_sources_and_the_policy() -> N
     server = Server()
     import_table(_table("a.csv", "1950-01-01"), _mapping(), client=server)
     rep = plan_table(_table("b.csv", "1951-01-01"), _mapping(), server)
-    assert rep["plan"]["Patient"]["unchanged"] == 1  # keep: the server's value stays
+    assert rep.plan["Patient"].unchanged == 1  # keep: the server's value stays
     text = format_plan(rep)
     assert "patient_conflicts: keep" in text
     assert "(P1): birthDate '1950-01-01' from table:a.csv, '1951-01-01' from table:b.csv" in text

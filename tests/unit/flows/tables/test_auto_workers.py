@@ -90,6 +90,6 @@ def test_report_names_the_chosen_count_and_rates() -> None:
     server = SlotServer(2)
     rep = import_table(open_table(csv.encode(), name="w.csv"), m, client=server, chunk_size=10,
                        workers=AutoWorkers(clock=server.clock))
-    assert rep["workers"] == 2 and rep["workers_auto"]["chosen"] == 2
-    assert set(rep["workers_auto"]["rates"]) == {"1", "2", "4"}
-    assert rep["resources_written"] == {"Patient": 100, "Observation": 100}
+    assert rep.workers == 2 and rep.workers_auto["chosen"] == 2
+    assert set(rep.workers_auto["rates"]) == {"1", "2", "4"}
+    assert rep.resources_written == {"Patient": 100, "Observation": 100}

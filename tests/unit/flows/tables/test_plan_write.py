@@ -59,20 +59,24 @@ def test_plan_then_import_then_plan_unchanged_and_retract() -> None:
     fhir = FakeFhir()
     m = load_mapping(MAPPING)
     first = "id,dob,w\nP1,1950-01-01,70\nP2,1960-01-01,80\n"
-    plan = plan_table(_table(first), m, fhir)["plan"]  # type: ignore[arg-type]
+    plan = plan_table(_table(first), m, fhir).as_dict()["plan"]  # type: ignore[arg-type]
     assert plan["Patient"]["create"] == 2 and plan["Observation"]["create"] == 2 and not fhir.db
+    assert list(plan_table(_table(first), m, fhir).as_dict()) == [  # type: ignore[arg-type]
+        "file", "mapping", "status", "skip_invalid_rows", "rows_read", "empty_rows", "rows_rejected",
+        "resources_written", "rejected", "issue_count", "duration_s", "policy", "plan", "patient_conflicts_policy",
+        "patient_corrections"]
     import_table(_table(first), m, client=fhir)  # type: ignore[arg-type]
-    again = plan_table(_table(first), m, fhir)["plan"]  # type: ignore[arg-type]
+    again = plan_table(_table(first), m, fhir).as_dict()["plan"]  # type: ignore[arg-type]
     assert again["Observation"] == {"create": 0, "update": 0, "unchanged": 2, "retract": 0}
     emptied = "id,dob,w\nP1,1950-01-01,\nP2,1960-01-01,81\n"
-    p = plan_table(_table(emptied), m, fhir)["plan"]  # type: ignore[arg-type]
+    p = plan_table(_table(emptied), m, fhir).as_dict()["plan"]  # type: ignore[arg-type]
     assert p["Observation"]["retract"] == 1 and p["Observation"]["update"] == 1
     rep = import_table(_table(emptied), m, client=fhir)  # type: ignore[arg-type]
-    assert rep["retracted"] == 1
+    assert rep.retracted == 1
     statuses = sorted(r["status"] for (t, _), r in fhir.db.items() if t == "Observation")
     assert statuses == ["entered-in-error", "final"]
     # a cell that was never filled is not "retracted" (nothing to retract), and a retraction is written once
-    assert plan_table(_table(emptied), m, fhir)["plan"]["Observation"]["retract"] == 0  # type: ignore[arg-type]
+    assert plan_table(_table(emptied), m, fhir).as_dict()["plan"]["Observation"]["retract"] == 0  # type: ignore[arg-type]
 
 
 def test_keep_policy_leaves_old_observation() -> None:
@@ -80,7 +84,7 @@ def test_keep_policy_leaves_old_observation() -> None:
     m = load_mapping(MAPPING.replace("empty_cells: retract\n", ""))
     import_table(_table("id,dob,w\nP1,1950-01-01,70\n"), m, client=fhir)  # type: ignore[arg-type]
     rep = import_table(_table("id,dob,w\nP1,1950-01-01,\n"), m, client=fhir)  # type: ignore[arg-type]
-    assert rep["retracted"] == 0
+    assert rep.retracted == 0
     assert [r["status"] for (t, _), r in fhir.db.items() if t == "Observation"] == ["final"]
 
 
@@ -89,7 +93,7 @@ def test_parallel_workers_write_patients_first_and_everything_once() -> None:
     m = load_mapping(MAPPING)
     rows = "".join(f"P{i},1950-01-01,{50 + i % 40}\n" for i in range(300))
     rep = import_table(_table("id,dob,w\n" + rows), m, client=fhir, chunk_size=7, workers=4)  # type: ignore[arg-type]
-    assert rep["resources_written"] == {"Patient": 300, "Observation": 300}
+    assert rep.resources_written == {"Patient": 300, "Observation": 300}
     assert len([k for k in fhir.db if k[0] == "Patient"]) == 300
     first_obs = next(i for i, w in enumerate(fhir.writes) if "Observation" in w)
     assert all(set(w) == {"Patient"} for w in fhir.writes[:first_obs])

@@ -93,9 +93,15 @@ def test_imported_same_etag_not_again_changed_etag_again(store: Any) -> None:
     confs = W.find_new_objects(store, BUCKET, "fhir-import/", default_preset="lung1")
     fhir = FakeFhir()
     rep = import_object(store, fhir, BUCKET, confs[0]["object_key"], preset="lung1", signature=confs[0]["signature"])
-    assert rep["status"] == "imported" and rep["resources_written"]["Patient"] == 4
+    assert rep.status == "imported" and rep.resources_written["Patient"] == 4
     report = json.loads(store.get_bytes(BUCKET, "fhir-import/a.import-report.json"))
     assert report["rows_read"] == 4 and report["duration_s"] >= 0
+    # the report object's keys are a documented contract (MinIO, XCom, --report): a rename fails here
+    assert list(report) == ["file", "mapping", "status", "skip_invalid_rows", "rows_read", "empty_rows",
+                            "rows_rejected", "resources_written", "rejected", "issue_count", "duration_s", "policy",
+                            "chunks", "retracted", "workers", "workers_auto", "patient_conflicts_policy",
+                            "patient_corrections", "object_key", "bucket", "etag_signature"]
+    assert report == rep.as_dict()
     assert W.find_new_objects(store, BUCKET, "fhir-import/", default_preset="lung1") == []
     _put_lung1(store, seed=2)  # new content → new ETag
     assert len(W.find_new_objects(store, BUCKET, "fhir-import/", default_preset="lung1")) == 1
@@ -119,7 +125,11 @@ def test_rejected_file_is_not_retried_for_the_same_etag(store: Any) -> None:
     store.put_bytes(BUCKET, "fhir-import/bad.preset", b"lung1")
     confs = W.find_new_objects(store, BUCKET, "fhir-import/")
     rep = import_object(store, FakeFhir(), BUCKET, "fhir-import/bad.csv", signature=confs[0]["signature"])
-    assert rep["status"] == "rejected" and "clinical.T.Stage" in rep["error"]
+    assert rep.status == "rejected" and "clinical.T.Stage" in rep.error
+    # rejected before its mapping could be applied: the short report
+    assert list(json.loads(store.get_bytes(BUCKET, "fhir-import/bad.import-report.json"))) == [
+        "file", "status", "rows_read", "resources_written", "rejected", "duration_s", "object_key", "bucket",
+        "etag_signature", "error"]
     assert W.find_new_objects(store, BUCKET, "fhir-import/") == []
 
 
@@ -133,7 +143,7 @@ def test_mapping_sidecar_is_used_and_its_change_retriggers(store: Any) -> None:
     fhir = FakeFhir()
     rep = import_object(store, fhir, BUCKET, "fhir-import/t.csv", mapping_key=confs[0]["mapping_key"],
                         signature=confs[0]["signature"])
-    assert rep["status"] == "imported"
+    assert rep.status == "imported"
     obs = [e["resource"] for b in fhir.bundles for e in b["entry"] if e["resource"]["resourceType"] == "Observation"]
     assert obs[0]["valueQuantity"]["value"] == 72.5
     store.put_bytes(BUCKET, "fhir-import/t.mapping.yaml", mapping.replace("kg", "g").encode())
@@ -146,7 +156,8 @@ def test_object_deleted_between_listing_and_reading(store: Any) -> None:
     store.delete(BUCKET, "fhir-import/a.csv")
     fhir = FakeFhir()
     rep = import_object(store, fhir, BUCKET, confs[0]["object_key"], preset="lung1", signature=confs[0]["signature"])
-    assert rep["status"] == "gone" and "not found" in rep["error"]
+    assert rep.status == "gone" and "not found" in rep.error
+    assert list(rep.as_dict()) == ["file", "status", "duration_s", "error"]
     assert fhir.bundles == []
     state = json.loads(store.get_bytes(BUCKET, W.state_key("fhir-import/a.csv")))
     assert state["status"] == "gone"
