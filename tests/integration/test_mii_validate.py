@@ -22,7 +22,7 @@ import pytest
 from kaapana_fhir.clients.fhir import FhirClient
 from kaapana_fhir.core.dicom.files import dataset_to_json
 from kaapana_fhir.core.dicom.mapping import MappingOptions, SeriesInput, map_study
-from tests.support.dicom_json import el, series_json
+from tests.support.dicom_json import el, radiopharmaceutical, series_json
 
 pytestmark = pytest.mark.integration
 
@@ -58,14 +58,6 @@ def _errors(fhir: FhirClient, resource: dict[str, Any]) -> tuple[list[str], list
     return rule, term
 
 
-def _radiopharm() -> dict[str, Any]:
-    item = dict([el("Radiopharmaceutical", "FDG"), el("RadionuclideTotalDose", "350000000"),
-                 el("RadionuclideHalfLife", "6586.2")])
-    item["00540300"] = {"vr": "SQ", "Value": [dict([el("CodeValue", "77004003"), el("CodingSchemeDesignator", "SCT"),
-                                                    el("CodeMeaning", "Fluorine-18")])]}
-    return {"vr": "SQ", "Value": [item]}
-
-
 def _instance(series: dict[str, Any], n: int, **attrs: Any) -> dict[str, Any]:
     inst = dict(series)
     inst.update(series_json(**attrs))
@@ -96,7 +88,7 @@ def _modality_studies() -> list[list[SeriesInput]]:
         uid = f"{study}.{k}"
         attrs = series_json(study=uid, series=f"{uid}.1", **{**common, **spec})
         if spec["Modality"] in ("PT", "NM"):
-            attrs["00540016"] = _radiopharm()
+            attrs["00540016"] = radiopharmaceutical("77004003", "SCT", "Fluorine-18")
         inst = _instance(attrs, 1, PixelSpacing=["0.5", "0.5"], ImageType=["ORIGINAL", "PRIMARY", "AXIAL"],
                          BurnedInAnnotation="NO")
         out.append([SeriesInput(attrs, [inst], 1)])

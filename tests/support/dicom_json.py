@@ -26,6 +26,15 @@ def el(keyword: str, value: Any) -> tuple[str, dict[str, Any]]:
     return key, {"vr": vr, "Value": vals}
 
 
+def radiopharmaceutical(code_value: str, scheme: str, meaning: str) -> dict[str, Any]:
+    """RadiopharmaceuticalInformationSequence (0054,0016) of an FDG PET: one item with dose, half-life and the
+    radionuclide coded as ``code_value`` / ``scheme`` / ``meaning``."""
+    nuclide = dict([el("CodeValue", code_value), el("CodingSchemeDesignator", scheme), el("CodeMeaning", meaning)])
+    item = dict([el("Radiopharmaceutical", "FDG"), el("RadionuclideTotalDose", "350000000"),
+                 el("RadionuclideHalfLife", "6586.2"), el("RadionuclideCodeSequence", [nuclide])])
+    return {"vr": "SQ", "Value": [item]}
+
+
 def series_json(study: str | None = STUDY, series: str = SERIES, *, drop: tuple[str, ...] = (),
                 **attrs: Any) -> dict[str, Any]:
     """A QIDO-RS-like series record with sensible defaults; keyword arguments override/add elements."""

@@ -8,7 +8,7 @@ from typing import Any
 from kaapana_fhir.core.dicom import mii
 from kaapana_fhir.core.dicom.mapping import MappingOptions, Profile, SeriesInput, map_study
 from kaapana_fhir.core.validate import validate_resource
-from tests.support.dicom_json import el, series_json
+from tests.support.dicom_json import el, radiopharmaceutical, series_json
 
 
 def _map(options: MappingOptions | None = None, instances: list[dict[str, Any]] | None = None, **attrs: Any):
@@ -78,17 +78,9 @@ def test_mr_extension() -> None:
     assert any(i["tag"] == "(0018,0020)" and i["value"] == "XX" for i in m.issues)
 
 
-def _radiopharm() -> dict[str, Any]:
-    item = dict([el("Radiopharmaceutical", "FDG"), el("RadionuclideTotalDose", "350000000"),
-                 el("RadionuclideHalfLife", "6586.2")])
-    item["00540300"] = {"vr": "SQ", "Value": [dict([el("CodeValue", "C-111A1"), el("CodingSchemeDesignator", "SRT"),
-                                                    el("CodeMeaning", "^18^Fluorine")])]}
-    return {"vr": "SQ", "Value": [item]}
-
-
 def test_pt_and_nm_extensions() -> None:
     attrs = series_json(Modality="PT", Units="BQML", SeriesType=["WHOLE BODY", "IMAGE"])
-    attrs["00540016"] = _radiopharm()
+    attrs["00540016"] = radiopharmaceutical("C-111A1", "SRT", "^18^Fluorine")
     m = map_study([SeriesInput(attrs)])
     pt = _sub(_ext(m.imaging_study["series"][0], mii.EXT_PT))
     assert pt["radiopharmaceutical"] == {"text": "FDG"}
@@ -98,7 +90,7 @@ def test_pt_and_nm_extensions() -> None:
     assert pt["units"]["coding"][0]["code"] == "Bq/mL"
     assert [c["code"] for c in pt["seriesType"]["coding"]] == ["IMAGE"]  # "WHOLE BODY" is not a code: issue
     attrs = series_json(Modality="NM")
-    attrs["00540016"] = _radiopharm()
+    attrs["00540016"] = radiopharmaceutical("C-111A1", "SRT", "^18^Fluorine")
     nm = _sub(_ext(map_study([SeriesInput(attrs)]).imaging_study["series"][0], mii.EXT_NM))
     assert nm["radionuclideTotalDose"]["code"] == "MBq" and nm["radionuclideTotalDose"]["value"] == 350
 
