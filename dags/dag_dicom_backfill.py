@@ -95,7 +95,7 @@ with workflow_dag(
             "kaapana-fhir-backfill"
         cursor = Path(folder) / f"backfill-{window['since']}-{window['until']}-{'-'.join(mods)}.cursor"
         result = backfill(DicomWebHook().get_conn(), FhirHook().get_conn(), since=window["since"],
-                          until=window["until"], modalities=mods, cursor=cursor)
+                          until=window["until"], modalities=mods, cursor=cursor).as_dict()
         summary = {k: result[k] for k in ("listed", "already_done", "studies", "series", "observations",
                                           "issue_count", "pacs_requests", "resources")}
         summary["failed"] = result["failed"][:50]

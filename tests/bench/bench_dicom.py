@@ -350,7 +350,7 @@ def run(ctx):  # noqa: ANN001, ANN201
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     result = flow.backfill(dicomweb, fhir, since=day, until=day, options=MappingOptions(timezone="Europe/Berlin"),
-                           batch_size=BACKFILL_BATCH)
+                           batch_size=BACKFILL_BATCH).as_dict()
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
     server_cpu = {k: _cpu_s(p) - servers0[k] for k, p in pids.items()}
@@ -411,7 +411,8 @@ def run(ctx):  # noqa: ANN001, ANN201
         ab_cpu0 = time.process_time()
         t0 = time.perf_counter()
         ab = flow.backfill(DicomWeb(st.dicomweb_url), FhirClient(st.fhir_url), since=ab_day, until=ab_day,
-                           options=MappingOptions(timezone="Europe/Berlin"), batch_size=BACKFILL_BATCH, **kwargs)
+                           options=MappingOptions(timezone="Europe/Berlin"), batch_size=BACKFILL_BATCH,
+                           **kwargs).as_dict()
         ab_wall = time.perf_counter() - t0
         ab_ms = {"ours": 1000 * (time.process_time() - ab_cpu0) / n_e2e,
                  **{k: 1000 * (_cpu_s(p) - ab0[k]) / n_e2e for k, p in pids.items() if p}}
@@ -427,13 +428,13 @@ def run(ctx):  # noqa: ANN001, ANN201
     t0 = time.perf_counter()
     res_list = sync_studies(DicomWeb(st.dicomweb_url), FhirClient(st.fhir_url),
                             study_uids=[str(s[0].StudyInstanceUID) for s in listed],
-                            options=MappingOptions(timezone="Europe/Berlin"))
+                            options=MappingOptions(timezone="Europe/Berlin")).as_dict()
     list_wall = time.perf_counter() - t0
     rows.append(Row("dicom", f"end-to-end --study list Orthanc->HAPI {n_list} studies", n_list / list_wall,
                     "studies/s", note=f"{res_list['pacs_requests'] / n_list:.2f} PACS requests/study"))
     t0 = time.perf_counter()
     again = sync_studies(DicomWeb(st.dicomweb_url), FhirClient(st.fhir_url), study_uids=uids,
-                         options=MappingOptions(timezone="Europe/Berlin"))
+                         options=MappingOptions(timezone="Europe/Berlin")).as_dict()
     rerun = time.perf_counter() - t0
     rows.append(Row("dicom", f"re-run {n_e2e} studies (no changes)", n_e2e / rerun, "studies/s",
                     note=f"created {again['resources']['created']}, updated {again['resources']['updated']}"))
@@ -451,7 +452,7 @@ def run(ctx):  # noqa: ANN001, ANN201
         t0 = time.perf_counter()
         old = sync_studies(DicomWeb(st.dicomweb_url, session=old_pacs), FhirClient(st.fhir_url), study_uids=old_uids,
                            options=MappingOptions(timezone="Europe/Berlin"), wado="always", workers=1,
-                           group_size=1)
+                           group_size=1).as_dict()
         old_wall = time.perf_counter() - t0
     finally:
         flow.WRITE_CHUNK = saved

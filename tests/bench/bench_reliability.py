@@ -57,16 +57,16 @@ def _worker(kind: str, args: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         rep = import_table(open_table(data, name="bench.csv"), mapping, client=client, chunk_size=500)
         out["seconds"] = time.perf_counter() - t0
-        out["resources"] = sum(rep["resources_written"].values())
+        out["resources"] = sum((rep.resources_written or {}).values())
     else:
         dw, fhir = DicomWeb(args["dicomweb"]), FhirClient(args["fhir"])
         base = _rss_mb()
         t0 = time.perf_counter()
         if kind == "dicom-batch":
             res = sync_studies(dw, fhir, study_uids=args["uids"])
-            out["studies"] = res["studies"]
+            out["studies"] = res.studies
         else:  # one study per call, as one mapped Airflow task
-            out["studies"] = sum(sync_studies(dw, fhir, study_uids=[u])["studies"] for u in args["uids"])
+            out["studies"] = sum(sync_studies(dw, fhir, study_uids=[u]).studies for u in args["uids"])
         out["seconds"] = time.perf_counter() - t0
     out.update(base_mb=base, peak_mb=_rss_mb())
     return out

@@ -208,7 +208,7 @@ stamps.append(time.monotonic())
 gaps = [b - a for a, b in zip(stamps, stamps[1:])]
 hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")]
 print(json.dumps({"maxrss_kb": hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                  "rows": rep["rows_read"], "written": sum(rep["resources_written"].values()),
+                  "rows": rep.rows_read, "written": sum(rep.resources_written.values()),
                   "seconds": stamps[-1] - t0, "max_gap_s": max(gaps)}))
 """
 
@@ -270,7 +270,7 @@ def _throughput(ctx: Any, work: Path) -> list[Any]:
         t = time.perf_counter()
         rep = import_table(open_table(str(src), name=src.name), m, client=FhirClient(url), chunk_size=CHUNK,
                            workers=workers)
-        ours[label] = sum(rep["resources_written"].values()) / (time.perf_counter() - t)
+        ours[label] = sum(rep.resources_written.values()) / (time.perf_counter() - t)
         chosen[label] = rep.get("workers_auto", {"chosen": 1})
     rows.append(Row("tables", f"import-table --workers 1 ({n} patients x {COLUMNS} columns)", ours["1"],
                     "resources/s", ours["1"] / raw[1], "raw POST, 1 stream"))

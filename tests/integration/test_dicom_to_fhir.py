@@ -57,7 +57,7 @@ def test_flow_writes_patient_study_endpoint_idempotently(dicomweb: DicomWeb, fhi
     a, b = two_studies["studies"]
     # triggered by one series of A and the series of B: A must still hold both its series
     r1 = sync_studies(dicomweb, fhir, series_uids=[two_studies["series"][a][1], two_studies["series"][b][0]])
-    assert r1["studies"] == 2 and r1["series"] == 3 and not r1["failed"], r1
+    assert r1.studies == 2 and r1.series == 3 and not r1.failed, r1
     study_a = fhir.read("ImagingStudy", stable_id("ImagingStudy", a))
     assert [s["uid"] for s in study_a["series"]] == two_studies["series"][a]
     assert study_a["numberOfSeries"] == 2 and study_a["numberOfInstances"] == 5
@@ -71,14 +71,14 @@ def test_flow_writes_patient_study_endpoint_idempotently(dicomweb: DicomWeb, fhi
     study_b = fhir.read("ImagingStudy", stable_id("ImagingStudy", b))
     assert study_b["started"] == "2024-03-05"  # no offset, no zone → date only, with an issue
     assert study_b["series"][0]["bodySite"]["code"] == "816094009"  # "Thorax" via alias
-    assert any(i["tag"] == "(0008,0030)" and i["study"] == b for i in r1["issues"])
+    assert any(i["tag"] == "(0008,0030)" and i["study"] == b for i in r1.issues)
     assert patient["id"] == study_b["subject"]["reference"].split("/")[1]  # one Patient for both studies
 
-    ids = {"ImagingStudy": r1["imaging_study_ids"], "Patient": r1["patient_ids"],
+    ids = {"ImagingStudy": r1.imaging_study_ids, "Patient": r1.patient_ids,
            "Endpoint": [endpoint["id"]], "Device": [study_a["series"][0]["performer"][0]["actor"]["reference"][7:]]}
     before = _versions(fhir, ids)
     r2 = sync_studies(dicomweb, fhir, study_uids=[a, b])
-    assert r2["resources"]["created"] == 0 and r2["resources"]["updated"] == 0
+    assert r2.resources.created == 0 and r2.resources.updated == 0
     assert _versions(fhir, ids) == before, "a re-run must not create new versions"
     assert fhir.count("ImagingStudy", {"identifier": f"{SYSTEM_DICOM_UID}|urn:oid:{a}"}) == 1
     assert fhir.count("Patient", {"identifier": f"{patient['identifier'][0]['system']}|{two_studies['patient']}"}) == 1
@@ -92,7 +92,7 @@ def test_pydicom_test_files(dicomweb: DicomWeb, fhir: FhirClient) -> None:
     dicomweb.store(files)
     r = sync_studies(dicomweb, fhir, series_uids=[f.SeriesInstanceUID for f in files],
                      options=MappingOptions(timezone="Europe/Berlin"))
-    assert r["studies"] == 2 and not r["failed"]
+    assert r.studies == 2 and not r.failed
     for f in files:
         study = fhir.read("ImagingStudy", stable_id("ImagingStudy", f.StudyInstanceUID))
         assert study["series"][0]["modality"]["code"] == f.Modality
@@ -205,9 +205,9 @@ def test_bad_headers_through_the_pacs_degrade_or_fail_one_study(dicomweb: DicomW
         no_pid = ct_series(bad, generate_uid(), "", n=1)
     dicomweb.store(odd + no_pid)
     r = sync_studies(dicomweb, fhir, study_uids=[good, bad])
-    assert r["study_uids"] == [good] and len(r["failed"]) == 1
-    assert r["failed"][0]["study"] == bad and "(0010,0020)" in r["failed"][0]["error"]
-    tags = {i["tag"] for i in r["issues"] if i["study"] == good}
+    assert r.study_uids == [good] and len(r.failed) == 1
+    assert r.failed[0]["study"] == bad and "(0010,0020)" in r.failed[0]["error"]
+    tags = {i["tag"] for i in r.issues if i["study"] == good}
     assert {"(0008,0030)", "(0018,0015)"} <= tags
     study = fhir.read("ImagingStudy", stable_id("ImagingStudy", good))
     assert study["started"] == "2024-03-05"
@@ -250,9 +250,9 @@ def test_pacs_and_files_give_identical_resources_with_lossless_demographics(dico
     options = MappingOptions(endpoint_address=dicomweb.wado_rs_base, timezone="Europe/Berlin")
     pacs = sync_studies(dicomweb, None, study_uids=[study], options=options)
     files = sync_files([tmp_path], None, options=options)
-    assert not pacs["failed"] and not files["failed"]
-    assert pacs["pacs_requests"] == 1  # one QIDO series search; no WADO for this study
-    a, b = _by_type(pacs["bundle"]), _by_type(files["bundle"])
+    assert not pacs.failed and not files.failed
+    assert pacs.pacs_requests == 1  # one QIDO series search; no WADO for this study
+    a, b = _by_type(pacs.bundle), _by_type(files.bundle)
     assert a.keys() == b.keys()
     for key in a:
         assert a[key] == b[key], key
@@ -263,7 +263,7 @@ def test_pacs_and_files_give_identical_resources_with_lossless_demographics(dico
     ct = next(s for s in imaging["series"] if s["modality"]["code"] == "CT")
     assert any(e["url"].endswith("mii-ex-bildgebung-modalitaet-ct") for e in ct["extension"])
     r = sync_studies(dicomweb, fhir, study_uids=[study], options=options)
-    assert not r["failed"]
+    assert not r.failed
     stored = fhir.read("Patient", patient["id"])
     assert stored["gender"] == "male"
     assert _no_errors(fhir, fhir.read("ImagingStudy", imaging["id"])) == []
@@ -277,9 +277,9 @@ def test_conflicting_sex_through_the_pacs_is_an_issue(dicomweb: DicomWeb) -> Non
         ds.PatientSex = "M"
     dicomweb.store(one + two)
     r = sync_studies(dicomweb, None, study_uids=[study])
-    patient = next(e["resource"] for e in r["bundle"]["entry"] if e["resource"]["resourceType"] == "Patient")
+    patient = next(e["resource"] for e in r.bundle["entry"] if e["resource"]["resourceType"] == "Patient")
     assert "gender" not in patient
-    assert any(i["tag"] == "(0010,0040)" and "conflicting" in i["rule"] for i in r["issues"])
+    assert any(i["tag"] == "(0010,0040)" and "conflicting" in i["rule"] for i in r.issues)
 
 
 def test_dose_report_through_the_pacs_becomes_observations(dicomweb: DicomWeb, fhir: FhirClient) -> None:
@@ -291,7 +291,7 @@ def test_dose_report_through_the_pacs_becomes_observations(dicomweb: DicomWeb, f
     event = generate_uid()
     dicomweb.store([*ct, dose_sr(ct, [{"uid": event, "ctdivol": 7.5, "dlp": 250.0}], dlp_total=250.0)])
     r = sync_studies(dicomweb, fhir, study_uids=[study])
-    assert r["observations"] == 2 and not r["failed"], r
+    assert r.observations == 2 and not r.failed, r
     study_id = stable_id("ImagingStudy", study)
     found = list(fhir.search("Observation", {"part-of": f"ImagingStudy/{study_id}"}))
     codes = sorted(o["code"]["coding"][0]["code"] for o in found)
@@ -317,7 +317,7 @@ def test_backfill_pages_through_orthanc_and_resumes(dicomweb: DicomWeb, fhir: Fh
     cursor = tmp_path / "bf.cursor"
     first = backfill(dicomweb, fhir, since=f"{year}-01-01", until=f"{year}-01-03", cursor=tmp_path / "other.cursor",
                      page_size=2)
-    assert sorted(first["study_uids"]) == sorted(uids[:3]) and first["listed"] == 3
+    assert sorted(first.study_uids) == sorted(uids[:3]) and first.listed == 3
     calls: list[dict[str, Any]] = []
 
     def stop(info: dict[str, Any]) -> None:
@@ -330,7 +330,7 @@ def test_backfill_pages_through_orthanc_and_resumes(dicomweb: DicomWeb, fhir: Fh
                  page_size=2, batch_size=2, progress=stop)
     rest = backfill(dicomweb, fhir, since=f"{year}-01-01", until=f"{year}-12-31", modalities=["CT"], cursor=cursor,
                     page_size=2, batch_size=2)
-    assert rest["already_done"] == 2 and rest["studies"] == 3
+    assert rest.already_done == 2 and rest.studies == 3
     assert sorted(calls[0]["done"] for _ in [0]) == [2] and calls[0]["total"] == 5
     for study in uids:
         assert fhir.read("ImagingStudy", stable_id("ImagingStudy", study))["status"] == "available"
@@ -398,12 +398,12 @@ def test_backfill_series_listing_equals_per_study_reads_and_finds_dose_by_sop_cl
     core = MappingOptions(profile=Profile.CORE)  # MII would read WADO metadata for CT series lacking KVP etc.
     res = backfill(dicomweb, fhir, since=day, until=day, series_page_size=4, listing_concurrency=1, options=core,
                    series_listing=mode == "window")
-    assert res["studies"] == 4 and not res["failed"] and res["read_per_study"] == 0, res
-    assert res["observations"] == 2  # the dose report: total + one irradiation event
+    assert res.studies == 4 and not res.failed and res.read_per_study == 0, res
+    assert res.observations == 2  # the dose report: total + one irradiation event
     # study listing (1 page + the empty one) + the dose SR's content + series: window (4 + 4 + 1 + the empty one),
     # groups (one request: the 4 studies' 9 series, complete by NumberOfStudyRelatedSeries of the study listing)
-    assert res["pacs_requests"] == 2 + 1 + (4 if mode == "window" else 1), res["pacs_requests"]
-    per_study = sync_studies(dicomweb, None, study_uids=uids, options=core)["bundle"]
+    assert res.pacs_requests == 2 + 1 + (4 if mode == "window" else 1), res.pacs_requests
+    per_study = sync_studies(dicomweb, None, study_uids=uids, options=core).bundle
     for e in per_study["entry"]:
         r = e["resource"]
         if r["resourceType"] in ("ImagingStudy", "Patient", "Observation"):

@@ -144,12 +144,12 @@ def test_hapi_killed_mid_csv_import_and_mid_dicom_backfill(private_hapi: Private
     # the Airflow retry / re-run completes; exactly the expected resources, no duplicates
     rep = import_table(open_table(data, name="rel.csv"), mapping, client=fhir, chunk_size=CSV_CHUNK)
     res = sync_studies(dicomweb, fhir, study_uids=study_uids)
-    assert res["studies"] == N_STUDIES and not res["failed"]
+    assert res.studies == N_STUDIES and not res.failed
     assert rep.resources_written == {"Patient": CSV_ROWS // 10, "Observation": CSV_ROWS}
 
     bundle = clean_import_bundle(data, "rel.csv", private_hapi.state_dir / "clean.json")
     assert server_state(fhir, "Observation") == clean_state(bundle, "Observation")
-    clean = sync_studies(dicomweb, None, study_uids=study_uids)["bundle"]
+    clean = sync_studies(dicomweb, None, study_uids=study_uids).bundle
     assert server_state(fhir, "ImagingStudy") == clean_state(clean, "ImagingStudy")
     assert fhir.count("Patient") == CSV_ROWS // 10 + N_STUDIES
     assert fhir.count("Endpoint") == 1 and fhir.count("Device") == 1
@@ -173,7 +173,7 @@ def test_hapi_429_503_for_a_while_slows_down_and_finishes(fhir_url: str, dicomwe
             rep = import_table(open_table(data, name="rel.csv"), mapping, client=client, chunk_size=50)
             res = sync_studies(dicomweb, client, study_uids=[s["study"] for s in studies])
             timings[label] = time.perf_counter() - t0
-        assert rep.resources_written["Observation"] == 200 and res["studies"] == 3 and not res["failed"]
+        assert rep.resources_written["Observation"] == 200 and res.studies == 3 and not res.failed
         retries = [r.getMessage() for r in caplog.records if "FHIR request retry" in r.getMessage()]
         assert plan.injected == len(statuses if label == "faulty" else [])
         assert client.stats.retries == plan.injected == len(retries)  # every retry is logged
@@ -207,7 +207,7 @@ def test_orthanc_down_during_dicom_to_fhir(dicomweb: DicomWeb, fhir: FhirClient)
         with pytest.raises(ResourceNotFound):
             fhir.read("ImagingStudy", stable_id("ImagingStudy", uid))
     res = sync_studies(dicomweb, fhir, study_uids=uids)  # the next run (Airflow retry) succeeds
-    assert res["studies"] == 2 and not res["failed"]
+    assert res.studies == 2 and not res.failed
     assert {fhir.read("ImagingStudy", stable_id("ImagingStudy", u))["numberOfSeries"] for u in uids} == {2}
 
 
@@ -296,7 +296,7 @@ def test_orthanc_killed_mid_dicom_to_fhir(tmp_path: Path, fhir: FhirClient, stac
                 fhir.read("ImagingStudy", stable_id("ImagingStudy", uid))
         svc = devstack.start_orthanc(tmp_path, storage=storage)  # the PACS is back (same storage)
         res = sync_studies(DicomWeb(svc.url), fhir, study_uids=uids)
-        assert res["studies"] == 3 and not res["failed"]
+        assert res.studies == 3 and not res.failed
         assert {fhir.read("ImagingStudy", stable_id("ImagingStudy", u))["numberOfSeries"] for u in uids} == {2}
     finally:
         devstack.stop_pid(svc.pid)

@@ -32,7 +32,7 @@ def test_backfill_of_many_studies(dicomweb: DicomWeb, fhir: FhirClient) -> None:
     t0 = time.perf_counter()
     res = sync_studies(dicomweb, fhir, study_uids=uids)
     seconds = time.perf_counter() - t0
-    assert res["studies"] == CI_STUDIES and not res["failed"]
+    assert res.studies == CI_STUDIES and not res.failed
     assert seconds < 120
     ids = [stable_id("ImagingStudy", u) for u in uids]
     assert sum(fhir.count("ImagingStudy", {"_id": ",".join(ids[i:i + 50])}) for i in range(0, len(ids), 50)) == len(ids)

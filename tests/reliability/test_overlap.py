@@ -85,9 +85,9 @@ def test_20_series_of_4_studies_arriving_together(dicomweb_url: str, fhir_url: s
         return lambda: sync_studies(DicomWeb(dicomweb_url), FhirClient(fhir_url), series_uids=[series_uid])
 
     results = _concurrently([job(s) for s in series])
-    assert all(r["studies"] == 1 and not r["failed"] for r in results)
+    assert all(r.studies == 1 and not r.failed for r in results)
 
-    clean = sync_studies(dicomweb, None, study_uids=[st["study"] for st in studies])["bundle"]
+    clean = sync_studies(dicomweb, None, study_uids=[st["study"] for st in studies]).bundle
     fhir = FhirClient(fhir_url)
     pids = sorted({patient_id(DEFAULT_PATIENT_SYSTEM, st["patient"]) for st in studies})
     got_studies = snapshot(fhir, "ImagingStudy", {"subject": ",".join(f"Patient/{p}" for p in pids)})
@@ -100,5 +100,5 @@ def test_20_series_of_4_studies_arriving_together(dicomweb_url: str, fhir_url: s
     # a later re-run of one series changes nothing (no new versions)
     versions = {i: fhir.read("ImagingStudy", i)["meta"]["versionId"] for i in got_studies}
     again = sync_studies(dicomweb, fhir, series_uids=[series[0]])
-    assert again["resources"]["created"] == 0 and again["resources"]["updated"] == 0
+    assert again.resources.created == 0 and again.resources.updated == 0
     assert {i: fhir.read("ImagingStudy", i)["meta"]["versionId"] for i in got_studies} == versions

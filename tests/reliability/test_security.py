@@ -131,7 +131,7 @@ def test_flows_with_known_secrets_leak_nothing(fhir_url: str, dicomweb_url: str,
                 call()
             errors.append(exc.value)
             logging.getLogger("test").error("failure: %s", exc.value, exc_info=exc.value)
-    assert res["studies"] == 2 and rep.status == "imported" and summary.patients == 2
+    assert res.studies == 2 and rep.status == "imported" and summary.patients == 2
     assert isinstance(errors[0], FhirConnectionError) and isinstance(errors[1], DicomWebError)
     out = capsys.readouterr()
     assert _record_leaks(caplog.records, sec) == []

@@ -99,7 +99,7 @@ def modalities(values: list[str]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from kaapana_fhir.clients.dicomweb import DicomWeb
     from kaapana_fhir.clients.fhir import FhirClient
-    from kaapana_fhir.flows.dicom_to_fhir.flow import backfill, sync_files, sync_studies
+    from kaapana_fhir.flows.dicom_to_fhir.flow import SyncResult, backfill, sync_files, sync_studies
     from kaapana_fhir.flows.dicom_to_fhir.params import DicomToFhirParams
 
     window = bool(args.all or args.since or args.until or args.modality)
@@ -127,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         dicomweb = DicomWeb(args.dicomweb) if args.dicomweb else None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    result: SyncResult
     if dicomweb is not None and window:
         result = backfill(dicomweb, fhir, since=args.since, until=args.until, modalities=modalities(args.modality),
                           cursor=args.cursor, options=options, wado=params.wado, workers=args.workers,
@@ -136,21 +137,21 @@ def run(args: argparse.Namespace) -> int:
                               wado=params.wado, missing=params.missing_series, workers=args.workers)
     else:
         result = sync_files(args.files, fhir, options=options, workers=args.workers)
-    bundle = result.pop("bundle", None)
+    bundle = result.bundle
     if args.out:
         if bundle is None:  # a backfill into a file: the bundle of each batch is not kept
             raise ConfigError("--out works with --study/--series/--files; a backfill writes to --fhir")
         Path(args.out).write_text(json.dumps(bundle, indent=1), encoding="utf-8")
         log.info("wrote transaction Bundle with %d entries to %s", len(bundle["entry"]), args.out)
-    text = json.dumps(result, indent=1)
+    text = json.dumps(result.as_dict(), indent=1)
     if args.result:
         Path(args.result).write_text(text, encoding="utf-8")
     sys.stdout.write(text + "\n")
-    for f in result["failed"]:
+    for f in result.failed:
         log.error("%s", f["error"])
-    if result["failed"]:
+    if result.failed:
         return 1
-    if args.strict and result.get("skipped_files"):
-        log.error("--strict: %d files were skipped as not DICOM", len(result["skipped_files"]))
+    if args.strict and result.skipped_files:
+        log.error("--strict: %d files were skipped as not DICOM", len(result.skipped_files))
         return 1
     return 0

@@ -42,6 +42,31 @@ Merge = Callable[[dict[str, Any] | None, dict[str, Any]], dict[str, Any]]
 
 
 @dataclass
+class MergeCounts:
+    """What :func:`write_merged` did: entries the server ``created``, ``updated`` or left ``unchanged`` (also
+    resources we did not send because they were unchanged, and create-only ones that existed), and
+    ``conflicts``: re-reads after 409/412 or after a concurrent create. Counts of several writes add up with
+    ``+=``."""
+
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    conflicts: int = 0
+
+    def __iadd__(self, other: MergeCounts) -> MergeCounts:
+        self.created += other.created
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        self.conflicts += other.conflicts
+        return self
+
+    def as_dict(self) -> dict[str, int]:
+        """JSON-able form (XCom, CLI)."""
+        return {"created": self.created, "updated": self.updated, "unchanged": self.unchanged,
+                "conflicts": self.conflicts}
+
+
+@dataclass
 class Shared:
     """A resource shared with other writers.
 
@@ -121,17 +146,16 @@ def with_lost(merge: Merge, lost: Sequence[dict[str, Any]]) -> Merge:
 
 def write_merged(fhir: FhirApi, shared: Sequence[Shared], also: Sequence[dict[str, Any]] = (), *,
                  written: dict[str, str] | None = None, max_attempts: int = 8, label: str = "",
-                 batch_read: bool = False) -> dict[str, int]:
+                 batch_read: bool = False) -> MergeCounts:
     """Write ``shared`` (merged, ``If-Match``) and ``also`` (plain idempotent PUTs) in one transaction.
 
     ``written`` caches ``also`` resources already written in this process (skipped when unchanged).
     ``batch_read``: read the shared resources with one ``batch`` request (:func:`read_many`) instead of one GET
     each: the DICOM flow writes several studies (Patients and ImagingStudies) per transaction.
-    Returns counts ``created``, ``updated``, ``unchanged`` (also create-only resources that existed and were
-    left alone), ``conflicts`` (re-reads after 409/412 or after a concurrent create).
+    Returns the :class:`MergeCounts`.
     """
     written = written if written is not None else {}
-    counts = {"created": 0, "updated": 0, "unchanged": 0, "conflicts": 0}
+    counts = MergeCounts()
     lost: dict[str, list[dict[str, Any]]] = {s.key: [] for s in shared}
     restore: dict[str, dict[str, Any]] = {}
     for attempt in range(1, max_attempts + 1):
@@ -174,14 +198,14 @@ def write_merged(fhir: FhirApi, shared: Sequence[Shared], also: Sequence[dict[st
                 continue
             entries.append(fb.put_entry(r))
         if not entries:
-            counts["unchanged"] += skipped + kept
+            counts.unchanged += skipped + kept
             return counts
         try:
             resp = fhir.transaction(fb.transaction(entries, sort=False))
         except FhirServerError as exc:
             if exc.status_code not in CONFLICT or attempt == max_attempts:
                 raise
-            counts["conflicts"] += 1
+            counts.conflicts += 1
             log.info("%s: version conflict (HTTP %s), re-reading and retrying (%d/%d)", label or "write",
                      exc.status_code, attempt, max_attempts)
             time.sleep(random.uniform(0.05, 0.2) * attempt)
@@ -192,11 +216,11 @@ def write_merged(fhir: FhirApi, shared: Sequence[Shared], also: Sequence[dict[st
         for i, e in enumerate(resp.get("entry", [])):
             status = str((e.get("response") or {}).get("status") or "").split(" ")[0]
             if status == "201":
-                counts["created"] += 1
+                counts.created += 1
             elif "SUCCESSFUL_UPDATE_NO_CHANGE" in _outcome_codes(e):
-                counts["unchanged"] += 1
+                counts.unchanged += 1
             else:
-                counts["updated"] += 1
+                counts.updated += 1
             created = absent.get(i)
             version = _version(e)
             if created is not None and version > 1:  # created concurrently between our read and our write
@@ -205,7 +229,7 @@ def write_merged(fhir: FhirApi, shared: Sequence[Shared], also: Sequence[dict[st
                     prev = fhir.request("GET", f"{rtype}/{rid}/_history/{version - 1}").json()
                 except ResourceNotFound:
                     continue
-                counts["conflicts"] += 1
+                counts.conflicts += 1
                 log.info("%s: %s was created concurrently; merging its version %d back", label or "write",
                          created.key, version - 1)
                 if created.merge is None:
@@ -213,7 +237,7 @@ def write_merged(fhir: FhirApi, shared: Sequence[Shared], also: Sequence[dict[st
                 else:
                     lost[created.key].append(prev)
                 again = True
-        counts["unchanged"] += skipped + kept
+        counts.unchanged += skipped + kept
         if not again:
             return counts
         also = ()  # written; only the shared resources are merged again

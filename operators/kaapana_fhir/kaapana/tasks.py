@@ -196,12 +196,9 @@ def dicom_to_fhir(k: KaapanaRun) -> dict[str, Any]:
             wado=params.wado,
             missing=params.missing_series,
         )
-    if not result.get("studies") and not result.get("failed"):
+    if not result.studies and not result.failed:
         raise NothingToDo("no DICOM study found in the input")
-    result.pop("bundle", None)
-    result["issues"] = result.get("issues", [])[:50]
-    result["params"] = params.changed()
-    return result
+    return {**result.as_dict(max_issues=50), "params": params.changed()}
 
 
 def _read_mapping(value: str, base: Path) -> str | None:

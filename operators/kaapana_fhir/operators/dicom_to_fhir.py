@@ -165,9 +165,9 @@ class DicomToFhirOperator(BaseOperator):
         result = sync_studies(DicomWebHook(self.dicomweb_conn_id).get_conn(), fhir,
                               study_uids=studies, series_uids=series, options=options,
                               wado=params.wado, missing=params.missing_series)
-        result["issues"] = result["issues"][: self.max_issues]
-        self.log.info("synced %d studies (%d series): %s; %d issues, %d failed", result["studies"], result["series"],
-                      result["resources"], result["issue_count"], len(result["failed"]))
-        if result["failed"] and self.fail_on_study_error:
-            raise MappingError("; ".join(f["error"] for f in result["failed"]))
-        return result
+        out = result.as_dict(max_issues=self.max_issues)
+        self.log.info("synced %d studies (%d series): %s; %d issues, %d failed", result.studies, result.series,
+                      out["resources"], result.issue_count, len(result.failed))
+        if result.failed and self.fail_on_study_error:
+            raise MappingError("; ".join(f["error"] for f in result.failed))
+        return out

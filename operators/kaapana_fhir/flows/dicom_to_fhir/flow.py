@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,7 @@ from kaapana_fhir.core.dicom.merge import comparable, merge_imaging_study, merge
 from kaapana_fhir.core.ids import normalize_uid
 from kaapana_fhir.core.validate import validate_resource
 from kaapana_fhir.exceptions import ConfigError, DicomWebError, MappingError
-from kaapana_fhir.flows.write import Shared, with_lost, write_merged
+from kaapana_fhir.flows.write import MergeCounts, Shared, with_lost, write_merged
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,75 @@ _INCLUDEFIELD_PROBES = ("00100020", "00080070", "00181000", "00081090", "0018001
 _DOSE_CONTENT = "dose report content"
 #: SOP Class UIDs of the Structured Report storage classes start with this
 _SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+
+
+@dataclass
+class SyncResult:
+    """What :func:`sync_studies` / :func:`sync_files` did: studies and series mapped, the ids written, resources
+    the server created/updated/left unchanged (``resources.conflicts``: re-reads after a version conflict),
+    failed studies, issues (at most :data:`MAX_ISSUES_IN_RESULT` kept, ``issue_count`` counts all), files
+    skipped as not DICOM, PACS requests and seconds per phase. ``bundle``: the transaction Bundle when nothing
+    was written (``fhir=None``); it is not part of :meth:`as_dict`."""
+
+    studies: int = 0
+    series: int = 0
+    study_uids: list[str] = field(default_factory=list)
+    imaging_study_ids: list[str] = field(default_factory=list)
+    patient_ids: list[str] = field(default_factory=list)
+    observations: int = 0
+    resources: MergeCounts = field(default_factory=MergeCounts)
+    #: ``{"study": uid, "error": message}`` per study that could not be read or mapped
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    issues: list[dict[str, Any]] = field(default_factory=list)
+    issue_count: int = 0
+    skipped_files: list[str] = field(default_factory=list)
+    pacs_requests: int = 0
+    #: seconds spent reading the PACS (``dicomweb_s``), mapping (``mapping_s``) and writing (``fhir_s``)
+    timings: dict[str, float] = field(default_factory=dict)
+    bundle: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def conflict_retries(self) -> int:
+        """Re-reads and merges after a version conflict or a concurrent create."""
+        return self.resources.conflicts
+
+    def add_issue(self, issue: dict[str, Any]) -> None:
+        """Count an issue; keep it while fewer than :data:`MAX_ISSUES_IN_RESULT` are kept."""
+        self.issue_count += 1
+        if len(self.issues) < MAX_ISSUES_IN_RESULT:
+            self.issues.append(issue)
+
+    def _more(self) -> dict[str, Any]:
+        return {}
+
+    def as_dict(self, max_issues: int | None = None) -> dict[str, Any]:
+        """JSON-able form (CLI output, XCom, the Kaapana container's result); at most ``max_issues`` issues."""
+        r = self.resources
+        return {"studies": self.studies, "series": self.series, "study_uids": list(self.study_uids),
+                "imaging_study_ids": list(self.imaging_study_ids), "patient_ids": list(self.patient_ids),
+                "observations": self.observations,
+                "resources": {"created": r.created, "updated": r.updated, "unchanged": r.unchanged},
+                "conflict_retries": r.conflicts, "failed": list(self.failed),
+                "issues": self.issues[:max_issues] if max_issues is not None else list(self.issues),
+                "issue_count": self.issue_count, "skipped_files": list(self.skipped_files),
+                "pacs_requests": self.pacs_requests, **self._more(),
+                "timings": {k: round(v, 4) for k, v in self.timings.items()}}
+
+
+@dataclass
+class BackfillResult(SyncResult):
+    """What :func:`backfill` did: the totals of its batches (:class:`SyncResult`), plus studies ``listed`` in
+    the PACS, ``already_done`` by an earlier run (cursor), ``batches`` written and studies ``read_per_study``
+    (not completed by a series listing). ``timings`` adds ``listing_s``."""
+
+    listed: int = 0
+    already_done: int = 0
+    batches: int = 0
+    read_per_study: int = 0
+
+    def _more(self) -> dict[str, Any]:
+        return {"listed": self.listed, "already_done": self.already_done, "batches": self.batches,
+                "read_per_study": self.read_per_study}
 
 
 class _Timer:
@@ -295,17 +364,17 @@ def read_study_group(dicomweb: DicomWebApi, study_uids: Sequence[str], *, page_s
 
 
 # --------------------------------------------------------------------------- FHIR side
-def _count_response(resp: dict[str, Any], counts: dict[str, int]) -> None:
+def _count_response(resp: dict[str, Any], counts: MergeCounts) -> None:
     for e in resp.get("entry", []):
         status = (e.get("response", {}).get("status") or "").split(" ")[0]
         codes = [c.get("code") for i in (e.get("response", {}).get("outcome") or {}).get("issue", [])
                  for c in (i.get("details") or {}).get("coding", [])]
         if status == "201":
-            counts["created"] += 1
+            counts.created += 1
         elif "SUCCESSFUL_UPDATE_NO_CHANGE" in codes:
-            counts["unchanged"] += 1
+            counts.unchanged += 1
         else:
-            counts["updated"] += 1
+            counts.updated += 1
 
 
 def _also(m: StudyMapping) -> list[dict[str, Any]]:
@@ -313,13 +382,13 @@ def _also(m: StudyMapping) -> list[dict[str, Any]]:
 
 
 def write_study(fhir: FhirApi, m: StudyMapping, *, written: dict[str, str] | None = None, max_attempts: int = 8,
-                lost: Sequence[dict[str, Any]] = (), lost_patients: Sequence[dict[str, Any]] = ()) -> dict[str, int]:
+                lost: Sequence[dict[str, Any]] = (), lost_patients: Sequence[dict[str, Any]] = ()) -> MergeCounts:
     """Write one mapped study in one transaction with ``If-Match`` on Patient and ImagingStudy (the shared
     strategy of :func:`kaapana_fhir.flows.write.write_merged`).
 
     ``written`` caches Endpoint/Device/Observation contents already written in this call (skipped when unchanged).
     ``lost`` / ``lost_patients``: versions a concurrent writer created that an earlier write of ours replaced;
-    they are merged back. Returns counts ``created``, ``updated``, ``unchanged``, ``conflicts``.
+    they are merged back. Returns the :class:`~kaapana_fhir.flows.write.MergeCounts`.
     """
     shared = [Shared(m.patient, with_lost(merge_patient, lost_patients)),
               Shared(m.imaging_study, with_lost(merge_imaging_study, lost), validate=validate_resource)]
@@ -347,13 +416,13 @@ def _fold_patients(patients: list[dict[str, Any]]) -> Callable[[dict[str, Any] |
     return merge
 
 
-def write_chunk(fhir: FhirApi, mapped: Sequence[StudyMapping], *, written: dict[str, str]) -> dict[str, int]:
+def write_chunk(fhir: FhirApi, mapped: Sequence[StudyMapping], *, written: dict[str, str]) -> MergeCounts:
     """Write several studies in one transaction through :func:`kaapana_fhir.flows.write.write_merged`: their
     Patients (one per patient, completed by every study of the chunk) and ImagingStudies are read with one batch
     request, merged and written with ``If-Match``; Endpoint/Device/Observations are plain PUTs (skipped when
     ``written`` holds the same content). A version conflict re-reads and merges the whole chunk again; a create
     that answered version > 1 (a concurrent writer created it) is merged back (see :mod:`~kaapana_fhir.flows.write`).
-    Returns counts ``created``, ``updated``, ``unchanged``, ``conflicts``."""
+    Returns the :class:`~kaapana_fhir.flows.write.MergeCounts`."""
     shared = [Shared(patients[0], _fold_patients(patients)) for patients in _patients_of(mapped).values()]
     shared += [Shared(m.imaging_study, merge_imaging_study, validate=validate_resource) for m in mapped]
     also: dict[str, dict[str, Any]] = {}
@@ -365,47 +434,35 @@ def write_chunk(fhir: FhirApi, mapped: Sequence[StudyMapping], *, written: dict[
 
 
 # --------------------------------------------------------------------------- orchestration
-def _empty_result() -> dict[str, Any]:
-    return {"studies": 0, "series": 0, "study_uids": [], "imaging_study_ids": [], "patient_ids": [],
-            "observations": 0, "resources": {"created": 0, "updated": 0, "unchanged": 0}, "conflict_retries": 0,
-            "failed": [], "issues": [], "issue_count": 0, "skipped_files": [], "pacs_requests": 0}
-
-
-def _add_issue(result: dict[str, Any], issue: dict[str, Any]) -> None:
-    result["issue_count"] += 1
-    if len(result["issues"]) < MAX_ISSUES_IN_RESULT:
-        result["issues"].append(issue)
-
-
 def _map_one(study_uid: str, series: list[SeriesInput], options: MappingOptions,
-             result: dict[str, Any]) -> StudyMapping | None:
+             result: SyncResult) -> StudyMapping | None:
     try:
         m = map_study(series, options)
         for r in m.resources():
             validate_resource(r)
     except MappingError as exc:
         log.error("study %s failed: %s", study_uid or "?", exc)
-        result["failed"].append({"study": study_uid, "error": str(exc)})
+        result.failed.append({"study": study_uid, "error": str(exc)})
         return None
     return m
 
 
-def _record(mapped: list[StudyMapping], result: dict[str, Any]) -> None:
+def _record(mapped: list[StudyMapping], result: SyncResult) -> None:
     for m in mapped:
-        result["studies"] += 1
-        result["series"] += len(m.imaging_study.get("series", []))
-        result["observations"] += len(m.observations)
-        result["study_uids"].append(m.study_uid)
-        result["imaging_study_ids"].append(m.imaging_study["id"])
-        if m.patient["id"] not in result["patient_ids"]:
-            result["patient_ids"].append(m.patient["id"])
+        result.studies += 1
+        result.series += len(m.imaging_study.get("series", []))
+        result.observations += len(m.observations)
+        result.study_uids.append(m.study_uid)
+        result.imaging_study_ids.append(m.imaging_study["id"])
+        if m.patient["id"] not in result.patient_ids:
+            result.patient_ids.append(m.patient["id"])
         for issue in m.issues:
-            _add_issue(result, issue)
+            result.add_issue(issue)
             log.warning("study %s: %s %r: %s", issue["study"], issue["tag"], issue["value"], issue["rule"])
 
 
 def _map_all(grouped: Iterable[tuple[str, list[SeriesInput]]], options: MappingOptions,
-             result: dict[str, Any]) -> list[StudyMapping]:
+             result: SyncResult) -> list[StudyMapping]:
     mapped = [m for uid, series in grouped if (m := _map_one(uid, series, options, result)) is not None]
     reconcile_patients(mapped)
     for m in mapped:
@@ -414,7 +471,7 @@ def _map_all(grouped: Iterable[tuple[str, list[SeriesInput]]], options: MappingO
     return mapped
 
 
-def _write_all(fhir: FhirApi, mapped: list[StudyMapping], result: dict[str, Any], timer: _Timer,
+def _write_all(fhir: FhirApi, mapped: list[StudyMapping], result: SyncResult, timer: _Timer,
                workers: int = 1) -> None:
     written: dict[str, str] = {}
     t0 = time.perf_counter()
@@ -433,10 +490,10 @@ def _write_all(fhir: FhirApi, mapped: list[StudyMapping], result: dict[str, Any]
                   if r["resourceType"] in ("Endpoint", "Device")}
         if shared:
             resp = fhir.transaction(fb.transaction([fb.put_entry(r) for r in shared.values()], sort=False))
-            _count_response(resp, result["resources"])
+            _count_response(resp, result.resources)
             written.update({k: comparable(r) for k, r in shared.items()})
 
-    def run(chunk: list[StudyMapping]) -> dict[str, int]:
+    def run(chunk: list[StudyMapping]) -> MergeCounts:
         return write_chunk(fhir, chunk, written=written)
 
     if workers > 1 and len(chunks) > 1:
@@ -445,9 +502,7 @@ def _write_all(fhir: FhirApi, mapped: list[StudyMapping], result: dict[str, Any]
     else:
         all_counts = [run(c) for c in chunks]
     for c in all_counts:
-        for k in ("created", "updated", "unchanged"):
-            result["resources"][k] += c[k]
-        result["conflict_retries"] += c["conflicts"]
+        result.resources += c
     timer.add("fhir_s", t0)
 
 
@@ -469,25 +524,38 @@ def sync_studies(dicomweb: DicomWebApi, fhir: FhirApi | None, *, study_uids: Ite
                  missing: str = "fail", workers: int = DEFAULT_WORKERS,
                  study_sop_classes: Mapping[str, Sequence[str]] | None = None,
                  known_patients: Sequence[StudyMapping] = (),
-                 collect: list[StudyMapping] | None = None, defer_write: bool = False,
+                 collect: list[StudyMapping] | None = None,
                  series_records: Mapping[str, list[dict[str, Any]]] | None = None,
                  group_size: int = STUDY_GROUP, series_counts: Mapping[str, int | None] | None = None
-                 ) -> dict[str, Any]:
+                 ) -> SyncResult:
     """Bring the studies touched by ``study_uids`` / ``series_uids`` from the PACS into FHIR.
 
-    ``fhir=None`` maps without writing and returns the transaction Bundle under ``"bundle"``.
+    ``fhir=None`` maps without writing and returns the transaction Bundle as ``bundle``.
     ``options.endpoint_address`` defaults to the PACS's WADO-RS base. ``workers`` bounds the concurrent PACS
     reads and FHIR writes. ``study_sop_classes`` (study UID → SOPClassesInStudy (0008,0062), from a backfill
     listing) tells which studies hold a dose report. ``known_patients``: studies mapped earlier in the same run
     (a backfill's earlier batches) whose demographics complete or conflict with these; ``collect`` receives the
-    mapped studies. ``defer_write``: return after mapping, with the writes left to :func:`_finish` (a backfill's
-    pipeline). ``series_records`` (study UID → its series' QIDO records, from a backfill's series listing): these
+    mapped studies. ``series_records`` (study UID → its series' QIDO records, from a backfill's series listing): these
     studies are not searched again. The other studies are read ``group_size`` at a time with one series-level
     QIDO each (:func:`read_study_group`, ``series_counts`` from a study listing spare the request confirming the
-    last page); a study that answer misses is searched on its own. Returns the result
-    dict (studies, series, ids, resources
-    created/updated/unchanged, failed studies, issues, timings, ``pacs_requests``).
+    last page); a study that answer misses is searched on its own. Returns the :class:`SyncResult`
+    (studies, series, ids, resources created/updated/unchanged, failed studies, issues, timings,
+    ``pacs_requests``).
     """
+    prepared = _prepare(dicomweb, study_uids=study_uids, series_uids=series_uids, options=options, wado=wado,
+                        missing=missing, workers=workers, study_sop_classes=study_sop_classes,
+                        known_patients=known_patients, collect=collect, series_records=series_records,
+                        group_size=group_size, series_counts=series_counts)
+    return _finish(fhir, prepared)
+
+
+def _prepare(dicomweb: DicomWebApi, *, study_uids: Iterable[str], series_uids: Iterable[str],
+             options: MappingOptions | None, wado: str, missing: str, workers: int,
+             study_sop_classes: Mapping[str, Sequence[str]] | None, known_patients: Sequence[StudyMapping],
+             collect: list[StudyMapping] | None, series_records: Mapping[str, list[dict[str, Any]]] | None,
+             group_size: int, series_counts: Mapping[str, int | None] | None) -> _Prepared:
+    """:func:`sync_studies` up to the writes: every PACS read and the mapping (a backfill writes a batch while it
+    prepares the next)."""
     options = options or MappingOptions()
     if options.endpoint_address is None:
         options = replace(options, endpoint_address=dicomweb.wado_rs_base)
@@ -495,7 +563,7 @@ def sync_studies(dicomweb: DicomWebApi, fhir: FhirApi | None, *, study_uids: Ite
         raise ConfigError(f"wado={wado!r}: expected auto, always or never")
     workers = max(1, int(workers))
     timer = _Timer()
-    result = _empty_result()
+    result = SyncResult()
     pacs = _Pacs(dicomweb)
     t0 = time.perf_counter()
     uids = resolve_study_uids(pacs, study_uids, series_uids, missing=missing)
@@ -545,12 +613,12 @@ def sync_studies(dicomweb: DicomWebApi, fhir: FhirApi | None, *, study_uids: Ite
     by_uid = {o[0]: o for outs in answers for o in outs}
     outcomes = [by_uid[u] for u in uids]
     timer.add("dicomweb_s", t0)
-    result["pacs_requests"] = pacs.requests
+    result.pacs_requests = pacs.requests
     mapped = []
     for uid, m, error in outcomes:
         if m is None:
             log.error("study %s failed: %s", uid, error)
-            result["failed"].append({"study": uid, "error": error})
+            result.failed.append({"study": uid, "error": error})
         else:
             mapped.append(m)
     t0 = time.perf_counter()
@@ -561,32 +629,30 @@ def sync_studies(dicomweb: DicomWebApi, fhir: FhirApi | None, *, study_uids: Ite
     timer.add("mapping_s", t0)
     if collect is not None:
         collect.extend(mapped)
-    prepared = _Prepared(mapped, result, timer, workers)
-    if defer_write:
-        result["_prepared"] = prepared
-        return result
-    return _finish(fhir, prepared)
+    return _Prepared(mapped, result, timer, workers)
 
 
+@dataclass
 class _Prepared:
-    """Studies read and mapped by :func:`sync_studies`, not yet written (a backfill writes them while it reads
+    """Studies read and mapped by :func:`_prepare`, not yet written (a backfill writes them while it reads
     the next batch)."""
 
-    def __init__(self, mapped: list[StudyMapping], result: dict[str, Any], timer: _Timer, workers: int) -> None:
-        self.mapped, self.result, self.timer, self.workers = mapped, result, timer, workers
+    mapped: list[StudyMapping]
+    result: SyncResult
+    timer: _Timer
+    workers: int
 
 
-def _finish(fhir: FhirApi | None, prepared: _Prepared) -> dict[str, Any]:
+def _finish(fhir: FhirApi | None, prepared: _Prepared) -> SyncResult:
     mapped, result, timer = prepared.mapped, prepared.result, prepared.timer
-    result.pop("_prepared", None)
     if fhir is None:
-        result["bundle"] = transaction_bundle(mapped)
+        result.bundle = transaction_bundle(mapped)
     else:
         _write_all(fhir, mapped, result, timer, prepared.workers)
-    result["timings"] = {k: round(v, 4) for k, v in timer.t.items()}
+    result.timings = {k: round(v, 4) for k, v in timer.t.items()}
     log.info("dicom-to-fhir: %d studies, %d series, resources %s, %d failed, %d issues, %d PACS requests",
-             result["studies"], result["series"], result["resources"], len(result["failed"]), result["issue_count"],
-             result["pacs_requests"])
+             result.studies, result.series, result.as_dict()["resources"], len(result.failed), result.issue_count,
+             result.pacs_requests)
     return result
 
 
@@ -905,7 +971,7 @@ def backfill(dicomweb: DicomWebApi, fhir: FhirApi | None, *, since: str | date |
              wado: str = "auto", workers: int = DEFAULT_WORKERS, batch_size: int = 200, page_size: int = 500,
              progress: Callable[[dict[str, Any]], None] | None = None, series_listing: bool = False,
              series_page_size: int = SERIES_PAGE, max_buffered_series: int = MAX_BUFFERED_SERIES,
-             listing_concurrency: int = LISTING_CONCURRENCY, group_size: int = STUDY_GROUP) -> dict[str, Any]:
+             listing_concurrency: int = LISTING_CONCURRENCY, group_size: int = STUDY_GROUP) -> BackfillResult:
     """Backfill every study of the PACS (or of a StudyDate window and modalities) into FHIR.
 
     1. The study list is read (QIDO-RS study level, ``limit``/``offset`` paging): what to do, the modality
@@ -941,9 +1007,7 @@ def backfill(dicomweb: DicomWebApi, fhir: FhirApi | None, *, since: str | date |
     total = len(todo)
     log.info("backfill %s: %d studies in the PACS, %d already done, %d to do (listing %.1fs, %d requests)", query,
              len(records), len(records) - total, total, time.perf_counter() - t_list, pacs.requests)
-    result = _empty_result()
-    result.update({"listed": len(records), "already_done": len(records) - total, "batches": 0,
-                   "read_per_study": 0})
+    result = BackfillResult(listed=len(records), already_done=len(records) - total)
     timings = {"dicomweb_s": 0.0, "mapping_s": 0.0, "fhir_s": 0.0, "listing_s": time.perf_counter() - t_list}
     classes = {dv.first_str(r, "0020000D") or "": dv.strings(r, "00080062") for r in todo}
     expected = {dv.first_str(r, "0020000D") or "": _count(r, "00201206") for r in todo}
@@ -951,26 +1015,28 @@ def backfill(dicomweb: DicomWebApi, fhir: FhirApi | None, *, since: str | date |
     t0 = time.perf_counter()
     done = 0
 
-    def settle(res: dict[str, Any], uids: list[str]) -> None:
+    def settle(res: SyncResult, uids: list[str]) -> None:
         nonlocal done
-        res.pop("bundle", None)
-        failed = {f["study"] for f in res["failed"]}
+        failed = {f["study"] for f in res.failed}
         cur.mark(u for u in uids if u not in failed)
-        for k in ("studies", "series", "observations", "conflict_retries", "issue_count", "pacs_requests"):
-            result[k] += res[k]
-        for k in ("created", "updated", "unchanged"):
-            result["resources"][k] += res["resources"][k]
-        for k in ("study_uids", "imaging_study_ids", "failed"):
-            result[k].extend(res[k])
-        result["patient_ids"].extend(p for p in res["patient_ids"] if p not in result["patient_ids"])
-        result["issues"].extend(res["issues"][: max(0, MAX_ISSUES_IN_RESULT - len(result["issues"]))])
-        for k, v in res["timings"].items():
+        result.studies += res.studies
+        result.series += res.series
+        result.observations += res.observations
+        result.issue_count += res.issue_count
+        result.pacs_requests += res.pacs_requests
+        result.resources += res.resources
+        result.study_uids.extend(res.study_uids)
+        result.imaging_study_ids.extend(res.imaging_study_ids)
+        result.failed.extend(res.failed)
+        result.patient_ids.extend(p for p in res.patient_ids if p not in result.patient_ids)
+        result.issues.extend(res.issues[: max(0, MAX_ISSUES_IN_RESULT - len(result.issues))])
+        for k, v in res.timings.items():
             timings[k] += v
-        result["batches"] += 1
+        result.batches += 1
         done += len(uids)
         elapsed = time.perf_counter() - t0
         info = {"done": done, "total": total, "rate": done / elapsed if elapsed else 0.0,
-                "eta": _eta(done, total, elapsed), "failed": len(result["failed"])}
+                "eta": _eta(done, total, elapsed), "failed": len(result.failed)}
         log.info("backfill: %d/%d studies (%.0f%%), %.1f studies/s, ETA %s, %d failed", done, total,
                  100.0 * done / max(1, total), info["rate"], info["eta"], info["failed"])
         if progress:
@@ -982,27 +1048,27 @@ def backfill(dicomweb: DicomWebApi, fhir: FhirApi | None, *, since: str | date |
 
         def run_batch(uids: list[str], recs: dict[str, list[dict[str, Any]]] | None) -> None:
             mapped: list[StudyMapping] = []
-            res = sync_studies(dicomweb, fhir, study_uids=uids, options=options, wado=wado, workers=workers,
-                               study_sop_classes=classes, missing="skip", known_patients=list(known.values()),
-                               collect=mapped, defer_write=True, series_records=recs, group_size=group_size,
-                               series_counts=expected)
+            prepared = _prepare(dicomweb, study_uids=uids, series_uids=(), options=options, wado=wado,
+                                workers=workers, study_sop_classes=classes, missing="skip",
+                                known_patients=list(known.values()), collect=mapped, series_records=recs,
+                                group_size=group_size, series_counts=expected)
             known.update((m.patient["id"], m) for m in mapped)
             if pending:
                 settle(pending[0][0].result(), pending.pop(0)[1])
-            pending.append((writer.submit(_finish, fhir, res["_prepared"]), uids))
+            pending.append((writer.submit(_finish, fhir, prepared), uids))
 
         per_study = [dv.first_str(r, "0020000D") or "" for r in todo]
         if series_listing and todo:
             per_study = _backfill_from_series_listing(pacs, since, until, expected, modalities, batch_size,
                                                       (series_page_size, listing_concurrency), max_buffered_series,
                                                       run_batch, timings)
-            result["read_per_study"] = len(per_study)
+            result.read_per_study = len(per_study)
         for start in range(0, len(per_study), max(1, batch_size)):
             run_batch(per_study[start:start + batch_size], None)
         while pending:
             settle(pending[0][0].result(), pending.pop(0)[1])
-    result["pacs_requests"] += pacs.requests
-    result["timings"] = {k: round(v, 4) for k, v in timings.items()}
+    result.pacs_requests += pacs.requests
+    result.timings = {k: round(v, 4) for k, v in timings.items()}
     return result
 
 
@@ -1073,15 +1139,15 @@ def _iter_files(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def _skip(result: dict[str, Any], path: Path, rule: str) -> None:
-    result["skipped_files"].append(str(path))
-    _add_issue(result, {"tag": "file", "value": str(path), "rule": rule, "study": "", "source": str(path)})
+def _skip(result: SyncResult, path: Path, rule: str) -> None:
+    result.skipped_files.append(str(path))
+    result.add_issue({"tag": "file", "value": str(path), "rule": rule, "study": "", "source": str(path)})
     log.warning("%s: %s", path, rule)
 
 
 def sync_files(paths: Iterable[str | Path], fhir: FhirApi | None, *, options: MappingOptions | None = None,
-               workers: int = 1) -> dict[str, Any]:
-    """``--files`` mode: map DICOM files (no PACS) and write them (or return ``"bundle"`` when ``fhir=None``).
+               workers: int = 1) -> SyncResult:
+    """``--files`` mode: map DICOM files (no PACS) and write them (or return the ``bundle`` when ``fhir=None``).
 
     Files that are not DICOM (README, manifest.json) and DICOMDIR index files are skipped and listed in
     ``skipped_files`` and as issues; they do not fail the run (the CLI's ``--strict`` makes them fail).
@@ -1091,7 +1157,7 @@ def sync_files(paths: Iterable[str | Path], fhir: FhirApi | None, *, options: Ma
 
     options = options or MappingOptions()
     timer = _Timer()
-    result = _empty_result()
+    result = SyncResult()
     records: list[tuple[str, dict[str, Any]]] = []
     t0 = time.perf_counter()
     for f in _iter_files(paths):
@@ -1108,17 +1174,17 @@ def sync_files(paths: Iterable[str | Path], fhir: FhirApi | None, *, options: Ma
         rec, problems = dataset_to_json(ds)
         for pr in problems:
             pr.update({"study": dv.first_str(rec, "0020000D") or "", "source": str(f)})
-            _add_issue(result, pr)
+            result.add_issue(pr)
         records.append((str(f), rec))
     grouped, failures = group_instances(records)
-    result["failed"].extend(failures)
+    result.failed.extend(failures)
     timer.add("dicomweb_s", t0)
     t0 = time.perf_counter()
     mapped = _map_all(grouped.items(), options, result)
     timer.add("mapping_s", t0)
     if fhir is None:
-        result["bundle"] = transaction_bundle(mapped)
+        result.bundle = transaction_bundle(mapped)
     else:
         _write_all(fhir, mapped, result, timer, workers)
-    result["timings"] = {k: round(v, 4) for k, v in timer.t.items()}
+    result.timings = {k: round(v, 4) for k, v in timer.t.items()}
     return result

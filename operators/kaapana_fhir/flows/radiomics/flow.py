@@ -39,7 +39,7 @@ from kaapana_fhir.flows.radiomics.compute import (
     referenced_series,
     segment_infos,
 )
-from kaapana_fhir.flows.write import Shared, write_merged
+from kaapana_fhir.flows.write import MergeCounts, Shared, write_merged
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class WrittenRun:
     absent: int
     resources: int
     written: WriteResult
-    referenced: dict[str, int]
+    referenced: MergeCounts
     issues: list[dict[str, Any]]
     map_s: float
     write_s: float
@@ -82,7 +82,7 @@ class WrittenRun:
         """JSON-able form (CLI output, XCom)."""
         return {"seg_sop_uid": self.seg_sop_uid, "groups": self.groups, "features": self.features,
                 "absent": self.absent, "resources": self.resources, "status_counts": dict(self.written.statuses),
-                "referenced": dict(self.referenced), "issues": list(self.issues), "map_s": self.map_s,
+                "referenced": self.referenced.as_dict(), "issues": list(self.issues), "map_s": self.map_s,
                 "write_s": self.write_s}
 
 

@@ -129,8 +129,8 @@ def test_window_and_modality_filters() -> None:
 def test_one_qido_request_per_study_and_demographics_from_every_series() -> None:
     pacs, fhir = PagingPacs(3), FakeFhir()
     res = flow.sync_studies(pacs, fhir, study_uids=[f"{BASE}.{i}" for i in (1, 2, 3)], workers=2, group_size=1)
-    assert res["pacs_requests"] == 3 and pacs.calls == ["series"] * 3
-    genders = {fhir.current("Patient", pid).get("gender") for pid in res["patient_ids"]}
+    assert res.pacs_requests == 3 and pacs.calls == ["series"] * 3
+    genders = {fhir.current("Patient", pid).get("gender") for pid in res.patient_ids}
     assert genders == {"male", "female"}  # the RTSTRUCT listed first has no sex; the CT's is used
 
 
@@ -140,8 +140,8 @@ def test_a_study_list_is_read_twenty_studies_a_request() -> None:
     pacs, fhir = PagingPacs(45), FakeFhir()
     uids = [f"{BASE}.{i}" for i in range(1, 46)]
     res = flow.sync_studies(pacs, fhir, study_uids=uids)
-    assert res["studies"] == 45 and not res["failed"] and "series" not in pacs.calls
-    assert res["pacs_requests"] == pacs.calls.count("series-group") == 6
+    assert res.studies == 45 and not res.failed and "series" not in pacs.calls
+    assert res.pacs_requests == pacs.calls.count("series-group") == 6
     one_by_one = FakeFhir()
     flow.sync_studies(PagingPacs(45), one_by_one, study_uids=uids, group_size=1)
     assert {k: v[-1] for k, v in fhir.store.items()} == {k: v[-1] for k, v in one_by_one.store.items()}
@@ -156,7 +156,7 @@ def test_backfill_groups_skip_the_confirming_page_when_series_counts_show_every_
     confirms the end. A PACS capping pages at 3 series is paged on until the counts are reached: 14 + 14 + 4."""
     pacs = PagingPacs(45, counts=counts, cap=cap)
     res = flow.backfill(pacs, FakeFhir(), batch_size=100, workers=1)
-    assert res["studies"] == 45 and not res["failed"] and "series" not in pacs.calls
+    assert res.studies == 45 and not res.failed and "series" not in pacs.calls
     assert pacs.calls.count("series-group") == requests
 
 
@@ -178,14 +178,14 @@ def test_a_pacs_that_ignores_uid_list_matching_is_read_study_by_study() -> None:
 
     pacs.search_series = everything  # type: ignore[method-assign]
     res = flow.sync_studies(pacs, FakeFhir(), study_uids=[f"{BASE}.1", f"{BASE}.2"], workers=1)
-    assert res["studies"] == 2 and pacs.calls.count("series-group") == 1 and pacs.calls.count("series") == 2
+    assert res.studies == 2 and pacs.calls.count("series-group") == 1 and pacs.calls.count("series") == 2
 
 
 def test_a_pacs_that_ignores_includefield_gets_metadata_per_series() -> None:
     pacs = PagingPacs(1, ignore_includefield=True)
     res = flow.sync_studies(pacs, None, study_uids=[f"{BASE}.1"])
     assert pacs.calls.count("metadata") == 2
-    patient = next(e["resource"] for e in res["bundle"]["entry"] if e["resource"]["resourceType"] == "Patient")
+    patient = next(e["resource"] for e in res.bundle["entry"] if e["resource"]["resourceType"] == "Patient")
     assert patient["gender"] == "male" and patient["identifier"][0]["value"] == "P0"
 
 
@@ -204,10 +204,15 @@ def test_backfill_resumes_from_the_cursor_and_writes_nothing_twice(tmp_path: Pat
     pacs.calls.clear()
     pacs.asked.clear()
     res = flow.backfill(pacs, fhir, cursor=cursor, batch_size=4, workers=1)
-    assert res["already_done"] == 4 and res["studies"] == 5
+    assert res.already_done == 4 and res.studies == 5
+    assert list(res.as_dict()) == ["studies", "series", "study_uids", "imaging_study_ids", "patient_ids",
+                                   "observations", "resources", "conflict_retries", "failed", "issues",
+                                   "issue_count", "skipped_files", "pacs_requests", "listed", "already_done",
+                                   "batches", "read_per_study", "timings"]
+    assert list(res.as_dict()["timings"]) == ["dicomweb_s", "mapping_s", "fhir_s", "listing_s"]
     assert sorted(pacs.asked) == sorted(f"{BASE}.{i}" for i in range(5, 10))  # the 4 written ones not again
     again = flow.backfill(pacs, fhir, cursor=cursor, batch_size=4)
-    assert again["studies"] == 0 and again["already_done"] == 9
+    assert again.studies == 0 and again.already_done == 9
     assert len(cursor.read_text().splitlines()) == 1 + 9
     with pytest.raises(ConfigError, match="another backfill"):
         flow.backfill(pacs, fhir, cursor=cursor, since="2020-01-01")
@@ -219,7 +224,7 @@ def _listing(*args: Any, **kwargs: Any) -> dict[str, Any]:
 
 
 def _genders(fhir: FakeFhir, res: dict[str, Any]) -> dict[str, str | None]:
-    return {pid: fhir.current("Patient", pid).get("gender") for pid in res["patient_ids"]}
+    return {pid: fhir.current("Patient", pid).get("gender") for pid in res.patient_ids}
 
 
 def test_backfill_lists_series_in_pages_instead_of_one_search_per_study() -> None:
@@ -227,11 +232,11 @@ def test_backfill_lists_series_in_pages_instead_of_one_search_per_study() -> Non
     RTSTRUCT (no sex) is listed before every CT, so studies complete only in later pages."""
     pacs, fhir = PagingPacs(9), FakeFhir()
     res = _listing(pacs, fhir, batch_size=3, series_page_size=4, workers=1, listing_concurrency=1)
-    assert res["studies"] == 9 and not res["failed"] and res["read_per_study"] == 0
+    assert res.studies == 9 and not res.failed and res.read_per_study == 0
     assert pacs.calls.count("series-listing") == 6 and "series" not in pacs.calls  # 4+4+4+4+2, then empty
-    assert res["pacs_requests"] == 2 + 6  # study listing (9, then empty) + series listing: < 1 per study
+    assert res.pacs_requests == 2 + 6  # study listing (9, then empty) + series listing: < 1 per study
     assert set(_genders(fhir, res).values()) == {"male", "female"}  # from the CT listed after the RTSTRUCT
-    assert all(len(fhir.current("ImagingStudy", i)["series"]) == 2 for i in res["imaging_study_ids"])
+    assert all(len(fhir.current("ImagingStudy", i)["series"]) == 2 for i in res.imaging_study_ids)
 
 
 def test_a_study_is_written_as_soon_as_all_its_series_are_listed() -> None:
@@ -241,7 +246,7 @@ def test_a_study_is_written_as_soon_as_all_its_series_are_listed() -> None:
     at_first_progress: list[int] = []
     res = _listing(pacs, FakeFhir(), batch_size=2, series_page_size=2, workers=1, listing_concurrency=1,
                         progress=lambda info: at_first_progress.append(pacs.calls.count("series-listing")))
-    assert res["studies"] == 20 and pacs.calls.count("series-listing") == 21
+    assert res.studies == 20 and pacs.calls.count("series-listing") == 21
     assert at_first_progress[0] < 18  # at most a few pages read ahead
 
 
@@ -255,7 +260,7 @@ def test_series_listing_gives_the_same_resources_as_per_study_reads() -> None:
 def test_series_listing_survives_pages_capped_below_the_limit() -> None:
     pacs = PagingPacs(7, cap=3)
     res = _listing(pacs, FakeFhir(), series_page_size=100, listing_concurrency=1)
-    assert res["studies"] == 7 and res["read_per_study"] == 0
+    assert res.studies == 7 and res.read_per_study == 0
     assert pacs.calls.count("series-listing") == 6  # 14 series in pages of 3 (capped), then empty
 
 
@@ -270,14 +275,14 @@ def test_concurrent_listing_pages_lose_and_repeat_nothing(cap: int | None) -> No
         [s[1]["0020000E"]["Value"][0] for s in pacs.series.values()]
     assert listed == expected
     res = _listing(pacs, FakeFhir(), series_page_size=4, listing_concurrency=3)
-    assert res["studies"] == 11 and res["read_per_study"] == 0
+    assert res.studies == 11 and res.read_per_study == 0
 
 
 @pytest.mark.parametrize("listing", ["refuse", "empty"])
 def test_a_pacs_without_series_listing_is_read_study_by_study(listing: str) -> None:
     pacs, fhir = PagingPacs(4, listing=listing), FakeFhir()
     res = _listing(pacs, fhir, workers=1, listing_concurrency=1)
-    assert res["studies"] == 4 and not res["failed"] and res["read_per_study"] == 4
+    assert res.studies == 4 and not res.failed and res.read_per_study == 4
     assert pacs.calls.count("series-listing") == 1 and pacs.calls.count("series") == 4
     assert pacs.calls.count("series-group") == 1  # the 4 asked for at once first, refused/empty too
 
@@ -285,14 +290,14 @@ def test_a_pacs_without_series_listing_is_read_study_by_study(listing: str) -> N
 def test_series_listing_that_ignores_includefield_reads_metadata_per_series() -> None:
     pacs, fhir = PagingPacs(2, ignore_includefield=True), FakeFhir()
     res = _listing(pacs, fhir, workers=1)
-    assert res["studies"] == 2 and res["read_per_study"] == 0 and pacs.calls.count("metadata") == 4
+    assert res.studies == 2 and res.read_per_study == 0 and pacs.calls.count("metadata") == 4
     assert set(_genders(fhir, res).values()) == {"male", "female"}
 
 
 def test_without_series_counts_studies_complete_at_the_end_of_the_listing() -> None:
     pacs = PagingPacs(4, counts=False)
     res = _listing(pacs, FakeFhir(), series_page_size=3)
-    assert res["studies"] == 4 and res["read_per_study"] == 0 and res["batches"] == 1
+    assert res.studies == 4 and res.read_per_study == 0 and res.batches == 1
 
 
 def test_a_study_listed_with_fewer_series_than_its_count_is_read_per_study() -> None:
@@ -310,8 +315,8 @@ def test_a_study_listed_with_fewer_series_than_its_count_is_read_per_study() -> 
     pacs.search_series = without_the_sr.__get__(pacs)  # type: ignore[method-assign]
     fhir = FakeFhir()
     res = _listing(pacs, fhir)
-    assert res["studies"] == 3 and res["read_per_study"] == 1 and pacs.calls.count("series") == 1
-    study = next(i for i in res["imaging_study_ids"] if len(fhir.current("ImagingStudy", i)["series"]) == 3)
+    assert res.studies == 3 and res.read_per_study == 1 and pacs.calls.count("series") == 1
+    study = next(i for i in res.imaging_study_ids if len(fhir.current("ImagingStudy", i)["series"]) == 3)
     assert study
 
 
@@ -320,8 +325,8 @@ def test_buffered_series_are_bounded_and_spilled_studies_are_read_per_study() ->
     from the buffer and read per study later; nothing is written twice, nothing lost."""
     pacs, fhir = PagingPacs(6), FakeFhir()
     res = _listing(pacs, fhir, series_page_size=2, max_buffered_series=2, workers=1)
-    assert res["studies"] == 6 and not res["failed"] and len(set(res["study_uids"])) == 6
-    assert 0 < res["read_per_study"] < 6 and len(pacs.asked) == len(set(pacs.asked)) == res["read_per_study"]
+    assert res.studies == 6 and not res.failed and len(set(res.study_uids)) == 6
+    assert 0 < res.read_per_study < 6 and len(pacs.asked) == len(set(pacs.asked)) == res.read_per_study
     assert set(_genders(fhir, res).values()) == {"male", "female"}
 
 
@@ -330,7 +335,7 @@ def test_modality_filter_applies_to_the_series_listing() -> None:
     for i in (1, 3, 5):  # these studies become MR + RTSTRUCT
         pacs.series[f"{BASE}.{i}"][1]["00080060"]["Value"] = ["MR"]
     res = _listing(pacs, FakeFhir(), modalities=["MR"])
-    assert sorted(res["study_uids"]) == [f"{BASE}.{i}" for i in (1, 3, 5)] and res["read_per_study"] == 0
+    assert sorted(res.study_uids) == [f"{BASE}.{i}" for i in (1, 3, 5)] and res.read_per_study == 0
 
 
 def _cli(argv: list[str]) -> argparse.Namespace:
@@ -372,10 +377,10 @@ def test_non_dicom_files_are_skipped_as_issues_and_strict_fails(tmp_path: Path) 
     fs.add(str(tmp_path / "a.dcm"))
     fs.write(tmp_path / "media")  # writes media/DICOMDIR (+ a copy of a.dcm)
     res = flow.sync_files([tmp_path], None, options=MappingOptions())
-    names = sorted(Path(p).name for p in res["skipped_files"])
+    names = sorted(Path(p).name for p in res.skipped_files)
     assert names == ["DICOMDIR", "README", "manifest.json"]
-    assert {i["tag"] for i in res["issues"] if i.get("source") in res["skipped_files"]} == {"file"}
-    assert res["studies"] == 1 and not res["failed"]
+    assert {i["tag"] for i in res.issues if i.get("source") in res.skipped_files} == {"file"}
+    assert res.studies == 1 and not res.failed
     out = tmp_path.parent / "out.json"
     assert main(["dicom-to-fhir", "--files", str(tmp_path), "--out", str(out)]) == 0
     assert main(["dicom-to-fhir", "--files", str(tmp_path), "--out", str(out), "--strict"]) == 1

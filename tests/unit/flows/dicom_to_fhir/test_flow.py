@@ -129,7 +129,14 @@ def _study_id() -> str:
 def test_sync_twice_no_duplicates_no_new_versions() -> None:
     fhir, pacs = FakeFhir(), FakePacs(S1, S2)
     r1 = flow.sync_studies(pacs, fhir, series_uids=[STUDY + ".1"])
-    assert r1["studies"] == 1 and r1["series"] == 2 and r1["resources"]["created"] == 4
+    assert r1.studies == 1 and r1.series == 2 and r1.resources.created == 4
+    # the result's JSON keys are a documented contract (XCom, CLI --result, the Kaapana container): a rename fails
+    d = r1.as_dict()
+    assert list(d) == ["studies", "series", "study_uids", "imaging_study_ids", "patient_ids", "observations",
+                       "resources", "conflict_retries", "failed", "issues", "issue_count", "skipped_files",
+                       "pacs_requests", "timings"]
+    assert list(d["resources"]) == ["created", "updated", "unchanged"] and json.loads(json.dumps(d)) == d
+    assert list(d["timings"]) == ["dicomweb_s", "mapping_s", "fhir_s"]
     study = fhir.current("ImagingStudy", _study_id())
     assert [s["uid"] for s in study["series"]] == [STUDY + ".1", STUDY + ".2"]
     # WADO metadata read because QIDO lacked the MII CT attributes (KVP); it also brings the laterality
@@ -138,7 +145,7 @@ def test_sync_twice_no_duplicates_no_new_versions() -> None:
     before = {k: len(v) for k, v in fhir.store.items()}
     r2 = flow.sync_studies(pacs, fhir, study_uids=[STUDY])
     assert {k: len(v) for k, v in fhir.store.items()} == before
-    assert r2["resources"]["created"] == 0 and r2["resources"]["updated"] == 0
+    assert r2.resources.created == 0 and r2.resources.updated == 0
 
 
 def test_if_match_conflict_is_retried_and_keeps_concurrent_series() -> None:
@@ -152,7 +159,7 @@ def test_if_match_conflict_is_retried_and_keeps_concurrent_series() -> None:
     changed = series_json(series=STUDY + ".1", SeriesNumber="1", StudyDescription="new description")
     fhir.before_transaction.append(concurrent_writer)
     r = flow.sync_studies(FakePacs(changed), fhir, study_uids=[STUDY])
-    assert r["conflict_retries"] == 1
+    assert r.conflict_retries == 1
     study = fhir.current("ImagingStudy", _study_id())
     assert {s["uid"] for s in study["series"]} == {STUDY + ".1", STUDY + ".2"}
     assert study["numberOfSeries"] == 2 and {m["code"] for m in study["modality"]} == {"CT", "PT"}
@@ -163,7 +170,7 @@ def test_create_race_merges_the_overwritten_version_back() -> None:
     fhir = FakeFhir()
     fhir.before_transaction.append(lambda: flow.sync_studies(FakePacs(S2), fhir, study_uids=[STUDY]))
     r = flow.sync_studies(FakePacs(S1), fhir, study_uids=[STUDY])
-    assert r["conflict_retries"] >= 1
+    assert r.conflict_retries >= 1
     study = fhir.current("ImagingStudy", _study_id())
     assert {s["uid"] for s in study["series"]} == {STUDY + ".1", STUDY + ".2"}
 
@@ -200,7 +207,7 @@ def test_one_bad_study_fails_alone() -> None:
     bad = series_json(study="1.2.3.77", series="1.2.3.77.1", PatientID=None)
     fhir = FakeFhir()
     r = flow.sync_studies(FakePacs(S1, bad), fhir, study_uids=["1.2.3.77", STUDY])
-    assert r["studies"] == 1 and len(r["failed"]) == 1 and "(0010,0020)" in r["failed"][0]["error"]
+    assert r.studies == 1 and len(r.failed) == 1 and "(0010,0020)" in r.failed[0]["error"]
     assert ("ImagingStudy", _study_id()) in fhir.store
 
 
@@ -208,8 +215,8 @@ def test_dry_run_bundle_validates() -> None:
     from kaapana_fhir.core.validate import validate_bundle
 
     r = flow.sync_studies(FakePacs(S1, S2), None, study_uids=[STUDY])
-    validate_bundle(r["bundle"])
-    types = [e["resource"]["resourceType"] for e in r["bundle"]["entry"]]
+    validate_bundle(r.bundle)
+    types = [e["resource"]["resourceType"] for e in r.bundle["entry"]]
     assert types == ["Endpoint", "Device", "Patient", "ImagingStudy"]
 
 
