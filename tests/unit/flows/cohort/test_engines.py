@@ -165,3 +165,25 @@ def test_engine_is_a_cohort_param_and_pathling_missing_is_a_clear_error(tmp_path
     # without a folder (operator, container): a temporary export folder, after the same installation check
     with pytest.raises(pe.PathlingUnavailable):
         flow.run_cohort(None, tmp_path / "out", engine="pathling")
+
+
+def test_pathling_without_a_folder_exports_into_a_temporary_one(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator and the Kaapana container give no folder: ``$export`` goes to a temporary folder, removed
+    afterwards (export and Spark faked; the real run is tests/integration/test_pathling.py)."""
+    from kaapana_fhir.clients.fhir import FhirClient
+
+    _ndjson(tmp_path / "in", "urn:test:tmpexport", 2)
+    home = _home(tmp_path / "home")
+    monkeypatch.setattr(pe.PathlingHome, "find", classmethod(lambda cls, root=None: home))
+    seen: list[Path] = []
+
+    def fake_bulk(client: Any, views: Any, folder: Any, **kw: Any) -> Any:
+        seen.append(Path(folder))
+        assert Path(folder).is_dir() and kw["engine"] == "pathling"
+        return flow.flatten_ndjson(tmp_path / "in", views)
+
+    monkeypatch.setattr(flow, "fetch_bulk_and_flatten", fake_bulk)
+    s = flow.run_cohort(FhirClient("http://127.0.0.1:9/fhir"), tmp_path / "out", engine="pathling",
+                        filters=["n_series>=1"])
+    assert s.patients == 2 and len(seen) == 1 and not seen[0].exists(), "the temporary export folder is removed"
