@@ -81,7 +81,9 @@ class FhirQueryOperator(BaseOperator):
     line, e.g. ``Patient?_has:Condition:subject:code=http://snomed.info/sct|35917007``), ``patient_search``,
     ``views`` (shipped view names or JSON paths), ``filters`` (``Histology=adenocarcinoma; Overall.Stage=IIIa``),
     ``modality`` (``ImagingStudy.series.modality`` of the dataset series, default CT), ``dataset_name``,
-    ``trigger_dag_id``, ``bucket`` (default ``project_form.s3_bucket``), ``prefix``.
+    ``trigger_dag_id``, ``bucket`` (default ``project_form.s3_bucket``), ``prefix``, ``engine`` (``ours``, or
+    ``pathling``: Spark over a Bulk Data ``$export`` of all patients into a temporary folder; ``filters`` select,
+    searches are refused; Pathling must be installed).
 
     Returns ``{"patients", "selected_patients", "series_uids", "out_dir", "object_keys", "trigger_dag_id",
     "trigger_conf"}`` where ``trigger_conf`` is ``{"data_form": {"dataset_name", "identifiers"}}`` (+
