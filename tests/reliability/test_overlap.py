@@ -63,7 +63,7 @@ def test_same_import_twice_at_once(fhir_url: str, tmp_path: Any) -> None:
         return import_table(open_table(data, name="twice.csv"), mapping, client=FhirClient(fhir_url), chunk_size=100)
 
     reports = _concurrently([job, job])
-    assert [r["resources_written"] for r in reports] == [{"Patient": 60, "Observation": 600}] * 2
+    assert [r.resources_written for r in reports] == [{"Patient": 60, "Observation": 600}] * 2
 
     clean = clean_import_bundle(data, "twice.csv", tmp_path / "clean.json")
     fhir = FhirClient(fhir_url)

@@ -100,7 +100,7 @@ def test_flows_with_known_secrets_leak_nothing(fhir_url: str, dicomweb_url: str,
     with caplog.at_level(logging.DEBUG):
         studies = store_studies(dw, tag, 2)
         res = sync_studies(dw, fhir, study_uids=[s["study"] for s in studies])
-        artefacts.append(json.dumps(res, default=str))
+        artefacts.append(json.dumps(res.as_dict(), default=str))
         bucket = f"kf-sec-{tag}"
         store.ensure_bucket(bucket)
         store.put_bytes(bucket, "fhir-import/t.csv", long_csv(tag, 20))
@@ -108,13 +108,13 @@ def test_flows_with_known_secrets_leak_nothing(fhir_url: str, dicomweb_url: str,
         confs = W.find_new_objects(store, bucket)
         artefacts.append(json.dumps(confs))
         rep = import_object(store, fhir, bucket, "fhir-import/t.csv", mapping_key=confs[0]["mapping_key"])
-        artefacts.append(json.dumps(rep, default=str))
+        artefacts.append(json.dumps(rep.as_dict(), default=str))
         pids = [patient_id(DEFAULT_PATIENT_SYSTEM, s["patient"]) for s in studies]
         summary = run_cohort(fhir, tmp_path / "cohort", patient_search=f"Patient?_id={','.join(pids)}",
                              store=store, bucket=bucket)
-        artefacts.append(json.dumps(summary, default=str))
+        artefacts.append(json.dumps(summary.as_dict(), default=str))
         info = report_job(tmp_path / "cohort", store=store, bucket=bucket)
-        artefacts.append(json.dumps(info, default=str))
+        artefacts.append(json.dumps(info.as_dict(), default=str))
         # failures: the exceptions and their messages must not carry the secrets either
         dead = free_port()
         errors: list[BaseException] = []
@@ -274,7 +274,7 @@ def test_watcher_and_import_write_no_local_files_for_hostile_keys(s3: ObjectStor
     listed = sorted(o.key for o in s3.list(bucket) if W.is_data_key(o.key))
     assert len(confs) >= 1 and sorted(c["object_key"] for c in confs) == listed  # (servers may normalise '..')
     reports = [import_object(s3, fhir, bucket, c["object_key"], mapping_key="mappings/long.yaml") for c in confs]
-    assert [r["status"] for r in reports] == ["imported"] * len(confs)
+    assert [r.status for r in reports] == ["imported"] * len(confs)
     tmp_root = Path(tempfile.gettempdir()).resolve()
     for w in writes:  # only the download (and the object store client's part file) in a private temp folder
         p = Path(w).resolve()

@@ -152,7 +152,8 @@ def test_sts_secrets_never_leak_from_watcher_and_import(sso_stack: sso.SsoStack,
     assert any(k.startswith("Keycloak access token") for k in names) and len(names) >= 7, names
     out, err = capfd.readouterr()
     places = {"log records": debug_everywhere.text, "stdout": out, "stderr": err,
-              "import reports (returned)": json.dumps(reports), **errors, **_objects(root, prefix)}
+              "import reports (returned)": json.dumps({k: r.as_dict() for k, r in reports.items()}),
+              **errors, **_objects(root, prefix)}
     where = sorted(places)
     assert any(k.endswith("import-report.json") for k in where), where
     http_logged = "urllib3" in debug_everywhere.text
