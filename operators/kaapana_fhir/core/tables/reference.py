@@ -212,7 +212,8 @@ def reference_markdown(schema: dict[str, Any]) -> str:
            "A mapping tells `kaapana-fhir import-table` how a clinical table (CSV, Excel, REDCap export, CDISC ODM) "
            "becomes FHIR R4 Patient, Observation and Condition resources. Start one with "
            "`kaapana-fhir mapping init FILE` (or `--redcap DICTIONARY`), fill in every `TODO` (or let `--local-codes` "
-           "give unknown columns codes of a local code system), check and delete every `review:` line, then import. Walk-through: [tutorial-tables.md](tutorial-tables.md). A complete example: "
+           "give unknown columns codes of a local code system), check and delete every `review:` line, then import. "
+           "Walk-through: [tutorial-tables.md](tutorial-tables.md). A complete example: "
            "`operators/kaapana_fhir/data/mappings/lung1.yaml`.", "",
            "Before anything is written, the import checks the whole file: every mapped column must exist; units are "
            "UCUM codes; dates lie in the `checks` window; values are in their value maps; one error is reported per "
