@@ -15,6 +15,8 @@ Running it twice gives the same FHIR content (deterministic ids; PUT upserts).
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import logging
 import os
@@ -114,6 +116,9 @@ def run(state_dir: Path, n_patients: int = 5, out: Any = sys.stdout) -> dict[str
         manifest = make_demo_dataset(state_dir / "data", n_patients=n_patients)
         patient_ids = [p["patient_id"] for p in manifest["patients"]]
         csv_text = synthetic_lung1_csv(patient_ids, seed=0)
+        # the scanner knows the same sex as the clinical table (else every Patient shows a source conflict)
+        dicom_sex = {r["PatientID"]: {"male": "M", "female": "F"}.get(r["gender"], "O")
+                     for r in csv.DictReader(io.StringIO(csv_text))}
 
     with prog.step("send DICOM to Orthanc (STOW-RS), as a modality would send to Kaapana"):
         import pydicom
@@ -121,7 +126,10 @@ def run(state_dir: Path, n_patients: int = 5, out: Any = sys.stdout) -> dict[str
         n_inst = 0
         for p in manifest["patients"]:
             files = sorted(Path(p["ct_dir"]).glob("*.dcm")) + [Path(p["seg_file"])]
-            pacs.store([pydicom.dcmread(f) for f in files])
+            datasets = [pydicom.dcmread(f) for f in files]
+            for ds in datasets:
+                ds.PatientSex = dicom_sex.get(p["patient_id"], "O")
+            pacs.store(datasets)
             n_inst += len(files)
         log.info("    %d instances stored", n_inst)
 
