@@ -225,7 +225,7 @@ def iter_entries(table: Table, mapper: TableMapper, scanned: ScanResult, *,
     if scanned.issue_count and not skip_invalid_rows:
         raise MappingError("refusing to write a file with invalid rows (rule: skip_invalid_rows is off)")
     scanned.index.reset_emitted()
-    progress = _Progress(f"{table.name}: writing")
+    progress = _Progress(f"{table.name}: building resources")
     for n, row in table.rows():
         progress.tick(n)
         if n in scanned.bad_rows or n in scanned.duplicate_rows or is_empty_row(row):
