@@ -442,8 +442,21 @@ def filter_patients(df: pd.DataFrame, filters: list[str] | tuple[str, ...] | Non
     labels = labels if labels is not None else dict(df.attrs.get("labels") or {})
     mask = pd.Series(True, index=df.index)
     for f in conds:
-        mask &= parse_filter(f).mask(df, units, labels).astype(bool)
+        cond = parse_filter(f)
+        mask &= cond.mask(df, units, labels).astype(bool)
+        col = _find_column(df, cond.column, labels)
+        if df[col].isna().all():
+            hint = _EMPTY_HINTS.get(col, "")
+            log.warning("filter %r: column %s has no value for any of the %d patients, so no patient matches%s",
+                        f, col, len(df), f" ({hint})" if hint else "")
     return df[mask]
+
+
+#: why a derived column can be empty (said when a filter on it matches nobody for that reason)
+_EMPTY_HINTS = {
+    "age_at_study": "it needs a birth date and an ImagingStudy date; an age column of an imported table is "
+                    "filtered by its own column name",
+}
 
 
 def apply_filters(cohort: Cohort, filters: list[str] | tuple[str, ...] | None) -> Cohort:

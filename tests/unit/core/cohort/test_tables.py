@@ -149,3 +149,15 @@ def test_completeness_counts_present_unmapped_absent() -> None:
     assert (tz["present"], tz["unmapped"], tz["absent"]) == (1, 1, 1)
     assert rows["PatientSex"]["unmapped"] == 1 and rows["PatientBirthDate / age"]["absent"] == 1
     assert ("CHEST", 1) in bp["values"]
+
+
+def test_a_filter_on_a_column_empty_for_everyone_says_why_nobody_matches(caplog: pytest.LogCaptureFixture) -> None:
+    df = pd.DataFrame({"patient_key": ["a", "b"], "age_at_study": [None, None], "tumour": [1.0, 2.0]})
+    with caplog.at_level("WARNING", logger="kaapana_fhir.core.cohort.tables"):
+        assert C.filter_patients(df, ["age_at_study>=60"]).empty
+    assert "column age_at_study has no value for any of the 2 patients" in caplog.text
+    assert "ImagingStudy date" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="kaapana_fhir.core.cohort.tables"):
+        assert len(C.filter_patients(df, ["tumour>=2"])) == 1
+    assert caplog.text == ""
