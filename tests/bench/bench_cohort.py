@@ -3,9 +3,23 @@ SQL-on-FHIR runner, fhirpathpy per-path evaluation and FHIR-PYrate; peak memory 
 size and render time.
 
 Per patient (as in issue 7): 20 clinical Observations, 107 radiomics feature Observations (+ 1 group,
-1 BodyStructure), 1 ImagingStudy, 1 Condition. Patients loaded into HAPI (a project partition of its own):
-``$KAAPANA_FHIR_BENCH_COHORT_PATIENTS``, default 200 (26,600 resources; loading the issue's 1,000 patients,
-132k resources, takes 10-25 min on a shared 2-core machine), ``--quick`` 50 (report: 200).
+1 BodyStructure), 1 ImagingStudy, 1 Condition = 132 resources. Patients loaded into HAPI (a project partition of
+its own): ``$KAAPANA_FHIR_BENCH_COHORT_PATIENTS``, default 200 (26,400 resources), ``--quick`` 50 (report: 200).
+
+What a full run costs (measured on the shared 2-core machine, issue 19):
+
+* the issue's 1,000 patients (132,000 resources): loading alone took 29-39 min (37-75 resources/s with 2-3
+  parallel loaders; HAPI resolves every transaction's ids with an OR query that H2 answers by scanning
+  HFJ_RESOURCE, so loading slows down as the partition fills). Load once and measure again with
+  ``KAAPANA_FHIR_BENCH_COHORT_TAG``. The in-memory H2 holds all of it in HAPI's heap: with the stack's
+  ``-Xmx2g`` HAPI spent its time in full GCs, so start a HAPI of your own with a larger heap,
+  ``_JAVA_OPTIONS=-Xmx8g kaapana-fhir stack up --state-dir DIR --services hapi``, and point
+  ``FHIR_BASE_URL`` at it (``DICOMWEB_URL``, ``ORTHANC_URL``, ``S3_ENDPOINT_URL`` must be set too for
+  ``run.py`` to use the environment's servers; this bench only uses HAPI).
+* Each size fetches everything 4 times by paging (warm-up, raw, ours, the peak-RSS process) and 3 times by
+  ``$export`` (warm-up, raw, ours), then Pathling starts Spark once.
+* HAPI's dev app ships H2 2.4.240: with H2 2.3.232 a 1,000-entry page cost 130 s at 132k stored resources
+  (its planner scanned HFJ_RES_VER for every resource loaded by ``(RES_ID, PARTITION_ID) IN (...)``).
 
 HAPI → cohort is measured twice, each against the raw transfer of the same data in the same run: paging
 searches vs the same searches with plain requests, and ``$export`` (``cohort --bulk``) vs kick-off, polling
@@ -50,17 +64,20 @@ COMPARE_PATIENTS = 20
 TIMEOUT = (5.0, 900.0)
 
 
-def _raw_paging(url: str, system: str, count: int, batch: int) -> tuple[float, int]:
-    """The same searches with plain requests (sequential, JSON decoded, no flattening)."""
+def _raw_paging(url: str, system: str, count: int, batch: int) -> tuple[float, int, int]:
+    """The same searches with plain requests (sequential, JSON decoded, no flattening).
+    Returns (seconds, resources, requests)."""
     s = requests.Session()
     s.headers["Accept"] = "application/fhir+json"
     t = time.perf_counter()
     n = 0
+    reqs = 0
 
     def pages(first_url: str, params: dict | None) -> list[dict]:
-        nonlocal n
+        nonlocal n, reqs
         out = []
         b = s.get(first_url, params=params, timeout=900).json()
+        reqs += 1
         while True:
             entries = b.get("entry", [])
             n += len(entries)
@@ -69,13 +86,14 @@ def _raw_paging(url: str, system: str, count: int, batch: int) -> tuple[float, i
             if not nxt:
                 return out
             b = s.get(nxt, timeout=900).json()
+            reqs += 1
 
     patients = pages(f"{url}/Patient", {"identifier": f"{system}|", "_count": count})
     refs = [f"Patient/{p['id']}" for p in patients]
     for rtype, param in RELATED:
         for i in range(0, len(refs), batch):
             pages(f"{url}/{rtype}", {param: ",".join(refs[i:i + batch]), "_count": count})
-    return time.perf_counter() - t, n
+    return time.perf_counter() - t, n, reqs
 
 
 def _raw_export(url: str, types: list[str], poll_s: float = 1.0) -> tuple[float, float, int]:
@@ -271,7 +289,7 @@ def run(ctx):
     search = f"Patient?identifier={system}|"
     # warm-up (JIT of HAPI's query plans), then measure both in the same run
     build_cohort(client, views=views, patient_search=search, count=1000)
-    raw_s, raw_n = _raw_paging(url, system, 1000, 100)
+    raw_s, raw_n, raw_reqs = _raw_paging(url, system, 1000, 100)
     out = Path(tempfile.mkdtemp(prefix="kf-bench-cohort-"))
     t = time.perf_counter()
     built = build_cohort(FhirClient(url, timeout=TIMEOUT), views=views, patient_search=search, count=1000)
@@ -286,7 +304,8 @@ def run(ctx):
     rows_out += [
         Row("cohort", f"HAPI → cohort table by paging, {n} patients ({nres:,} resources)", ours_s, "s",
             raw_s / ours_s, "raw paging of the same searches / ours (goal >= 0.9)",
-            f"table {table.shape[0]}x{table.shape[1]}; raw {raw_s:.1f}s"),
+            f"table {table.shape[0]}x{table.shape[1]}; raw {raw_s:.1f}s in {raw_reqs} requests "
+            f"({raw_s / max(raw_reqs, 1):.2f}s each); load avg {os.getloadavg()[0]:.1f}"),
     ]
     # $export: raw (plain requests) vs cohort --bulk, same polling cadence, one warm-up export first
     types = sorted({str(v.resource) for v in views.values()})
@@ -305,7 +324,7 @@ def run(ctx):
                                   "resources)", bulk_s, "s", raw_bulk_s / bulk_s,
                         "raw $export (kick-off, poll, download, decode) / ours (goal >= 0.9)",
                         f"raw {raw_bulk_s:.1f}s of which {raw_job_s:.1f}s HAPI's export job; "
-                        f"paging/$export time {ours_s / bulk_s:.2f}"))
+                        f"paging/$export time {ours_s / bulk_s:.2f}; load avg {os.getloadavg()[0]:.1f}"))
     # the same exported NDJSON flattened by our runner and by Pathling (Spark, own venv), when installed
     from kaapana_fhir.flows.cohort.flow import flatten_ndjson
     from kaapana_fhir.flows.cohort.pathling_engine import PathlingHome, PathlingUnavailable
