@@ -25,7 +25,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from kaapana_fhir.clients.protocols import FhirApi
@@ -62,8 +62,7 @@ class MergeCounts:
 
     def as_dict(self) -> dict[str, int]:
         """JSON-able form (XCom, CLI)."""
-        return {"created": self.created, "updated": self.updated, "unchanged": self.unchanged,
-                "conflicts": self.conflicts}
+        return asdict(self)
 
 
 @dataclass

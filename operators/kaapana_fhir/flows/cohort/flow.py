@@ -16,6 +16,7 @@ overlaps the server's response time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -23,7 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -432,13 +433,8 @@ class CohortSummary:
     dataset: dict[str, Any]
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-able form (XCom, the Kaapana container's result)."""
-        return {"resources": dict(self.resources), "requests": self.requests, "fetch_seconds": self.fetch_seconds,
-                "join_seconds": self.join_seconds, "rows": dict(self.rows), "dropped": dict(self.dropped),
-                "patients": self.patients, "selected_patients": self.selected_patients,
-                "filters": list(self.filters), "series_uids": self.series_uids, "out_dir": self.out_dir,
-                "files": list(self.files), "bucket": self.bucket, "object_keys": list(self.object_keys),
-                "dataset": self.dataset}
+        """JSON-able form (XCom, the Kaapana container's result): the fields in declaration order."""
+        return asdict(self)
 
 
 def run_cohort(client: FhirApi | None, out_dir: str | Path, *, searches: Sequence[str] = (),
@@ -452,15 +448,12 @@ def run_cohort(client: FhirApi | None, out_dir: str | Path, *, searches: Sequenc
     ``bulk_folder``: read the data with a Bulk Data ``$export`` (NDJSON kept in that folder) instead of searches.
     ``engine="pathling"`` without a folder exports into a temporary folder, removed afterwards (the Airflow
     operator and the Kaapana container have no folder option)."""
-    if _check_engine(engine) is CohortEngine.PATHLING and bulk_folder is None and ndjson_folder is None:
-        with tempfile.TemporaryDirectory(prefix="kaapana-fhir-export-") as tmp:
-            return run_cohort(client, out_dir, searches=searches, patient_search=patient_search,
-                              view_files=view_files, filters=filters, modality=modality, dataset_name=dataset_name,
-                              store=store, bucket=bucket, prefix=prefix, formats=formats, count=count,
-                              bulk_folder=tmp, engine=engine)
-    built = build_cohort(client, searches=searches, patient_search=patient_search, view_files=view_files,
-                         filters=filters, count=count, bulk_folder=bulk_folder, ndjson_folder=ndjson_folder,
-                         engine=engine)
+    with contextlib.ExitStack() as scratch:
+        if _check_engine(engine) is CohortEngine.PATHLING and bulk_folder is None and ndjson_folder is None:
+            bulk_folder = scratch.enter_context(tempfile.TemporaryDirectory(prefix="kaapana-fhir-export-"))
+        built = build_cohort(client, searches=searches, patient_search=patient_search, view_files=view_files,
+                             filters=filters, count=count, bulk_folder=bulk_folder, ndjson_folder=ndjson_folder,
+                             engine=engine)
     t = time.perf_counter() - built.join_seconds
     fetched, rows, cohort, selected = built.fetched, built.rows, built.cohort, built.selected
     dataset = C.series_dataset(selected, modality=modality, dataset_name=dataset_name)

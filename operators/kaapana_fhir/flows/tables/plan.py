@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kaapana_fhir.clients.protocols import FhirApi
@@ -43,7 +43,7 @@ class PlanCounts:
     retract: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"create": self.create, "update": self.update, "unchanged": self.unchanged, "retract": self.retract}
+        return asdict(self)
 
 
 @dataclass(kw_only=True)

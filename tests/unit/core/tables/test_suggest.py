@@ -6,13 +6,18 @@ from pathlib import Path
 import pytest
 
 from kaapana_fhir.core.tables import open_table
+from kaapana_fhir.core.tables.reader import Table
 from kaapana_fhir.core.tables.suggest import suggest_mapping
 
 
-def _suggest(tmp_path: Path, text: str) -> dict:
-    path = tmp_path / "t.csv"
+def _table(tmp_path: Path, text: str, name: str = "t.csv") -> Table:
+    path = tmp_path / name
     path.write_text(text, encoding="utf-8")
-    return suggest_mapping(open_table(path, name=path.name))
+    return open_table(path, name=path.name)
+
+
+def _suggest(tmp_path: Path, text: str, *, local_codes: bool = False) -> dict:
+    return suggest_mapping(_table(tmp_path, text), local_codes=local_codes)
 
 
 def test_a_yes_no_column_is_not_taken_for_vital_status_by_its_values(tmp_path: Path) -> None:
@@ -52,9 +57,7 @@ def test_local_codes_leave_only_the_catalogue_suggestions_to_review(tmp_path: Pa
     from kaapana_fhir.core.tables.mapping import pending_edits
     from kaapana_fhir.core.tables.suggest import local_system, to_yaml
 
-    path = tmp_path / "gbsg.csv"
-    path.write_text(GBSG_LIKE, encoding="utf-8")
-    table = open_table(path, name=path.name)
+    table = _table(tmp_path, GBSG_LIKE, "gbsg.csv")
     m = suggest_mapping(table, local_codes=True)
     todo = [p for p in pending_edits(m) if "TODO" in p]
     assert todo == []
@@ -70,7 +73,7 @@ def test_local_codes_leave_only_the_catalogue_suggestions_to_review(tmp_path: Pa
         check_ready(m)
     reviewed = load_mapping(to_yaml(_drop_reviews(m)))  # type: ignore[arg-type]
     check_ready(reviewed)
-    mapper = TableMapper(reviewed, table_name=path.name)
+    mapper = TableMapper(reviewed, table_name=table.name)
     s = scan(table, mapper)
     assert s.issue_count == 0, s.issues
     res = [e["resource"] for e in iter_entries(table, mapper, s)]
@@ -80,30 +83,22 @@ def test_local_codes_leave_only_the_catalogue_suggestions_to_review(tmp_path: Pa
 
 
 def test_local_code_collisions_are_numbered(tmp_path: Path) -> None:
-    m = _suggest_local(tmp_path, "id,a b,a_b,A-B\n1,x,y,z\n2,x,y,w\n")
+    m = _suggest(tmp_path, "id,a b,a_b,A-B\n1,x,y,z\n2,x,y,w\n", local_codes=True)
     assert [o["code"]["code"] for o in m["observations"]] == ["a-b", "a-b-2", "a-b-3"]
-
-
-def _suggest_local(tmp_path: Path, text: str) -> dict:
-    path = tmp_path / "t.csv"
-    path.write_text(text, encoding="utf-8")
-    return suggest_mapping(open_table(path, name=path.name), local_codes=True)
 
 
 def test_replacing_a_local_code_later_keeps_the_resource_ids(tmp_path: Path) -> None:
     from kaapana_fhir.core.tables import TableMapper, iter_entries, load_mapping, scan
     from kaapana_fhir.core.tables.suggest import to_yaml
 
-    path = tmp_path / "gbsg.csv"
-    path.write_text(GBSG_LIKE, encoding="utf-8")
-    table = open_table(path, name=path.name)
+    table = _table(tmp_path, GBSG_LIKE, "gbsg.csv")
     first = _drop_reviews(suggest_mapping(table, local_codes=True))
     later = _drop_reviews(suggest_mapping(table, local_codes=True))
     obs = next(o for o in later["observations"] if o["column"] == "tsize")  # type: ignore[index]
     obs["code"] = {"system": "http://loinc.org", "code": "21889-1", "display": "Size Tumor"}
 
     def ids(m: object) -> list[str]:
-        mapper = TableMapper(load_mapping(to_yaml(m)), table_name=path.name)  # type: ignore[arg-type]
+        mapper = TableMapper(load_mapping(to_yaml(m)), table_name=table.name)  # type: ignore[arg-type]
         s = scan(table, mapper)
         return sorted(e["resource"]["id"] for e in iter_entries(table, mapper, s))
 
